@@ -1,0 +1,49 @@
+# argbench — `make help` lists every target.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.install-stamp
+# CPU build of torch where there is no NVIDIA GPU: a plain `torch` would pull gigabytes of CUDA packages.
+TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
+NAME ?= with_layernorm_relu
+GROUP ?=
+ARGS ?=
+SEEDS ?= 1
+TRIALS ?= 8
+HOST ?= 127.0.0.1
+PORT ?= 5000
+DASH_PORT ?= 8080
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.DEFAULT_GOAL := help
+.PHONY: help install test test-fast stats baselines ablation ablations ablation-list report ui search dashboard bench clean
+
+help: ## list every target with one line each
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(STAMP) ## create .venv and install argbench with its dev extra (CPU torch without an NVIDIA GPU)
+
+test: $(STAMP) ## run the whole test suite (real-corpus tests too when ARGBENCH_DATA is set); what CI runs
+	$(BIN)/pytest -q
+
+test-fast: $(STAMP) ## the quick edit-test loop: skip tests marked slow
+	$(BIN)/pytest -q -m "not slow"
+
+stats: $(STAMP) ## corpus statistics and mean pool sizes per task (ARGS="--data PATH --json")
+	$(BIN)/argbench data stats $(ARGS)
+
+baselines: $(STAMP) ## zero-shot baselines on the test split: TF-IDF and all-MiniLM-L6-v2
+	$(BIN)/argbench eval --encoder tfidf --split test $(ARGS)
+	$(BIN)/argbench eval --encoder all-MiniLM-L6-v2 --pooling mean --max-length 256 --split test $(ARGS)
+
+clean: ## remove the venv and caches (keeps mlruns/)
+	rm -rf $(VENV) .pytest_cache *.egg-info
