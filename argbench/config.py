@@ -1,0 +1,412 @@
+"""Typed, frozen configuration of one training run, read from YAML with dotted overrides.
+
+A `Config` has six sections (data, model, loss, negatives, train, eval); each field carries its type (the
+annotation), its default (the original research recipe, see docs/research-protocol.md), a one-line help string and
+any allowed choices or bounds in its metadata. Validation is driven by that metadata alone: constructing a section
+coerces and checks every field, and `Config` then checks the rules that span fields. So a bad value fails while the
+config is read, naming where it came from (file path, "--set", ...), the dotted key, the value and what is allowed,
+before any model is built.
+
+YAML is always read with `yaml.safe_load`. PyYAML follows YAML 1.1, which reads `1e-5` as a string; float fields
+therefore also accept strings that spell a finite number.
+"""
+
+import dataclasses
+import difflib
+import math
+import os
+import re
+import types
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, ClassVar, Union, get_args, get_origin
+
+import yaml
+
+SPLITS = ("training", "validation", "test")
+
+
+class ConfigError(ValueError):
+    """A configuration problem: `source` (file, "--set", ...), dotted `key` and what is wrong with its value."""
+
+    def __init__(self, key: str, problem: str, source: str = "<python>"):
+        self.key, self.problem, self.source = key, problem, source
+        super().__init__(f"{source}: {key}: {problem}")
+
+    def with_source(self, source: str) -> "ConfigError":
+        return ConfigError(self.key, self.problem, source)
+
+    def __reduce__(self):  # picklable (worker processes, optuna) despite the three-argument constructor
+        return ConfigError, (self.key, self.problem, self.source)
+
+
+def option(default: Any, help: str, **rules: Any) -> Any:
+    """A dataclass field with its help text and validation rules in metadata.
+
+    Rules: choices (tuple; for lists, per item), min / max (numbers) with min_exclusive, pattern
+    ((regex, description)), min_items (lists). A list default is copied per instance.
+    """
+    kind = {"default_factory": lambda: list(default)} if isinstance(default, list) else {"default": default}
+    return field(metadata={"help": help, **rules}, **kind)
+
+
+class _Section:
+    """Base of the sections: coerce and check every field from its annotation and metadata."""
+
+    section: ClassVar[str]
+
+    def __post_init__(self) -> None:
+        for f in fields(self):  # type: ignore[arg-type]
+            value = check_value(f, getattr(self, f.name), f"{self.section}.{f.name}")
+            object.__setattr__(self, f.name, value)  # frozen: coerced values (int -> float) are stored once
+
+
+@dataclass(frozen=True)
+class DataConfig(_Section):
+    section: ClassVar[str] = "data"
+    path: str | None = option(None, "corpus root, or 'sample'; null = --data, then $ARGBENCH_DATA, "
+                                    "then data/counterargs-18, then the generated sample")
+    max_train_pairs: int | None = option(None, "use only this many training pairs (quick runs); null = all",
+                                         min=1)
+    eval_splits: list[str] = option(["validation"], "splits evaluated after each epoch",
+                                    choices=SPLITS, min_items=1)
+
+
+@dataclass(frozen=True)
+class ModelConfig(_Section):
+    section: ClassVar[str] = "model"
+    encoder: str = option("all-MiniLM-L6-v2", "encoder name known to argbench.encoders, or a local model path")
+    pooling: str = option("pooler", "text vector from the encoder output", choices=("pooler", "cls", "mean"))
+    max_length: int = option(256, "tokens kept per text (longer texts are truncated)", min=1)
+    sharing: str = option("shared", "one encoder for points and counters, or one each",
+                          choices=("shared", "separate"))
+    proj_dim: int | None = option(128, "size of the retrieval embedding; null = no projection "
+                                       "(the pooled vector is the retrieval embedding)", min=1)
+    layernorm: bool = option(False, "apply LayerNorm after the projection")
+    relu: bool = option(False, "apply ReLU after the projection")
+    classifier: bool = option(True, "train the pair classifier (and use it to rerank)")
+    fusion: str = option("concatenated", "pair-classifier input: [a, b, |a-b|] of which vectors",
+                         choices=("concatenated", "only_cls", "only_embedding"))
+    freeze_encoder: bool = option(False, "keep encoder weights fixed; train only the heads")
+
+
+@dataclass(frozen=True)
+class LossConfig(_Section):
+    section: ClassVar[str] = "loss"
+    margin: float = option(1.0, "triplet margin (distance units of the retrieval embedding)",
+                           min=0, min_exclusive=True)
+    p: float = option(2.0, "norm degree of the triplet distance", min=0, min_exclusive=True)
+    triplet_weight: float = option(1.0, "weight of the triplet loss", min=0)
+    ce_pos_weight: float = option(1.0, "weight of the classifier loss on (point, counter) -> 1", min=0)
+    ce_neg_weight: float = option(1.0, "weight of the classifier loss on (point, negative) -> 0", min=0)
+    in_batch_weight: float = option(0.0, "weight of the in-batch-negatives InfoNCE loss; 0 = off", min=0)
+    in_batch_temperature: float = option(0.05, "softmax temperature of the InfoNCE loss",
+                                         min=0, min_exclusive=True)
+
+
+@dataclass(frozen=True)
+class NegativesConfig(_Section):
+    section: ClassVar[str] = "negatives"
+    schedule: str = option("linear", "random rate per epoch: max(floor, start - step*epoch), or constant rate",
+                           choices=("linear", "constant"))
+    start: float = option(0.8, "linear schedule: random rate before the first epoch", min=0, max=1)
+    step: float = option(0.02, "linear schedule: decrease of the random rate per epoch", min=0)
+    floor: float = option(0.0, "linear schedule: lowest random rate", min=0, max=1)
+    rate: float = option(0.8, "constant schedule: random rate every epoch", min=0, max=1)
+    backend: str = option("torch", "nearest-neighbour search used for mining",
+                          choices=("torch", "balltree", "faiss"))
+    k: int = option(3, "neighbours retrieved per query when mining", min=1)
+    examples: int = option(5, "mined negatives shown per epoch for inspection", min=0)
+
+
+@dataclass(frozen=True)
+class TrainConfig(_Section):
+    section: ClassVar[str] = "train"
+    epochs: int = option(200, "training epochs (0 = evaluate the untrained model)", min=0)
+    batch_size: int = option(8, "training triplets per step", min=1)
+    lr: float = option(3e-6, "learning rate of the encoder", min=0, min_exclusive=True)
+    head_lr: float | None = option(None, "learning rate of projection and classifier; null = lr",
+                                   min=0, min_exclusive=True)
+    optimizer: str = option("adam", "optimiser", choices=("adam", "adamw"))
+    weight_decay: float = option(0.0, "weight decay", min=0)
+    grad_clip: float | None = option(1.0, "max gradient norm; null = no clipping", min=0, min_exclusive=True)
+    seed: int = option(42, "seed of every random number generator")
+    device: str = option("auto", "torch device; auto = cuda if available, else cpu",
+                         pattern=(r"auto|cpu|cuda(:\d+)?", "auto, cpu, cuda or cuda:N"))
+    precision: str = option("auto", "auto = bf16 autocast on CUDA, fp32 on CPU",
+                            choices=("auto", "fp32", "bf16"))
+    embed_batch_size: int = option(128, "texts per forward pass when embedding without gradients", min=1)
+    num_threads: int | None = option(None, "torch CPU threads; null = torch's default", min=1)
+
+
+@dataclass(frozen=True)
+class EvalConfig(_Section):
+    section: ClassVar[str] = "eval"
+    metric: str = option("euclidean", "retrieval distance on the retrieval embedding",
+                         choices=("euclidean", "cosine"))
+    primary: str = option("val/epa/acc@1", "metric name that selects the best epoch and is optimised by search",
+                          pattern=(r"\S+", "a non-empty metric name"))
+    every: int = option(1, "evaluate every this many epochs", min=1)
+    rerank_depth: int = option(10, "candidates reranked by the pair classifier", min=1)
+
+
+@dataclass(frozen=True)
+class Config:
+    """One training run. Build with `load_config` / `from_dict`; all sections default to the research recipe."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    negatives: NegativesConfig = field(default_factory=NegativesConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            if not isinstance(getattr(self, f.name), f.type):
+                raise ConfigError(f.name, f"expected a {f.type.__name__}, got {_shown(getattr(self, f.name))}")
+        _check_across(self)
+
+
+SECTIONS: dict[str, type] = {f.name: f.type for f in fields(Config)}
+
+
+def _check_across(cfg: Config) -> None:
+    """Rules that involve more than one field."""
+    neg, loss, model = cfg.negatives, cfg.loss, cfg.model
+    if neg.schedule == "linear" and neg.floor > neg.start:
+        raise ConfigError("negatives.floor", f"{neg.floor!r} is above negatives.start ({neg.start!r}); "
+                                             "expected floor <= start")
+    classifier_loss = model.classifier and (loss.ce_pos_weight > 0 or loss.ce_neg_weight > 0)
+    if cfg.train.epochs > 0 and not (loss.triplet_weight > 0 or loss.in_batch_weight > 0 or classifier_loss):
+        raise ConfigError("loss", "every loss term has weight 0 (or the classifier is off); "
+                                  "expected a positive triplet_weight, in_batch_weight or ce_*_weight")
+    if model.freeze_encoder and model.proj_dim is None and not model.classifier:
+        raise ConfigError("model.freeze_encoder", "true with proj_dim null and classifier false leaves "
+                                                  "nothing to train; expected a projection or a classifier")
+
+
+# --- field checks, driven by annotation and metadata -------------------------------------------------------------
+
+def _shown(value: Any) -> str:
+    return f"{value!r} ({type(value).__name__})"
+
+
+def _describe(tp: Any) -> str:
+    """'a float', 'an int or null', 'a list of strings'... for messages."""
+    if get_origin(tp) in (Union, types.UnionType):
+        inner = [a for a in get_args(tp) if a is not type(None)]
+        return " or ".join(_describe(a) for a in inner) + " or null"
+    if get_origin(tp) is list:
+        return "a list of strings" if get_args(tp) == (str,) else f"a list of {get_args(tp)}"
+    return {bool: "a bool (true/false)", int: "an int", float: "a float", str: "a string"}[tp]
+
+
+def _coerce(value: Any, tp: Any) -> Any:
+    """`value` as type `tp`, or raise TypeError. bool is not an int; ints and numeric strings are floats."""
+    if get_origin(tp) in (Union, types.UnionType):
+        if value is None:
+            return None
+        (inner,) = [a for a in get_args(tp) if a is not type(None)]
+        return _coerce(value, inner)
+    if get_origin(tp) is list:
+        if not isinstance(value, (list, tuple)):
+            raise TypeError
+        return [_coerce(item, get_args(tp)[0]) for item in value]
+    if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-5" as a string
+            value = float(value.strip())  # ValueError for non-numbers
+        elif isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError
+        if not math.isfinite(value):
+            raise TypeError
+        return float(value)
+    if tp is str and isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if tp is int and isinstance(value, bool) or not isinstance(value, tp):
+        raise TypeError
+    return value
+
+
+def _rule_problem(value: Any, rules: Mapping[str, Any]) -> str | None:
+    """What `value` (already of the right type, not None) breaks among `rules`, or None."""
+    if "choices" in rules:
+        bad = [v for v in (value if isinstance(value, list) else [value]) if v not in rules["choices"]]
+        if bad:
+            return f"{bad[0]!r} is not allowed; expected one of: {', '.join(rules['choices'])}"
+    if "min_items" in rules and len(value) < rules["min_items"]:
+        return f"{value!r} has {len(value)} entries; expected at least {rules['min_items']}"
+    if isinstance(value, list) and len(set(value)) < len(value):
+        return f"{value!r} repeats an entry; expected each at most once"
+    low, high, strict = rules.get("min"), rules.get("max"), rules.get("min_exclusive", False)
+    if (low is not None and (value <= low if strict else value < low)) or (high is not None and value > high):
+        if high is None:
+            allowed = f"{'>' if strict else '>='} {low}"
+        else:
+            allowed = f"in {'(' if strict else '['}{low}, {high}]"
+        return f"{value!r} is out of range; expected a value {allowed}"
+    if "pattern" in rules and not re.fullmatch(rules["pattern"][0], value):
+        return f"{value!r} is not allowed; expected {rules['pattern'][1]}"
+    return None
+
+
+def check_value(f: dataclasses.Field, value: Any, key: str, source: str = "<python>") -> Any:
+    """`value` coerced to field `f`'s type and checked against its rules; ConfigError naming `key` otherwise."""
+    try:
+        value = _coerce(value, f.type)
+    except (TypeError, ValueError):
+        raise ConfigError(key, f"expected {_describe(f.type)}, got {_shown(value)}", source) from None
+    problem = None if value is None else _rule_problem(value, f.metadata)
+    if problem:
+        raise ConfigError(key, problem, source)
+    return value
+
+
+# --- reading: mappings, files, overrides -------------------------------------------------------------------------
+
+def _suggest(key: str) -> str:
+    """' Did you mean ...?' for an unknown dotted key: the same field in another section, else the closest key."""
+    name = key.rpartition(".")[2]
+    known = list(flatten(Config()))
+    same_name = [k for k in known if k.endswith("." + name)]
+    close = same_name or difflib.get_close_matches(key, known, n=1, cutoff=0.6) \
+        or difflib.get_close_matches(key, SECTIONS, n=1, cutoff=0.6)
+    return f" Did you mean '{close[0]}'?" if close else ""
+
+
+def _field(key: str, source: str, value: Any = None) -> dataclasses.Field:
+    """The field named by dotted `key` ('model.proj_dim'); ConfigError if there is none."""
+    section, _, name = key.partition(".")
+    if section not in SECTIONS:
+        raise ConfigError(key, f"unknown section (value {value!r}); sections are: {', '.join(SECTIONS)}."
+                               + _suggest(key), source)
+    by_name = {f.name: f for f in fields(SECTIONS[section])}
+    if name not in by_name:
+        raise ConfigError(key, f"unknown key (value {value!r}); '{section}' has: {', '.join(by_name)}."
+                               + _suggest(key), source)
+    return by_name[name]
+
+
+def _checked(d: Any, source: str) -> dict[str, dict[str, Any]]:
+    """A copy of nested mapping `d` {section: {key: value}} with every key known and every value checked."""
+    if not isinstance(d, Mapping):
+        raise ConfigError("<top>", f"expected a mapping of sections, got {_shown(d)}", source)
+    out: dict[str, dict[str, Any]] = {}
+    for section, values in d.items():
+        if section not in SECTIONS:
+            _field(str(section), source, values)  # raises, with a suggestion
+        if values is None:  # "model:" with nothing under it
+            values = {}
+        if not isinstance(values, Mapping):
+            raise ConfigError(section, f"expected a mapping of keys, got {_shown(values)}", source)
+        for name, value in values.items():
+            key = f"{section}.{name}"
+            out.setdefault(section, {})[name] = check_value(_field(key, source, value), value, key, source)
+    return out
+
+
+def _merged(base: Mapping[str, Mapping[str, Any]], delta: Mapping[str, Mapping[str, Any]]) -> dict:
+    out = {section: dict(values) for section, values in base.items()}
+    for section, values in delta.items():
+        out.setdefault(section, {}).update(values)
+    return out
+
+
+def from_dict(d: Mapping, source: str = "<dict>") -> Config:
+    """A validated Config from a nested mapping {section: {key: value}}; missing keys keep their defaults."""
+    checked = _checked(d, source)
+    try:
+        return Config(**{section: cls(**checked.get(section, {})) for section, cls in SECTIONS.items()})
+    except ConfigError as err:
+        raise err.with_source(source) from None
+
+
+def apply_overrides(d: Mapping, overrides: Sequence[str], source: str = "--set") -> dict:
+    """A copy of nested mapping `d` with each 'section.key=value' applied; the value is read as YAML.
+
+    A string field takes the text as written where YAML would read a number or bool (`data.path=2024`).
+    """
+    out = _merged(d, {})
+    for item in overrides:
+        key, eq, text = (part.strip() for part in item.partition("="))
+        if not eq or not key or not text:
+            raise ConfigError(item, "malformed override; expected KEY=VALUE, e.g. train.lr=1e-5 "
+                                    "(write KEY=null for none)", source)
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise ConfigError(key, f"cannot read {text!r} as YAML ({err.problem}); expected KEY=VALUE",
+                              source) from None
+        f = _field(key, source, value)
+        if f.type in (str, str | None) and value is not None and not isinstance(value, str):
+            value = text  # e.g. data.path=2024 or model.encoder=on: the text, not YAML's int or bool
+        section, _, name = key.partition(".")
+        out.setdefault(section, {})[name] = check_value(f, value, key, source)
+    return out
+
+
+def read_yaml(path: Path) -> Any:
+    """The parsed content of YAML file `path` ({} if empty); ConfigError if missing or unreadable."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError("<file>", f"cannot read config file ({err.strerror})", str(path)) from None
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError("<file>", f"not valid YAML: {err}", str(path)) from None
+    return {} if loaded is None else loaded
+
+
+def load_config(path: Path | None = None, overrides: Sequence[str] = (), base: Mapping | Config | None = None
+                ) -> Config:
+    """Defaults, updated by `base`, then the YAML file at `path`, then `overrides` ('section.key=value').
+
+    Each layer is checked on its own so an error names the layer it came from ("<base>", the file, "--set").
+    """
+    base_dict = to_dict(base) if isinstance(base, Config) else (base or {})
+    layers = [(base_dict, "<base>")] + ([(read_yaml(path), str(path))] if path is not None else [])
+    d: dict = {}
+    for layer, source in layers:
+        d = _merged(d, _checked(layer, source))
+    d = apply_overrides(d, overrides)
+    used = [source for layer, source in layers if layer or source != "<base>"] + (["--set"] if overrides else [])
+    return from_dict(d, " + ".join(used) or "<defaults>")
+
+
+# --- writing and derived configs ---------------------------------------------------------------------------------
+
+def to_dict(cfg: Config) -> dict[str, dict[str, Any]]:
+    """Nested plain dict {section: {key: value}} (lists copied); `from_dict(to_dict(cfg)) == cfg`."""
+    return {s.name: {f.name: _plain(getattr(getattr(cfg, s.name), f.name)) for f in fields(s.type)}
+            for s in fields(Config)}
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, list) else value
+
+
+def to_yaml(cfg: Config) -> str:
+    """The full config as YAML, sections and keys in declaration order."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=False)
+
+
+def flatten(cfg: Config) -> dict[str, Any]:
+    """{'model.proj_dim': 128, ...}: one entry per field; None stays None, lists stay lists (callers stringify)."""
+    return {f"{section}.{name}": value for section, values in to_dict(cfg).items() for name, value in values.items()}
+
+
+def field_help() -> dict[str, str]:
+    """{'model.proj_dim': help text, ...} for every field, in declaration order."""
+    return {f"{name}.{f.name}": f.metadata["help"] for name, cls in SECTIONS.items() for f in fields(cls)}
+
+
+def replace(cfg: Config, /, **dotted: Any) -> Config:
+    """A new, validated Config with dotted keys changed: `replace(cfg, **{"model.proj_dim": 64})`."""
+    changes: dict[str, dict[str, Any]] = {}
+    for key, value in dotted.items():
+        section, _, name = key.partition(".")
+        _field(key, "replace", value)
+        changes.setdefault(section, {})[name] = value
+    return from_dict(_merged(to_dict(cfg), changes), "replace")

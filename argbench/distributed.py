@@ -1,0 +1,82 @@
+"""Device choice and multi-process data parallelism (``torchrun``): NCCL on CUDA, gloo on CPU.
+
+A process started by ``torchrun --nproc_per_node N`` sees ``WORLD_SIZE``/``RANK``/``LOCAL_RANK`` in its
+environment; :func:`setup` joins the process group. Without them everything is a single process and the helpers
+here are no-ops.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Runtime:
+    device: torch.device
+    autocast_dtype: torch.dtype | None  # bf16 on CUDA unless fp32 was asked for; None = full precision
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` = CUDA when available, else CPU; ``cuda`` without CUDA is an error naming the setting."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"train.device: {name!r} asked for CUDA, but torch sees no CUDA device "
+                           f"(torch {torch.__version__}); use train.device=cpu or auto")
+    return device
+
+
+def setup(device_name: str, precision: str) -> Runtime:
+    """Pick the device and precision, and join the process group when launched by ``torchrun``."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    device = resolve_device(device_name)
+    rank = 0
+    if world_size > 1:
+        rank = int(os.environ["RANK"])
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
+        if not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    if precision == "bf16" and device.type != "cuda":
+        raise RuntimeError("train.precision: bf16 autocast is only used on CUDA here; use fp32 or auto on CPU")
+    use_bf16 = device.type == "cuda" and precision in ("auto", "bf16")
+    return Runtime(device, torch.bfloat16 if use_bf16 else None, rank, world_size)
+
+
+def broadcast_flag(flag: bool, runtime: Runtime) -> bool:
+    """Rank 0's ``flag`` on every rank (e.g. "stop now", decided by hooks that only run on rank 0)."""
+    if not runtime.distributed:
+        return flag
+    t = torch.tensor([int(flag)], device=runtime.device if runtime.device.type == "cuda" else "cpu")
+    dist.broadcast(t, src=0)
+    return bool(t.item())
+
+
+def shard(batches: list, runtime: Runtime) -> list:
+    """This rank's share of the batches; every rank gets the same number so collective calls stay in step."""
+    if not runtime.distributed:
+        return batches
+    usable = len(batches) - len(batches) % runtime.world_size
+    return batches[runtime.rank:usable:runtime.world_size]
+
+
+def teardown(runtime: Runtime) -> None:
+    if runtime.distributed and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

@@ -1,0 +1,57 @@
+"""The combined training loss: triplet margin + pair cross-entropy (+ optional in-batch negatives).
+
+Inputs (one row per training triplet, from :class:`argbench.model.TripletOutput`):
+
+=============== ========================= =====================================================
+input           shape                     meaning
+=============== ========================= =====================================================
+anchor.emb      [b, d]                    retrieval embedding of the point
+positive.emb    [b, d]                    of its true counter
+negative.emb    [b, d]                    of the mined negative
+logits_pos/neg  [b, 2] or None            classifier logits for (point, counter) / (point, negative)
+=============== ========================= =====================================================
+
+``total = w_t · TripletMarginLoss(margin, p)(a, p, n) + w_pos · CE(logits_pos, 1) + w_neg · CE(logits_neg, 0)
++ w_ib · InfoNCE(a, positives of the batch)``. The components come back separately (unweighted) so that they can be
+logged; ``total`` is what is optimised. Without a classifier the CE terms are 0.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+COMPONENTS = ("triplet", "ce_pos", "ce_neg", "in_batch")
+
+
+def triplet(anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, margin: float, p: float):
+    """mean(max(0, ‖a − pos‖_p − ‖a − neg‖_p + margin)), as ``torch.nn.TripletMarginLoss``."""
+    return F.triplet_margin_loss(anchor, positive, negative, margin=margin, p=p)
+
+
+def pair_ce(logits: torch.Tensor, label: int) -> torch.Tensor:
+    """Cross-entropy of [b, 2] logits against one label for every row (1 = true pair, 0 = not)."""
+    return F.cross_entropy(logits.float(), torch.full((len(logits),), label, device=logits.device))
+
+
+def in_batch(anchor: torch.Tensor, positive: torch.Tensor, temperature: float) -> torch.Tensor:
+    """InfoNCE over the batch: each point's own counter against the other rows' counters (cosine / temperature)."""
+    sim = F.normalize(anchor.float(), dim=-1) @ F.normalize(positive.float(), dim=-1).T / temperature
+    return F.cross_entropy(sim, torch.arange(len(sim), device=sim.device))
+
+
+def combined_loss(out, loss_cfg) -> dict[str, torch.Tensor]:
+    """``{"total", "triplet", "ce_pos", "ce_neg", "in_batch"}`` for a :class:`TripletOutput` and a ``LossConfig``."""
+    zero = out.anchor.emb.new_zeros(())
+    parts = {
+        "triplet": triplet(out.anchor.emb.float(), out.positive.emb.float(), out.negative.emb.float(),
+                           loss_cfg.margin, loss_cfg.p),
+        "ce_pos": pair_ce(out.logits_pos, 1) if out.logits_pos is not None else zero,
+        "ce_neg": pair_ce(out.logits_neg, 0) if out.logits_neg is not None else zero,
+        "in_batch": in_batch(out.anchor.emb, out.positive.emb, loss_cfg.in_batch_temperature)
+        if loss_cfg.in_batch_weight > 0 else zero,
+    }
+    weights = {"triplet": loss_cfg.triplet_weight, "ce_pos": loss_cfg.ce_pos_weight,
+               "ce_neg": loss_cfg.ce_neg_weight, "in_batch": loss_cfg.in_batch_weight}
+    parts["total"] = sum(weights[k] * parts[k] for k in COMPONENTS)
+    return parts

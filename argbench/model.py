@@ -1,0 +1,136 @@
+"""The bi-encoder with classification: encoder(s), projection head, pair classifier.
+
+Every ablation switch of the original experiments is an argument here and changes the network it names:
+
+* ``sharing``: ``shared`` encodes points and candidates with one encoder; ``separate`` with two (same initial
+  weights), both trained — the original built the second one and never optimised it.
+* ``proj_dim``: size of the retrieval embedding (``None``: the pooled vector itself), optionally followed by
+  ``layernorm`` and ``relu``.
+* ``fusion``: the pair classifier's input for (a, b) is [a, b, |a − b|] over the projection embeddings
+  (``only_embedding``), the pooled vectors (``only_cls``) or both (``concatenated``), then Linear(·, 2).
+* ``classifier=False`` drops the classifier (triplet loss only); ``freeze_encoder`` trains the heads only.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from argbench.encoders import encode, hidden_size, load_encoder
+
+FUSIONS = ("concatenated", "only_cls", "only_embedding")
+SHARINGS = ("shared", "separate")
+
+
+class Encoded(NamedTuple):
+    """``pooled`` [b, hidden] encoder output after pooling; ``emb`` [b, proj_dim or hidden] retrieval embedding."""
+
+    pooled: torch.Tensor
+    emb: torch.Tensor
+
+
+class TripletOutput(NamedTuple):
+    anchor: Encoded
+    positive: Encoded
+    negative: Encoded
+    logits_pos: torch.Tensor | None  # [b, 2], class 1 = true pair
+    logits_neg: torch.Tensor | None
+
+
+def classifier_width(fusion: str, hidden: int, emb_dim: int) -> int:
+    """Input width of the pair classifier: 3·emb + 3·hidden, 3·hidden or 3·emb."""
+    widths = {"concatenated": 3 * (emb_dim + hidden), "only_cls": 3 * hidden, "only_embedding": 3 * emb_dim}
+    if fusion not in widths:
+        raise ValueError(f"unknown fusion {fusion!r}: expected one of {', '.join(FUSIONS)}")
+    return widths[fusion]
+
+
+class BiEncoder(nn.Module):
+    """Points go through ``point_encoder``, candidates (counters, or points as negatives) through
+    ``candidate_encoder``; with ``sharing="shared"`` they are the same module."""
+
+    def __init__(self, encoder: nn.Module, *, pooling: str = "pooler", sharing: str = "shared",
+                 proj_dim: int | None = 128, layernorm: bool = False, relu: bool = False,
+                 classifier: bool = True, fusion: str = "concatenated", freeze_encoder: bool = False):
+        super().__init__()
+        if sharing not in SHARINGS:
+            raise ValueError(f"unknown sharing {sharing!r}: expected one of {', '.join(SHARINGS)}")
+        self.pooling, self.sharing, self.fusion = pooling, sharing, fusion
+        self.point_encoder = encoder
+        self.candidate_encoder = copy.deepcopy(encoder) if sharing == "separate" else encoder
+        hidden = hidden_size(encoder)
+        self.emb_dim = proj_dim or hidden
+        head: list[nn.Module] = [nn.Linear(hidden, proj_dim)] if proj_dim else []
+        head += [nn.LayerNorm(self.emb_dim)] if layernorm else []
+        head += [nn.ReLU()] if relu else []
+        self.head = nn.Sequential(*head)
+        self.classifier = nn.Linear(classifier_width(fusion, hidden, self.emb_dim), 2) if classifier else None
+        if freeze_encoder:
+            for encoder_module in {id(m): m for m in (self.point_encoder, self.candidate_encoder)}.values():
+                encoder_module.requires_grad_(False)
+
+    def encoders(self) -> list[nn.Module]:
+        """The distinct encoder modules (one when shared, two when separate)."""
+        return [self.point_encoder] if self.sharing == "shared" else [self.point_encoder, self.candidate_encoder]
+
+    def project(self, pooled: torch.Tensor) -> Encoded:
+        return Encoded(pooled, self.head(pooled))
+
+    def encode(self, input_ids, attention_mask, side: str) -> Encoded:
+        """Encode a padded batch as a point (``side="point"``) or a candidate (``"candidate"``)."""
+        encoder = self.point_encoder if side == "point" else self.candidate_encoder
+        return self.project(encode(encoder, input_ids, attention_mask, self.pooling))
+
+    def classify(self, a: Encoded, b: Encoded) -> torch.Tensor:
+        """[b, 2] logits that (a, b) is a true (point, counter) pair; class 1 = true."""
+        if self.classifier is None:
+            raise RuntimeError("this model has no pair classifier (classifier: false)")
+        parts = []
+        if self.fusion in ("concatenated", "only_embedding"):
+            parts += [a.emb, b.emb, (a.emb - b.emb).abs()]
+        if self.fusion in ("concatenated", "only_cls"):
+            parts += [a.pooled, b.pooled, (a.pooled - b.pooled).abs()]
+        return self.classifier(torch.cat(parts, dim=-1))
+
+    def forward(self, anchor: tuple, positive: tuple, negative: tuple) -> TripletOutput:
+        """One training step's forward: each argument is ``(input_ids, attention_mask)`` [b, len] (lengths may
+        differ). Candidates share one encoder call; with a shared encoder all three do."""
+        if self.sharing == "shared":
+            a, p, n = _split3(self.encode(*_stack(anchor, positive, negative), side="point"), len(anchor[0]))
+        else:
+            a = self.encode(*anchor, side="point")
+            p, n = _split2(self.encode(*_stack(positive, negative), side="candidate"), len(positive[0]))
+        if self.classifier is None:
+            return TripletOutput(a, p, n, None, None)
+        return TripletOutput(a, p, n, self.classify(a, p), self.classify(a, n))
+
+
+def build_model(model_cfg) -> tuple[BiEncoder, object]:
+    """The :class:`BiEncoder` and tokenizer for a ``config.ModelConfig``."""
+    encoder, tokenizer = load_encoder(model_cfg.encoder)
+    model = BiEncoder(
+        encoder, pooling=model_cfg.pooling, sharing=model_cfg.sharing, proj_dim=model_cfg.proj_dim,
+        layernorm=model_cfg.layernorm, relu=model_cfg.relu, classifier=model_cfg.classifier,
+        fusion=model_cfg.fusion, freeze_encoder=model_cfg.freeze_encoder,
+    )
+    return model, tokenizer
+
+
+def _stack(*batches: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+    """Concatenate padded batches along rows, right-padding to the longest."""
+    width = max(ids.shape[1] for ids, _ in batches)
+    ids = torch.cat([nn.functional.pad(i, (0, width - i.shape[1])) for i, _ in batches])
+    mask = torch.cat([nn.functional.pad(m, (0, width - m.shape[1])) for _, m in batches])
+    return ids, mask
+
+
+def _split2(x: Encoded, b: int) -> tuple[Encoded, Encoded]:
+    return Encoded(x.pooled[:b], x.emb[:b]), Encoded(x.pooled[b:], x.emb[b:])
+
+
+def _split3(x: Encoded, b: int) -> tuple[Encoded, Encoded, Encoded]:
+    first, rest = _split2(x, b)
+    return (first, *_split2(rest, b))

@@ -1,0 +1,418 @@
+"""Online hard-negative mining (research protocol, "Online hard-negative mining").
+
+Works on plain embedding tensors, so it is tested without a model: the trainer embeds the training points and
+counters with the current model, calls `mine` with the epoch's random rate (`Schedule.rate(epoch)`), and uses
+`MiningResult.neg_kind` / `neg_index` to pick the negative text of each pair for the next epoch.
+
+Row i of the point and counter embeddings is true pair i. For each point i the hard negative is the closer of
+its nearest *other* point and its nearest counter that is *not its own*; with probability r it is replaced by a
+uniformly random argument (any of the 2N points and counters except point i and counter i). The positive is
+never returned, whatever the embeddings (duplicates included).
+
+Nearest neighbours are exact Euclidean with one deterministic order — ascending float64 distance, then lower
+index — whichever backend ("torch", "balltree", "faiss") found the candidates; see `nearest`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+BACKENDS = ("torch", "balltree", "faiss")
+SCHEDULE_KINDS = ("linear", "constant")
+POINT, COUNTER, RANDOM = "point", "counter", "random"
+
+# Backends return this many candidates beyond k by default; the float64 re-rank then fixes their order.
+_CANDIDATE_SLACK = 8
+# Work is done a block of query rows at a time: memory stays bounded and blocks stay cache-sized (measured:
+# 16 MiB [rows, m] float32 blocks search ~1.5x faster than 4096-row ones; 2 MiB re-rank blocks ~5x).
+_SEARCH_BLOCK = 2**22  # elements of the [rows, m] distance block
+_RERANK_BLOCK = 2**18  # elements of the [rows, candidates, d] float64 difference block
+_MAX_CHUNK_ROWS = 4096
+
+
+# --------------------------------------------------------------------------------------------- schedules
+@dataclass(frozen=True)
+class Schedule:
+    """Random rate per epoch. Epoch 0 is the mining before the first training epoch.
+
+    kind "linear": r(epoch) = max(floor, start − step·epoch)   (0.8 − 0.02·e; 1.0 − s·e)
+    kind "constant": r(epoch) = start                           ("decay none", "only random" = 1, "no random" = 0)
+    """
+
+    kind: str
+    start: float
+    step: float = 0.0
+    floor: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in SCHEDULE_KINDS:
+            raise ValueError(f"schedule kind={self.kind!r} is unknown; expected one of {SCHEDULE_KINDS}")
+        for name in ("start", "floor"):
+            _check_rate(getattr(self, name), f"schedule {name}")
+        if not self.step >= 0:
+            raise ValueError(f"schedule step={self.step!r} must be >= 0 (the rate may only decrease)")
+        if self.kind == "constant" and self.step != 0:
+            raise ValueError(f"constant schedule has step={self.step!r}; expected 0")
+
+    @classmethod
+    def linear(cls, start: float, step: float, floor: float = 0.0) -> Schedule:
+        return cls("linear", start, step, floor)
+
+    @classmethod
+    def constant(cls, rate: float) -> Schedule:
+        _check_rate(rate, "schedule rate")  # name the field the caller wrote, not the stored `start`
+        return cls("constant", rate, 0.0, 0.0)
+
+    def rate(self, epoch: int) -> float:
+        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
+            raise ValueError(f"epoch={epoch!r} must be an integer >= 0")
+        if self.kind == "constant":
+            return float(self.start)
+        # Rounding removes float noise such as 0.8 - 0.02*40 = 1e-17, which would otherwise escape the floor.
+        return max(float(self.floor), round(self.start - self.step * int(epoch), 12))
+
+
+def schedule_from_config(
+    kind: str,
+    start: float | None = None,
+    step: float | None = None,
+    floor: float = 0.0,
+    rate: float | None = None,
+) -> Schedule:
+    """Build a schedule from config values: "linear" needs start and step, "constant" needs rate."""
+    if kind == "linear":
+        if start is None or step is None:
+            raise ValueError(f"linear schedule needs start and step; got start={start!r}, step={step!r}")
+        return Schedule.linear(start, step, floor)
+    if kind == "constant":
+        if rate is None:
+            raise ValueError("constant schedule needs rate; got rate=None")
+        return Schedule.constant(rate)
+    raise ValueError(f"schedule kind={kind!r} is unknown; expected one of {SCHEDULE_KINDS}")
+
+
+def _check_rate(value: float, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name}={value!r} must be a number in [0, 1]")
+
+
+# ------------------------------------------------------------------------------------ nearest neighbours
+def nearest(
+    index_emb: torch.Tensor,
+    query_emb: torch.Tensor,
+    k: int,
+    backend: str = "torch",
+    *,
+    candidates: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact Euclidean k nearest rows of `index_emb` [m, d] for each row of `query_emb` [q, d].
+
+    Returns (dist float64 [q, k'], idx int64 [q, k']) with k' = min(k, m), on `query_emb`'s device, sorted by
+    (distance, index). The backend only proposes `candidates` rows per query (default k + 8); their distances
+    are recomputed in float64 and re-sorted, so every backend gives identical output. A query whose k-th and last
+    candidate are closer than the backend's rounding error could bound (near-ties, duplicates) is asked again
+    with twice the candidates, up to all m rows — so the result is exact, not just usually right.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend={backend!r} is unknown; expected one of {BACKENDS}")
+    _check_matrix(index_emb, "index_emb")
+    _check_matrix(query_emb, "query_emb")
+    if index_emb.shape[1] != query_emb.shape[1]:
+        raise ValueError(f"index_emb has d={index_emb.shape[1]} but query_emb has d={query_emb.shape[1]}")
+    if k < 1:
+        raise ValueError(f"k={k!r} must be >= 1")
+    m = index_emb.shape[0]
+    k = min(k, m)
+    width = min(m, max(k, candidates if candidates is not None else k + _CANDIDATE_SLACK))
+    search = _SEARCHERS[backend]
+    margin = _rounding_margin(index_emb, query_emb, torch.finfo(_search_dtype(backend, index_emb)).eps / 2)
+
+    q = query_emb.shape[0]
+    dist = torch.empty(q, k, dtype=torch.float64, device=query_emb.device)
+    idx = torch.empty(q, k, dtype=torch.int64, device=query_emb.device)
+    pending = torch.arange(q, device=query_emb.device)
+    while pending.numel():
+        cand = search(index_emb, query_emb[pending], width).to(query_emb.device)
+        cand_dist, cand_idx = _rerank(index_emb, query_emb[pending], cand)
+        if width == m:
+            settled = torch.ones_like(pending, dtype=torch.bool)
+        else:  # a row outside the candidates lies at least (last − 2·error) away: it cannot beat the k-th
+            gap = cand_dist[:, -1] ** 2 - cand_dist[:, k - 1] ** 2
+            settled = gap > 2 * margin[pending]
+        dist[pending[settled]] = cand_dist[settled, :k]
+        idx[pending[settled]] = cand_idx[settled, :k]
+        pending = pending[~settled]
+        width = min(m, 2 * width)
+    return dist, idx
+
+
+def _check_matrix(emb: torch.Tensor, name: str) -> None:
+    if not isinstance(emb, torch.Tensor) or emb.ndim != 2 or not emb.is_floating_point():
+        got = tuple(emb.shape) if isinstance(emb, torch.Tensor) else type(emb).__name__
+        raise ValueError(f"{name} must be a 2-D floating-point torch.Tensor [rows, d]; got {got}")
+    if emb.shape[0] == 0:
+        raise ValueError(f"{name} has no rows")
+
+
+def _rounding_margin(index_emb: torch.Tensor, query_emb: torch.Tensor, unit: float) -> torch.Tensor:
+    """Per-query bound on a backend's squared-distance error: 3·d·u·(|q|² + max|x|²), the worst case of the
+    |q|² + |x|² − 2·q·x form with length-d dot products in a precision of unit roundoff u (input casts included)."""
+    scale = query_emb.double().pow(2).sum(1) + index_emb.double().pow(2).sum(1).max()
+    return 3 * (query_emb.shape[1] + 2) * unit * scale
+
+
+def _rerank(index_emb: torch.Tensor, query_emb: torch.Tensor, cand: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """float64 distances of the candidate rows [p, c], sorted by (distance, index)."""
+    cand, _ = cand.sort(dim=1)
+    dist = torch.empty(cand.shape, dtype=torch.float64, device=query_emb.device)
+    rows = max(1, _RERANK_BLOCK // max(1, cand.shape[1] * query_emb.shape[1]))
+    for lo in range(0, cand.shape[0], rows):
+        diff = index_emb[cand[lo : lo + rows]].double() - query_emb[lo : lo + rows, None, :].double()
+        dist[lo : lo + rows] = torch.linalg.vector_norm(diff, dim=-1)
+    dist, order = dist.sort(dim=1, stable=True)  # stable: equal distances keep ascending index
+    return dist, cand.gather(1, order)
+
+
+def _torch_search(index_emb: torch.Tensor, query_emb: torch.Tensor, width: int) -> torch.Tensor:
+    """Candidate indices [q, width] by |x|² − 2·q·x (the squared distance less the per-row constant |q|²,
+    which cannot change a row's order: dropping it saves a pass over each block)."""
+    dtype = _search_dtype("torch", index_emb)
+    index = index_emb.to(dtype)
+    index_sq = index.pow(2).sum(1)
+    rows = max(1, min(_MAX_CHUNK_ROWS, _SEARCH_BLOCK // index.shape[0]))
+    out = []
+    saved = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")  # TF32/bf16 products would break the rounding bound
+    try:
+        for lo in range(0, query_emb.shape[0], rows):
+            query = query_emb[lo : lo + rows].to(dtype)
+            shifted = torch.addmm(index_sq[None, :], query, index.T, alpha=-2)
+            out.append(shifted.topk(width, dim=1, largest=False).indices)  # sqrt is monotone: skipped
+    finally:
+        torch.set_float32_matmul_precision(saved)
+    return torch.cat(out)
+
+
+def _balltree_search(index_emb: torch.Tensor, query_emb: torch.Tensor, width: int) -> torch.Tensor:
+    from sklearn.neighbors import BallTree
+
+    tree = BallTree(index_emb.detach().double().cpu().numpy(), leaf_size=2)  # the original's settings
+    _, idx = tree.query(query_emb.detach().double().cpu().numpy(), k=width)
+    return torch.from_numpy(idx.astype(np.int64))
+
+
+def _faiss_search(index_emb: torch.Tensor, query_emb: torch.Tensor, width: int) -> torch.Tensor:
+    try:
+        import faiss
+    except ImportError as err:
+        raise ImportError("backend='faiss' needs the faiss package (pip install faiss-cpu); "
+                          f"use backend 'torch' or 'balltree' instead ({err})") from err
+    index = faiss.IndexFlatL2(index_emb.shape[1])
+    index.add(np.ascontiguousarray(index_emb.detach().float().cpu().numpy()))
+    _, idx = index.search(np.ascontiguousarray(query_emb.detach().float().cpu().numpy()), width)
+    return torch.from_numpy(idx.astype(np.int64))
+
+
+_SEARCHERS: dict[str, Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]] = {
+    "torch": _torch_search, "balltree": _balltree_search, "faiss": _faiss_search,
+}
+
+
+def _search_dtype(backend: str, emb: torch.Tensor) -> torch.dtype:
+    """The precision a backend computes distances in (it bounds the backend's rounding error)."""
+    if backend == "balltree" or (backend == "torch" and emb.dtype == torch.float64):
+        return torch.float64
+    return torch.float32
+
+
+# ------------------------------------------------------------------------------------------------ mining
+@dataclass(frozen=True)
+class MiningResult:
+    """One negative per query point i (arrays of length N).
+
+    neg_kind: "point"|"counter" — which array the negative text comes from; neg_index: row in that array;
+    source: "point"|"counter" (hard) or "random"; distance: Euclidean distance (float64) from point i's
+    embedding to the negative's; rate: the random rate used.
+    """
+
+    neg_kind: np.ndarray
+    neg_index: np.ndarray
+    source: np.ndarray
+    distance: np.ndarray
+    rate: float
+
+    def stats(self, debate: np.ndarray, theme: np.ndarray) -> dict:
+        """Summary for logging. `debate` / `theme`: per-pair labels [N] (a pair's point and counter share them;
+        debate labels must be unique across themes, e.g. "theme/debate").
+
+        Keys: "point", "counter", "random" (fractions of sources, sum to 1), "same_debate", "same_theme"
+        (fraction of negatives from the query's own debate / theme), "mean_distance" (mean over the hard
+        negatives; None when every negative is random), "rate".
+        """
+        debate, theme = np.asarray(debate), np.asarray(theme)
+        for name, labels in (("debate", debate), ("theme", theme)):
+            if labels.shape != self.neg_index.shape:
+                raise ValueError(f"stats: {name} has shape {labels.shape}; expected ({len(self.neg_index)},)")
+        hard = self.source != RANDOM
+        return {
+            POINT: float(np.mean(self.source == POINT)),
+            COUNTER: float(np.mean(self.source == COUNTER)),
+            RANDOM: float(np.mean(~hard)),
+            "same_debate": float(np.mean(debate[self.neg_index] == debate)),
+            "same_theme": float(np.mean(theme[self.neg_index] == theme)),
+            "mean_distance": float(self.distance[hard].mean()) if hard.any() else None,
+            "rate": float(self.rate),
+        }
+
+    def negative_texts(self, points_text: list[str], counters_text: list[str]) -> list[str]:
+        """The negative text of each query point, in pair order."""
+        pools = {POINT: points_text, COUNTER: counters_text}
+        return [pools[kind][j] for kind, j in zip(self.neg_kind, self.neg_index.tolist())]
+
+    def examples(self, points_text: list[str], counters_text: list[str], n: int = 5, seed: int = 0) -> list[dict]:
+        """`n` random (point, negative, source) examples for inspection (query rows drawn with `seed`)."""
+        rows = np.random.default_rng(seed).choice(len(self.neg_index), size=min(n, len(self.neg_index)), replace=False)
+        negatives = self.negative_texts(points_text, counters_text)
+        return [{"point": points_text[i], "negative": negatives[i], "source": str(self.source[i])} for i in rows]
+
+
+def mine(
+    point_emb: torch.Tensor,
+    counter_emb: torch.Tensor,
+    *,
+    rate: float,
+    generator: torch.Generator,
+    backend: str = "torch",
+    k: int = 3,
+    candidate_pool_size: int | None = None,
+) -> MiningResult:
+    """Mine one negative per true pair from `point_emb` / `counter_emb` [N, d] (row i of each = pair i).
+
+    Hard negative: the closer of point i's nearest point other than i and nearest counter other than counter i
+    (a tie goes to the point). With probability `rate` it is replaced by a uniformly random argument that is
+    neither point i nor counter i. All randomness comes from `generator` (a CPU torch.Generator), so a run is
+    reproducible and resumable from the generator's state. `k` is the first number of neighbours asked for (more
+    are asked where the first k are all excluded); `candidate_pool_size` is how many candidates the backend
+    proposes before the exact re-rank (see `nearest`).
+    """
+    n = _check_pairs(point_emb, counter_emb)
+    _check_rate(rate, "rate")
+    if not isinstance(generator, torch.Generator) or generator.device.type != "cpu":
+        raise ValueError(f"generator must be a CPU torch.Generator; got {generator!r}")
+    own = torch.arange(n, device=point_emb.device)
+    with torch.no_grad():
+        p_dist, p_idx = _nearest_excluding(point_emb, point_emb, own, k, backend, candidate_pool_size)
+        c_dist, c_idx = _nearest_excluding(counter_emb, point_emb, own, k, backend, candidate_pool_size)
+    is_point = (p_dist <= c_dist).cpu().numpy()
+    neg_kind = np.where(is_point, POINT, COUNTER)
+    neg_index = np.where(is_point, p_idx.cpu().numpy(), c_idx.cpu().numpy())
+    source = neg_kind.copy()
+
+    is_random = torch.rand(n, generator=generator) < rate  # drawn for every row: generator use is rate-independent
+    rows = torch.nonzero(is_random).squeeze(1)
+    argument = _draw_arguments(rows, n, generator).numpy()
+    rows = rows.numpy()
+    neg_kind[rows] = np.where(argument < n, POINT, COUNTER)
+    neg_index[rows] = argument % n
+    source[rows] = RANDOM
+    distance = _distances_to(point_emb, counter_emb, neg_kind, neg_index)
+    return MiningResult(neg_kind, neg_index.astype(np.int64), source, distance, float(rate))
+
+
+def _check_pairs(point_emb: torch.Tensor, counter_emb: torch.Tensor) -> int:
+    _check_matrix(point_emb, "point_emb")
+    _check_matrix(counter_emb, "counter_emb")
+    if point_emb.shape != counter_emb.shape:
+        raise ValueError(f"point_emb {tuple(point_emb.shape)} and counter_emb {tuple(counter_emb.shape)} must "
+                         "have the same shape [N, d]: row i of each is true pair i")
+    if point_emb.device != counter_emb.device:
+        raise ValueError(f"point_emb is on {point_emb.device} but counter_emb on {counter_emb.device}")
+    if point_emb.shape[0] < 2:
+        raise ValueError(f"mining needs at least 2 pairs (a negative is another pair's argument); got N={point_emb.shape[0]}")
+    return point_emb.shape[0]
+
+
+def _nearest_excluding(
+    index_emb: torch.Tensor, query_emb: torch.Tensor, excluded: torch.Tensor, k: int, backend: str,
+    candidates: int | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Distance and index [q] of each query's nearest index row other than `excluded[query]`."""
+    dist = torch.empty(len(excluded), dtype=torch.float64, device=query_emb.device)
+    idx = torch.empty(len(excluded), dtype=torch.int64, device=query_emb.device)
+    pending = torch.arange(len(excluded), device=query_emb.device)
+    while pending.numel():
+        d, i = nearest(index_emb, query_emb[pending], k, backend, candidates=candidates)
+        allowed = i != excluded[pending, None]
+        found = allowed.any(1)
+        first = allowed.int().argmax(1, keepdim=True)  # first allowed column in (distance, index) order
+        dist[pending[found]] = d.gather(1, first).squeeze(1)[found]
+        idx[pending[found]] = i.gather(1, first).squeeze(1)[found]
+        pending = pending[~found]  # every neighbour excluded: ask these rows for more
+        if pending.numel() and k >= index_emb.shape[0]:
+            raise ValueError(f"no allowed neighbour among all {index_emb.shape[0]} rows for queries {pending.tolist()[:5]}")
+        k *= 2
+    return dist, idx
+
+
+def _draw_arguments(rows: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
+    """A uniform argument id in [0, 2N) for each query row (ids < N are points, N + j is counter j),
+    never the row's own point or counter: masked draws are redrawn until none is left."""
+    chosen = torch.empty(len(rows), dtype=torch.int64)
+    todo = torch.arange(len(rows))
+    while todo.numel():
+        draw = torch.randint(0, 2 * n, (len(todo),), generator=generator)
+        ok = (draw != rows[todo]) & (draw != rows[todo] + n)
+        chosen[todo[ok]] = draw[ok]
+        todo = todo[~ok]
+    return chosen
+
+
+def _distances_to(point_emb, counter_emb, neg_kind: np.ndarray, neg_index: np.ndarray) -> np.ndarray:
+    """float64 Euclidean distance from each point i to its negative (same arithmetic as `nearest`'s re-rank)."""
+    index = torch.as_tensor(neg_index, device=point_emb.device)
+    is_point = torch.as_tensor(neg_kind == POINT, device=point_emb.device)[:, None]
+    negative = torch.where(is_point, point_emb[index], counter_emb[index])
+    return (negative.double() - point_emb.double()).pow(2).sum(1).sqrt().cpu().numpy()
+
+
+# ------------------------------------------------------------------------------- the original, for checks
+def mine_reference(point_emb, counter_emb, rate: float, rng: np.random.Generator) -> MiningResult:
+    """The original protocol as the research code ran it — slow baseline for benchmarks and cross-checks.
+
+    One sklearn BallTree(leaf_size=2) per array, k=3 neighbours for each point, then a Python loop per query.
+    With rate=0 it picks the same negatives as `mine(..., rate=0)` (barring exact float ties).
+    """
+    from sklearn.neighbors import BallTree
+
+    points, counters = _as_float64(point_emb), _as_float64(counter_emb)
+    n = _check_pairs(torch.from_numpy(points), torch.from_numpy(counters))
+    p_dist, p_idx = BallTree(points, leaf_size=2).query(points, k=3)
+    c_dist, c_idx = BallTree(counters, leaf_size=2).query(points, k=3)
+    kinds, indices, sources, distances = [], [], [], []
+    for i in range(n):
+        p_col = next(c for c in range(3) if p_idx[i, c] != i)
+        c_col = next(c for c in range(3) if c_idx[i, c] != i)
+        if rng.random() < rate:
+            arg = i
+            while arg in (i, n + i):
+                arg = int(rng.integers(2 * n))
+            kind, j = (POINT, arg) if arg < n else (COUNTER, arg - n)
+            other = points[j] if kind == POINT else counters[j]
+            kinds.append(kind), indices.append(j), sources.append(RANDOM)
+            distances.append(float(np.linalg.norm(points[i] - other)))
+        elif p_dist[i, p_col] <= c_dist[i, c_col]:
+            kinds.append(POINT), indices.append(p_idx[i, p_col]), sources.append(POINT)
+            distances.append(p_dist[i, p_col])
+        else:
+            kinds.append(COUNTER), indices.append(c_idx[i, c_col]), sources.append(COUNTER)
+            distances.append(c_dist[i, c_col])
+    return MiningResult(np.array(kinds), np.array(indices, dtype=np.int64), np.array(sources),
+                        np.array(distances, dtype=np.float64), float(rate))
+
+
+def _as_float64(emb) -> np.ndarray:
+    return emb.detach().cpu().double().numpy() if isinstance(emb, torch.Tensor) else np.asarray(emb, np.float64)

@@ -1,0 +1,296 @@
+"""The one trainer every ablation launches: ``fit(config, corpus, hooks) -> history``.
+
+Per run: tokenise every text once; epoch 0 evaluates the untrained model; then each epoch mines negatives with the
+current model (random rate r(epoch - 1) of the schedule, so the first epoch trains on the round mined before it),
+trains one pass over the training pairs, evaluates, checkpoints, and calls the hooks.
+
+The trainer knows nothing of MLflow or Optuna. A hook is any object with some of these methods (all optional):
+
+* ``on_train_start(info: dict)`` — resolved config, data source, device, parameter counts;
+* ``on_epoch_end(epoch: int, metrics: dict) -> bool | None`` — return ``True`` to stop (pruning);
+* ``on_evaluation(epoch: int, split: str, evaluation: Evaluation)`` — per-query ranks, for paired comparisons;
+* ``on_negatives(epoch: int, examples: list[dict])`` — a few mined (point, negative, source) texts.
+
+``metrics`` per epoch: ``epoch``; ``loss`` {total, triplet, ce_pos, ce_neg, in_batch} (``None`` at epoch 0);
+per evaluated split key (``val``, ``test``, ``train``) {task: {"acc@1", "acc@3", "acc@5", "acc@10", "mrr"}} and
+``<key>_rerank_acc@1``; ``negatives`` {point, counter, random, same_debate, same_theme, mean_distance} of the
+negatives trained on (``None`` at epoch 0); ``random_rate``; ``epoch_seconds``; ``train_seq_per_s``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from argbench import checkpoint
+from argbench.config import Config, to_yaml
+from argbench.corpus import Corpus
+from argbench.distributed import Runtime, broadcast_flag, setup, shard, teardown
+from argbench.encoders import embed
+from argbench.evaluate import evaluate
+from argbench.loss import combined_loss
+from argbench.model import BiEncoder, Encoded, build_model
+from argbench.negatives import mine, schedule_from_config
+from argbench.tasks import SplitData
+from argbench.tokens import TokenizedTexts, bucketed_batches, pad_batch, tokenize_texts
+
+SPLIT_KEYS = {"training": "train", "validation": "val", "test": "test"}
+
+
+class NonFiniteLoss(FloatingPointError):
+    """The loss became NaN or infinite; the message names epoch and step."""
+
+
+def fit(cfg: Config, corpus: Corpus, hooks=(), *, out_dir: Path | None = None, resume: bool = False,
+        progress: bool = False) -> list[dict]:
+    """Train ``cfg`` on ``corpus`` and return one metrics dict per epoch (epoch 0 = untrained).
+
+    With ``out_dir``: writes ``config.yaml``, ``metrics.jsonl`` and ``checkpoint/`` there; ``resume`` continues
+    from that checkpoint (same seed on CPU gives the same final metrics as an uninterrupted run).
+    """
+    runtime = setup(cfg.train.device, cfg.train.precision)
+    try:
+        return Trainer(cfg, corpus, hooks, runtime, out_dir, progress).run(resume)
+    finally:
+        teardown(runtime)
+
+
+class Trainer:
+    def __init__(self, cfg: Config, corpus: Corpus, hooks, runtime: Runtime, out_dir: Path | None, progress: bool):
+        self.cfg, self.hooks, self.runtime, self.out_dir = cfg, list(hooks), runtime, out_dir
+        self.progress = progress and sys.stderr.isatty() and runtime.is_main
+        _seed_everything(cfg.train.seed, cfg.train.num_threads)
+        self.np_rng = np.random.default_rng(cfg.train.seed)
+        self.miner_rng = torch.Generator().manual_seed(cfg.train.seed + 1)
+        self.schedule = schedule_from_config(cfg.negatives.schedule, cfg.negatives.start, cfg.negatives.step,
+                                             cfg.negatives.floor, cfg.negatives.rate)
+        self.model, tokenizer = build_model(cfg.model)
+        self.model.to(runtime.device)
+        self.train_split = corpus.split("training")
+        self.pairs = _training_pairs(self.train_split, cfg.data.max_train_pairs, self.np_rng)
+        self.eval_splits = {SPLIT_KEYS[s]: corpus.split(s) for s in cfg.data.eval_splits}
+        self.tokens = {key: tokenize_texts(tokenizer, split.texts, cfg.model.max_length)
+                       for key, split in [("train", self.train_split), *self.eval_splits.items()]}
+        self.optimizer = _optimizer(self.model, cfg.train)
+        self.ddp_model = _wrap_ddp(self.model, runtime, cfg.model.pooling)
+        self.history: list[dict] = []
+        self.info = {"data.source": corpus.source.describe(), "data.hash": corpus.hash,
+                     "device": str(runtime.device), "world_size": runtime.world_size,
+                     "train_pairs": len(self.pairs), "params_trainable": _count(self.model, trainable=True),
+                     "params_total": _count(self.model, trainable=False)}
+
+    # ------------------------------------------------------------------------------------------- epochs
+    def run(self, resume: bool) -> list[dict]:
+        start = self._resume() if resume else self._fresh()
+        for epoch in range(start, self.cfg.train.epochs + 1):
+            metrics = self._epoch(epoch)
+            if self._finish_epoch(epoch, metrics):
+                break
+        return self.history
+
+    def _fresh(self) -> int:
+        if self.out_dir is not None and self.runtime.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            (self.out_dir / "config.yaml").write_text(to_yaml(self.cfg))
+            (self.out_dir / "metrics.jsonl").write_text("")
+        self._call("on_train_start", {**self.info, "resumed_from": None})
+        return 0
+
+    def _resume(self) -> int:
+        if self.out_dir is None:
+            raise ValueError("resume needs the run folder (out_dir) that holds the checkpoint")
+        state = checkpoint.load(self.out_dir, self.model, self.runtime.device)
+        self.optimizer.load_state_dict(state["optimizer"])
+        checkpoint.restore_rng(state["rng"], self.np_rng, self.miner_rng)
+        self.history = [json.loads(row) for row in state["history"]]
+        if self.runtime.is_main:
+            (self.out_dir / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in self.history))
+        self._call("on_train_start", {**self.info, "resumed_from": state["epoch"]})
+        return state["epoch"] + 1
+
+    def _epoch(self, epoch: int) -> dict:
+        t0 = time.perf_counter()
+        metrics: dict = {"epoch": epoch, "loss": None, "negatives": None, "random_rate": None,
+                         "train_seq_per_s": None}
+        if epoch > 0:
+            rate = self.schedule.rate(epoch - 1)
+            negatives, stats = self._mine(epoch, rate)
+            t_train = time.perf_counter()
+            metrics["loss"] = self._train_epoch(epoch, negatives)
+            metrics["train_seq_per_s"] = 3 * len(self.pairs) / (time.perf_counter() - t_train)
+            metrics["negatives"] = {k: v for k, v in stats.items() if k != "rate"}
+            metrics["random_rate"] = rate
+        if self.runtime.is_main and (epoch % self.cfg.eval.every == 0 or epoch == self.cfg.train.epochs):
+            for key, split in self.eval_splits.items():
+                evaluation = self._evaluate(key, split)
+                metrics[key] = evaluation.metrics
+                metrics[f"{key}_rerank_acc@1"] = evaluation.rerank_acc1
+                self._call("on_evaluation", epoch, key, evaluation)
+        metrics["epoch_seconds"] = time.perf_counter() - t0
+        return metrics
+
+    def _finish_epoch(self, epoch: int, metrics: dict) -> bool:
+        self.history.append(metrics)
+        if self.out_dir is not None and self.runtime.is_main:
+            state = {"epoch": epoch, "optimizer": self.optimizer.state_dict(),
+                     "rng": checkpoint.rng_state(self.np_rng, self.miner_rng),
+                     "history": [json.dumps(m) for m in self.history]}
+            checkpoint.save(self.out_dir, self.model, state)
+            with open(self.out_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(metrics) + "\n")
+        stop = any(self._call("on_epoch_end", epoch, metrics)) if self.runtime.is_main else False
+        return broadcast_flag(stop, self.runtime)
+
+    # ------------------------------------------------------------------------------------------- parts
+    def _mine(self, epoch: int, rate: float):
+        """Embed the training pairs with the current model and mine one negative per pair."""
+        split, tok = self.train_split, self.tokens["train"]
+        points = self._embed(tok, split.points_idx[self.pairs], "point").emb
+        counters = self._embed(tok, split.counters_idx[self.pairs], "candidate").emb
+        result = mine(points.to(self.runtime.device), counters.to(self.runtime.device), rate=rate,
+                      generator=self.miner_rng, backend=self.cfg.negatives.backend, k=self.cfg.negatives.k)
+        labels = split.args.loc[split.points_idx[self.pairs]]
+        stats = result.stats((labels["theme"] + "/" + labels["debate"]).to_numpy(), labels["theme"].to_numpy())
+        negative_rows = _negative_rows(split, self.pairs, result)
+        if self.runtime.is_main and self.cfg.negatives.examples:
+            texts = split.texts
+            self._call("on_negatives", epoch, [
+                {"point": texts[split.points_idx[self.pairs][i]], "negative": texts[negative_rows[i]],
+                 "source": str(result.source[i])}
+                for i in self.np_rng.choice(len(self.pairs), min(self.cfg.negatives.examples, len(self.pairs)),
+                                            replace=False)])
+        return negative_rows, stats
+
+    def _train_epoch(self, epoch: int, negative_rows: np.ndarray) -> dict:
+        """One pass over the training pairs; returns the mean of each loss component."""
+        split, tok, device = self.train_split, self.tokens["train"], self.runtime.device
+        anchors, positives = split.points_idx[self.pairs], split.counters_idx[self.pairs]
+        batches = shard(bucketed_batches(tok.lengths[anchors], self.cfg.train.batch_size, self.np_rng), self.runtime)
+        self.ddp_model.train()
+        sums: dict[str, float] = {}
+        bar = tqdm(batches, desc=f"epoch {epoch}", unit="batch", disable=not self.progress, leave=False)
+        for step, rows in enumerate(bar, start=1):
+            with self._autocast():
+                out = self.ddp_model(pad_batch(tok, anchors[rows], device), pad_batch(tok, positives[rows], device),
+                                     pad_batch(tok, negative_rows[rows], device))
+                parts = combined_loss(out, self.cfg.loss)
+            if not torch.isfinite(parts["total"]):
+                raise NonFiniteLoss(f"non-finite loss {parts['total'].item()} at epoch {epoch}, step {step} "
+                                    f"(components: { {k: round(v.item(), 4) for k, v in parts.items()} }); "
+                                    "try a smaller train.lr or loss weights")
+            self.optimizer.zero_grad(set_to_none=True)
+            parts["total"].backward()
+            if self.cfg.train.grad_clip:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
+            self.optimizer.step()
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            bar.set_postfix(loss=f"{sums['total'] / step:.4f}")
+        return {k: v / max(len(batches), 1) for k, v in sums.items()}
+
+    def _evaluate(self, key: str, split: SplitData):
+        tok = self.tokens[key]
+        candidates = self._embed(tok, np.arange(len(split.args)), "candidate")
+        if self.model.sharing == "shared":
+            queries = Encoded(candidates.pooled[split.query_idx], candidates.emb[split.query_idx])
+        else:
+            queries = self._embed(tok, split.query_idx, "point")
+        scorer = _pair_scorer(self.model, queries, candidates, self.runtime) if self.model.classifier else None
+        return evaluate(split, queries.emb, candidates.emb, metric=self.cfg.eval.metric, scorer=scorer,
+                        rerank_depth=self.cfg.eval.rerank_depth)
+
+    @torch.no_grad()
+    def _embed(self, tok: TokenizedTexts, rows: np.ndarray, side: str) -> Encoded:
+        """Pooled vectors and retrieval embeddings (float32, CPU) of ``rows`` of ``tok``."""
+        encoder = self.model.point_encoder if side == "point" else self.model.candidate_encoder
+        pooled = embed(encoder, tok, pooling=self.cfg.model.pooling, batch_size=self.cfg.train.embed_batch_size,
+                       device=self.runtime.device, rows=rows, autocast_dtype=self.runtime.autocast_dtype,
+                       progress=self.progress)
+        was_training = self.model.training
+        self.model.eval()
+        emb = self.model.head(pooled.to(self.runtime.device)).float().cpu()
+        self.model.train(was_training)
+        return Encoded(pooled, emb)
+
+    def _autocast(self):
+        dtype = self.runtime.autocast_dtype
+        return torch.autocast(self.runtime.device.type, dtype=dtype, enabled=dtype is not None)
+
+    def _call(self, method: str, *args) -> list:
+        return [getattr(h, method)(*args) for h in self.hooks if hasattr(h, method)]
+
+
+def _negative_rows(split: SplitData, pairs: np.ndarray, result) -> np.ndarray:
+    """Argument rows (in ``split.args``) of the mined negatives; indices in ``result`` refer to ``pairs``."""
+    points, counters = split.points_idx[pairs], split.counters_idx[pairs]
+    return np.where(result.neg_kind == "point", points[result.neg_index], counters[result.neg_index])
+
+
+def _pair_scorer(model: BiEncoder, queries: Encoded, candidates: Encoded, runtime: Runtime, chunk: int = 65536):
+    """``scorer(query_rows, cand_rows)`` for the evaluator: P(true pair) from the classifier, batched."""
+    def scorer(q_rows: torch.Tensor, c_rows: torch.Tensor) -> torch.Tensor:
+        out = []
+        with torch.no_grad():
+            for s in range(0, len(q_rows), chunk):
+                q, c = q_rows[s:s + chunk], c_rows[s:s + chunk]
+                a = Encoded(queries.pooled[q].to(runtime.device), queries.emb[q].to(runtime.device))
+                b = Encoded(candidates.pooled[c].to(runtime.device), candidates.emb[c].to(runtime.device))
+                out.append(model.classify(a, b).float().softmax(-1)[:, 1].cpu())
+        return torch.cat(out)
+    return scorer
+
+
+def _training_pairs(split: SplitData, limit: int | None, rng: np.random.Generator) -> np.ndarray:
+    """Pair numbers used for training: all, or a seeded sample of ``limit`` (sorted)."""
+    n = len(split.points_idx)
+    if limit is None or limit >= n:
+        return np.arange(n)
+    return np.sort(rng.choice(n, size=limit, replace=False))
+
+
+def _optimizer(model: BiEncoder, train_cfg) -> torch.optim.Optimizer:
+    """Adam/AdamW over every trainable parameter: encoders at ``lr``, heads at ``head_lr`` (default ``lr``)."""
+    encoder_ids = {id(p) for e in model.encoders() for p in e.parameters()}
+    encoder_params = [p for p in model.parameters() if p.requires_grad and id(p) in encoder_ids]
+    head_params = [p for p in model.parameters() if p.requires_grad and id(p) not in encoder_ids]
+    groups = [{"params": encoder_params, "lr": train_cfg.lr},
+              {"params": head_params, "lr": train_cfg.head_lr or train_cfg.lr}]
+    cls = torch.optim.AdamW if train_cfg.optimizer == "adamw" else torch.optim.Adam
+    return cls([g for g in groups if g["params"]], weight_decay=train_cfg.weight_decay)
+
+
+def _wrap_ddp(model: BiEncoder, runtime: Runtime, pooling: str):
+    if not runtime.distributed:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [runtime.device.index] if runtime.device.type == "cuda" else None
+    # The pooler layer gets no gradient unless pooling uses it.
+    return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=pooling != "pooler")
+
+
+def _seed_everything(seed: int, threads: int | None) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def _count(model: torch.nn.Module, trainable: bool) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable)
+
+
+def best(history: list[dict], primary: str) -> float:
+    """Best value of ``primary`` (e.g. ``val/epa/acc@1``) over the epochs that evaluated it; NaN if none did."""
+    key, task, metric = primary.split("/")
+    values = [m[key][task][metric] for m in history if key in m]
+    return max(values) if values else math.nan

@@ -1,0 +1,26 @@
+"""Shared pytest fixtures. Forces Hugging Face offline mode before anything imports transformers."""
+
+import copy
+import os
+
+import pytest
+
+# Set at import, before any test module imports transformers / huggingface_hub, which read these once.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder():
+    """(model, tokenizer) of "tiny-random-bert", loaded once per session, in eval mode. Do not modify it in a test;
+    use `fresh_tiny_encoder` for a copy you may train."""
+    from argbench.encoders import load_encoder
+
+    return load_encoder("tiny-random-bert")
+
+
+@pytest.fixture
+def fresh_tiny_encoder(tiny_encoder):
+    """A private deep copy of the session's tiny model (same weights) with the shared tokenizer."""
+    model, tokenizer = tiny_encoder
+    return copy.deepcopy(model), tokenizer
