@@ -45,5 +45,30 @@ baselines: $(STAMP) ## zero-shot baselines on the test split: TF-IDF and all-Min
 	$(BIN)/argbench eval --encoder tfidf --split test $(ARGS)
 	$(BIN)/argbench eval --encoder all-MiniLM-L6-v2 --pooling mean --max-length 256 --split test $(ARGS)
 
+ablation: $(STAMP) ## run one named ablation, tracked in MLflow: make ablation NAME=with_layernorm_relu [ARGS="--set k=v"]
+	$(BIN)/argbench ablation run $(NAME) $(if $(filter-out 1,$(SEEDS)),--seeds $(SEEDS)) $(ARGS)
+
+ablations: $(STAMP) ## run every ablation of a group (or all): make ablations GROUP=norm [ARGS=...]
+	@set -e; for name in $$($(BIN)/argbench ablation list --names $(if $(GROUP),--group $(GROUP))); do \
+	  echo "== $$name"; $(BIN)/argbench ablation run $$name $(if $(filter-out 1,$(SEEDS)),--seeds $(SEEDS)) $(ARGS); done
+
+ablation-list: $(STAMP) ## list the registry: name, group, question
+	$(BIN)/argbench ablation list
+
+report: $(STAMP) ## write mlruns/report.html comparing runs from MLflow (ARGS="--runs a b --metric val/epa/acc_at_1")
+	$(BIN)/argbench report $(ARGS)
+
+ui: $(STAMP) ## MLflow UI on the local store, http://$(HOST):$(PORT) (HOST=0.0.0.0 to expose it)
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --host $(HOST) --port $(PORT)
+
+search: $(STAMP) ## Optuna search for an ablation: make search NAME=baseline TRIALS=8 [ARGS="--jobs 2"]
+	$(BIN)/argbench search --ablation $(NAME) --trials $(TRIALS) $(ARGS)
+
+dashboard: $(STAMP) ## optuna-dashboard on the default study storage, http://$(HOST):$(DASH_PORT)
+	$(BIN)/optuna-dashboard sqlite:///$(CURDIR)/mlruns/optuna.db --host $(HOST) --port $(DASH_PORT)
+
+bench: $(STAMP) ## side-by-side benchmarks against the original's methods (ARGS="load --json")
+	$(BIN)/argbench bench $(or $(ARGS),all)
+
 clean: ## remove the venv and caches (keeps mlruns/)
 	rm -rf $(VENV) .pytest_cache *.egg-info

@@ -26,7 +26,8 @@ SPLITS = ("training", "validation", "test")
 STANCES = ("pro", "con")
 FILE_PATTERN = re.compile(r"^(pro|con)(\d+)([ab])-(point|counter)\.txt$")
 COLUMNS = ("split", "theme", "debate", "stance", "number", "kind", "text", "pair_id", "paired", "path")
-REPO_DATA = Path(__file__).resolve().parent.parent / "data" / "counterargs-18"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_DATA = REPO_ROOT / "data" / "counterargs-18"
 ENV_VAR = "ARGBENCH_DATA"
 
 

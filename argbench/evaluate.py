@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+import scipy.sparse
 import torch
 
 from argbench.tasks import TASKS, SplitData
@@ -46,8 +47,16 @@ class Evaluation:
         return self.metrics[task][metric]
 
 
-def scores(query_emb: torch.Tensor, cand_emb: torch.Tensor, metric: str) -> torch.Tensor:
-    """[Q, n] similarity, higher is closer: cosine similarity, or negative Euclidean distance."""
+def scores(query_emb, cand_emb, metric: str) -> torch.Tensor:
+    """[Q, n] similarity, higher is closer: cosine similarity, or negative Euclidean distance.
+
+    Sparse scipy matrices (e.g. TF-IDF rows) are accepted for ``cosine`` and multiplied sparsely.
+    """
+    if scipy.sparse.issparse(query_emb):
+        if metric != "cosine":
+            raise ValueError("sparse embeddings support only metric='cosine'")
+        q, c = _l2_rows(query_emb), _l2_rows(cand_emb)
+        return torch.from_numpy((q @ c.T).toarray().astype(np.float32))
     if metric == "cosine":
         q = torch.nn.functional.normalize(query_emb.float(), dim=-1)
         c = torch.nn.functional.normalize(cand_emb.float(), dim=-1)
@@ -55,6 +64,11 @@ def scores(query_emb: torch.Tensor, cand_emb: torch.Tensor, metric: str) -> torc
     if metric == "euclidean":
         return -torch.cdist(query_emb.float(), cand_emb.float())
     raise ValueError(f"unknown metric {metric!r}: expected one of {', '.join(METRICS)}")
+
+
+def _l2_rows(m):
+    norms = np.sqrt(m.multiply(m).sum(axis=1)).A1
+    return scipy.sparse.diags(1.0 / np.maximum(norms, 1e-12)) @ m
 
 
 def ranks_from_scores(score: torch.Tensor, pool: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:

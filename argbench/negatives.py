@@ -101,6 +101,7 @@ def _check_rate(value: float, name: str) -> None:
 
 
 # ------------------------------------------------------------------------------------ nearest neighbours
+@torch.no_grad()
 def nearest(
     index_emb: torch.Tensor,
     query_emb: torch.Tensor,
@@ -115,7 +116,7 @@ def nearest(
     (distance, index). The backend only proposes `candidates` rows per query (default k + 8); their distances
     are recomputed in float64 and re-sorted, so every backend gives identical output. A query whose k-th and last
     candidate are closer than the backend's rounding error could bound (near-ties, duplicates) is asked again
-    with twice the candidates, up to all m rows — so the result is exact, not just usually right.
+    with twice the candidates, up to all m rows — so the result equals a float64 brute force, not just usually.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend={backend!r} is unknown; expected one of {BACKENDS}")
@@ -160,7 +161,7 @@ def _check_matrix(emb: torch.Tensor, name: str) -> None:
 
 def _rounding_margin(index_emb: torch.Tensor, query_emb: torch.Tensor, unit: float) -> torch.Tensor:
     """Per-query bound on a backend's squared-distance error: 3·d·u·(|q|² + max|x|²), the worst case of the
-    |q|² + |x|² − 2·q·x form with length-d dot products in a precision of unit roundoff u (input casts included)."""
+    |q|² + |x|² − 2·q·x form with length-d dot products at unit roundoff u (input casts included)."""
     scale = query_emb.double().pow(2).sum(1) + index_emb.double().pow(2).sum(1).max()
     return 3 * (query_emb.shape[1] + 2) * unit * scale
 
@@ -297,22 +298,22 @@ def mine(
     neither point i nor counter i. All randomness comes from `generator` (a CPU torch.Generator), so a run is
     reproducible and resumable from the generator's state. `k` is the first number of neighbours asked for (more
     are asked where the first k are all excluded); `candidate_pool_size` is how many candidates the backend
-    proposes before the exact re-rank (see `nearest`).
+    proposes before the exact re-rank (see `nearest`). Embeddings may be on any device; results are numpy.
     """
     n = _check_pairs(point_emb, counter_emb)
+    point_emb, counter_emb = point_emb.detach(), counter_emb.detach()
     _check_rate(rate, "rate")
     if not isinstance(generator, torch.Generator) or generator.device.type != "cpu":
         raise ValueError(f"generator must be a CPU torch.Generator; got {generator!r}")
     own = torch.arange(n, device=point_emb.device)
-    with torch.no_grad():
-        p_dist, p_idx = _nearest_excluding(point_emb, point_emb, own, k, backend, candidate_pool_size)
-        c_dist, c_idx = _nearest_excluding(counter_emb, point_emb, own, k, backend, candidate_pool_size)
+    p_dist, p_idx = _nearest_excluding(point_emb, point_emb, own, k, backend, candidate_pool_size)
+    c_dist, c_idx = _nearest_excluding(counter_emb, point_emb, own, k, backend, candidate_pool_size)
     is_point = (p_dist <= c_dist).cpu().numpy()
     neg_kind = np.where(is_point, POINT, COUNTER)
     neg_index = np.where(is_point, p_idx.cpu().numpy(), c_idx.cpu().numpy())
     source = neg_kind.copy()
 
-    is_random = torch.rand(n, generator=generator) < rate  # drawn for every row: generator use is rate-independent
+    is_random = torch.rand(n, generator=generator) < rate  # one draw per row, whatever the rate
     rows = torch.nonzero(is_random).squeeze(1)
     argument = _draw_arguments(rows, n, generator).numpy()
     rows = rows.numpy()
@@ -332,7 +333,8 @@ def _check_pairs(point_emb: torch.Tensor, counter_emb: torch.Tensor) -> int:
     if point_emb.device != counter_emb.device:
         raise ValueError(f"point_emb is on {point_emb.device} but counter_emb on {counter_emb.device}")
     if point_emb.shape[0] < 2:
-        raise ValueError(f"mining needs at least 2 pairs (a negative is another pair's argument); got N={point_emb.shape[0]}")
+        raise ValueError(f"mining needs at least 2 pairs (a negative is another pair's argument); "
+                         f"got N={point_emb.shape[0]}")
     return point_emb.shape[0]
 
 
@@ -353,7 +355,8 @@ def _nearest_excluding(
         idx[pending[found]] = i.gather(1, first).squeeze(1)[found]
         pending = pending[~found]  # every neighbour excluded: ask these rows for more
         if pending.numel() and k >= index_emb.shape[0]:
-            raise ValueError(f"no allowed neighbour among all {index_emb.shape[0]} rows for queries {pending.tolist()[:5]}")
+            raise ValueError(f"no allowed neighbour among all {index_emb.shape[0]} index rows "
+                             f"for queries {pending.tolist()[:5]}")
         k *= 2
     return dist, idx
 
@@ -372,11 +375,11 @@ def _draw_arguments(rows: torch.Tensor, n: int, generator: torch.Generator) -> t
 
 
 def _distances_to(point_emb, counter_emb, neg_kind: np.ndarray, neg_index: np.ndarray) -> np.ndarray:
-    """float64 Euclidean distance from each point i to its negative (same arithmetic as `nearest`'s re-rank)."""
+    """float64 Euclidean distance from each point i to its negative (computed as `nearest`'s re-rank does)."""
     index = torch.as_tensor(neg_index, device=point_emb.device)
     is_point = torch.as_tensor(neg_kind == POINT, device=point_emb.device)[:, None]
     negative = torch.where(is_point, point_emb[index], counter_emb[index])
-    return (negative.double() - point_emb.double()).pow(2).sum(1).sqrt().cpu().numpy()
+    return torch.linalg.vector_norm(negative.double() - point_emb.double(), dim=-1).cpu().numpy()
 
 
 # ------------------------------------------------------------------------------- the original, for checks

@@ -98,6 +98,12 @@ def test_all_backends_and_the_reference_agree_at_rate_0():
     assert set(results["torch"].source) == {"point", "counter"}
 
 
+def test_embeddings_that_require_grad_are_mined_without_a_graph():
+    points, counters = layout()
+    result = mine(points.requires_grad_(), counters.requires_grad_(), rate=0.0, generator=gen())
+    assert result.neg_index.tolist() == [index for _, index, _ in EXPECTED]
+
+
 def test_rate_0_has_no_random_negatives():
     result = mine(*random_pairs(100, 16), rate=0.0, generator=gen())
     assert "random" not in set(result.source)

@@ -1,0 +1,40 @@
+"""What argbench prints for people: metric tables and one line per epoch (the trainer's console hook)."""
+
+from __future__ import annotations
+
+import sys
+
+from argbench.tasks import TASKS
+
+
+def task_table(metrics: dict[str, dict[str, float]], columns=("acc@1", "acc@5", "mrr"), title: str = "") -> str:
+    """A fixed-width table: one row per task, one column per metric."""
+    head = f"{'task':<6}" + "".join(f"{c:>9}" for c in columns)
+    rows = [f"{task:<6}" + "".join(f"{metrics[task][c]:>9.3f}" for c in columns) for task in TASKS if task in metrics]
+    return "\n".join(([title] if title else []) + [head, *rows])
+
+
+def epoch_line(metrics: dict, primary: str) -> str:
+    """``epoch 3  loss 2.3091  val/epa/acc@1 0.458  rerank 0.125  random 0.76  31.2 s``."""
+    parts = [f"epoch {metrics['epoch']:>3}"]
+    if metrics.get("loss"):
+        parts.append(f"loss {metrics['loss']['total']:.4f}")
+    key, task, metric = primary.split("/")
+    if key in metrics:
+        parts.append(f"{primary} {metrics[key][task][metric]:.3f}")
+        if metrics.get(f"{key}_rerank_acc@1") is not None:
+            parts.append(f"rerank {metrics[f'{key}_rerank_acc@1']:.3f}")
+    if metrics.get("negatives"):
+        parts.append(f"random {metrics['negatives']['random']:.2f}")
+    parts.append(f"{metrics['epoch_seconds']:.1f} s")
+    return "  ".join(parts)
+
+
+class EpochPrinter:
+    """Trainer hook: one line per epoch on stderr (under any progress bar), so logs stay readable."""
+
+    def __init__(self, primary: str, stream=None):
+        self.primary, self.stream = primary, stream or sys.stderr
+
+    def on_epoch_end(self, epoch: int, metrics: dict) -> None:
+        print(epoch_line(metrics, self.primary), file=self.stream, flush=True)
