@@ -1,0 +1,184 @@
+"""argbench.compare against a private SQLite MLflow store holding per-query ranks with known differences.
+
+Most runs are written by ``log_run`` in the format argbench.tracking logs (so start times and statuses can be set);
+one test writes them through argbench.tracking itself, so a change of that format fails here.
+"""
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from argbench.compare import ARTIFACT, compare, load_ranks
+from argbench.tracking import tracked_run
+
+N = 200
+STATS = {"n_boot": 300, "n_perm": 1_000}
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """(tracking URI, artifact folder) of one SQLite store shared by this module (creating one takes seconds)."""
+    root = tmp_path_factory.mktemp("mlflow")
+    return f"sqlite:///{root / 'mlflow.db'}", root / "artifacts"
+
+
+@pytest.fixture
+def tracking(store, request):
+    """(client, experiment name): a fresh experiment per test, artifacts under the store's temporary folder."""
+    uri, artifacts = store
+    client = MlflowClient(uri)
+    name = request.node.name
+    client.create_experiment(name, artifact_location=(artifacts / name).as_uri())
+    return client, name
+
+
+_clock = iter(range(1_000_000_000_000, 2_000_000_000_000, 1_000))
+
+
+def log_run(client, experiment, name, ranks, *, split="test", parent=None, status="FINISHED", data="h0", tmp_dir):
+    """One run named `name` with ranks {task: [n]} logged as ARTIFACT (rows shuffled; query id = position);
+    ranks None logs no artifact (a multi-seed parent)."""
+    exp_id = client.get_experiment_by_name(experiment).experiment_id
+    tags = {"data.hash": data, **({"mlflow.parentRunId": parent} if parent else {})}
+    run_id = client.create_run(exp_id, start_time=next(_clock), tags=tags, run_name=name).info.run_id
+    if ranks is None:
+        client.set_terminated(run_id, status)
+        return run_id
+    rows = [{"epoch": 5, "query": i, "task": task, "rank": int(r)} for task, rs in ranks.items()
+            for i, r in enumerate(rs)]
+    frame = pd.DataFrame(rows).sample(frac=1.0, random_state=0)  # readers must not rely on row order
+    path = tmp_dir / run_id / ARTIFACT.format(split=split)
+    path.parent.mkdir(parents=True)
+    frame.to_csv(path, index=False)
+    client.log_artifact(run_id, str(path), artifact_path=str(path.parent.relative_to(tmp_dir / run_id)))
+    client.set_terminated(run_id, status)
+    return run_id
+
+
+def planted(extra=30):
+    """A ranks the counter first on the first 40 queries, B on `extra` more; every other rank is 2."""
+    a, b = np.full(N, 2), np.full(N, 2)
+    a[:40] = 1
+    b[:40 + extra] = 1
+    return a, b
+
+
+def test_load_ranks_orders_by_query(tracking, tmp_path):
+    client, exp = tracking
+    epa = np.arange(1, N + 1)
+    run_id = log_run(client, exp, "x", {"epa": epa, "sdoc": np.ones(N)}, tmp_dir=tmp_path)
+    ranks = load_ranks(run_id, "test", tracking_uri=client.tracking_uri)
+    assert list(ranks) == ["sdoc", "epa"]  # the order of TASKS
+    assert ranks["epa"].tolist() == epa.tolist()
+
+
+def test_compare_by_name_single_seed(tracking, tmp_path):
+    client, exp = tracking
+    a, b = planted()
+    same = np.random.default_rng(0).integers(1, 5, size=N)
+    id_a = log_run(client, exp, "base", {"epa": a, "sdoc": same}, tmp_dir=tmp_path)
+    id_b = log_run(client, exp, "variant", {"epa": b, "sdoc": same}, tmp_dir=tmp_path)
+    res = compare("base", "variant", experiment=exp, tracking_uri=client.tracking_uri, **STATS)
+    assert (res["a"], res["b"], res["split"]) == ("base", "variant", "test")
+    assert res["runs"] == {"a": [id_a], "b": [id_b]}
+    assert list(res["tasks"]) == ["sdoc", "epa"]
+    acc = res["tasks"]["epa"]["acc@1"]
+    assert (acc["a"], acc["b"], acc["delta"]) == pytest.approx((40 / N, 70 / N, 30 / N))
+    assert acc["p_value"] == pytest.approx(2 * 0.5 ** 30) and acc["ci"][0] > 0
+    assert res["tasks"]["sdoc"]["mrr"]["delta"] == 0.0 and res["tasks"]["sdoc"]["mrr"]["p_value"] == 1.0
+    json.dumps(res)  # the CLI prints it as is
+    by_id = compare(id_a, id_b, experiment="elsewhere", tracking_uri=client.tracking_uri, tasks=["epa"], **STATS)
+    assert by_id["runs"] == res["runs"] and list(by_id["tasks"]) == ["epa"]
+    assert by_id["tasks"]["epa"]["acc@1"]["p_value"] == acc["p_value"]
+
+
+def test_latest_finished_run_of_a_name_is_used(tracking, tmp_path):
+    client, exp = tracking
+    a, b = planted()
+    log_run(client, exp, "base", {"epa": np.full(N, 9)}, tmp_dir=tmp_path)  # older
+    newest_finished = log_run(client, exp, "base", {"epa": a}, tmp_dir=tmp_path)
+    log_run(client, exp, "base", {"epa": np.full(N, 7)}, status="FAILED", tmp_dir=tmp_path)
+    log_run(client, exp, "variant", {"epa": b}, tmp_dir=tmp_path)
+    res = compare("base", "variant", experiment=exp, tracking_uri=client.tracking_uri, **STATS)
+    assert res["runs"]["a"] == [newest_finished]
+    assert res["tasks"]["epa"]["acc@1"]["a"] == pytest.approx(40 / N)
+
+
+def test_multi_seed_parent_stacks_its_finished_children(tracking, tmp_path):
+    client, exp = tracking
+    a, b = planted()
+    parent = log_run(client, exp, "multi", None, tmp_dir=tmp_path)
+    # Seed k (k = 0, 1, 2) ranks the counter first on the first 40 + 10k queries: pooled acc@1 = (40 + 10) / N.
+    children = []
+    for k in range(3):
+        seed_ranks = np.full(N, 2)
+        seed_ranks[:40 + 10 * k] = 1
+        children.append(log_run(client, exp, "multi", {"epa": seed_ranks}, parent=parent, tmp_dir=tmp_path))
+    log_run(client, exp, "multi", {"epa": np.full(N, 5)}, parent=parent, status="FAILED", tmp_dir=tmp_path)
+    log_run(client, exp, "single", {"epa": b}, tmp_dir=tmp_path)
+    res = compare("multi", "single", experiment=exp, tracking_uri=client.tracking_uri, **STATS)
+    assert res["runs"]["a"] == children
+    acc = res["tasks"]["epa"]["acc@1"]
+    assert acc["a"] == pytest.approx(50 / N) and acc["b"] == pytest.approx(70 / N)
+    assert acc["test"] == "sign-flip-permutation"
+
+
+def test_unknown_name_suggests_close_ones(tracking, tmp_path):
+    client, exp = tracking
+    log_run(client, exp, "with_layernorm", {"epa": np.ones(N)}, tmp_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"with_layernrom.*did you mean \['with_layernorm'\]"):
+        compare("with_layernrom", "with_layernorm", experiment=exp, tracking_uri=client.tracking_uri)
+    with pytest.raises(ValueError, match="no MLflow experiment 'nope'"):
+        compare("a", "b", experiment="nope", tracking_uri=client.tracking_uri)
+    with pytest.raises(ValueError, match="no MLflow run with id 0123456789abcdef0123456789abcdef"):
+        compare("0123456789abcdef0123456789abcdef", "with_layernorm", experiment=exp, tracking_uri=client.tracking_uri)
+
+
+def test_missing_split_names_what_was_logged(tracking, tmp_path):
+    client, exp = tracking
+    log_run(client, exp, "base", {"epa": np.ones(N)}, split="val", tmp_dir=tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"per_query/test.csv.*val.csv"):
+        compare("base", "base", experiment=exp, tracking_uri=client.tracking_uri)
+
+
+def test_runs_over_different_queries_are_refused(tracking, tmp_path):
+    client, exp = tracking
+    log_run(client, exp, "base", {"epa": np.ones(N)}, tmp_dir=tmp_path)
+    log_run(client, exp, "short", {"epa": np.ones(N - 1)}, tmp_dir=tmp_path)
+    with pytest.raises(ValueError, match=rf"task 'epa'.*{N} queries.*{N - 1}.*\[{N - 1}\]"):
+        compare("base", "short", experiment=exp, tracking_uri=client.tracking_uri)
+
+
+def test_runs_on_different_data_are_refused(tracking, tmp_path):
+    client, exp = tracking
+    log_run(client, exp, "base", {"epa": np.ones(N)}, data="sample-1", tmp_dir=tmp_path)
+    log_run(client, exp, "other", {"epa": np.ones(N)}, data="real-2", tmp_dir=tmp_path)
+    with pytest.raises(ValueError, match="different data.*sample-1.*real-2"):
+        compare("base", "other", experiment=exp, tracking_uri=client.tracking_uri)
+
+
+def test_reads_what_tracking_writes(tracking):
+    """Runs logged by argbench.tracking: a multi-seed parent (children share its name) against a single run."""
+    client, exp = tracking
+    a, b = planted()
+    track = {"experiment": exp, "tracking_uri": client.tracking_uri, "system_metrics": False}
+    with tracked_run(run_name="seeds", **track):
+        for k in range(2):  # seed k ranks the counter first on the first 40 + 20k queries: pooled acc@1 = 50 / N
+            with tracked_run(run_name="seeds", nested=True, **track) as seed_run:
+                seed_ranks = np.full(N, 2)
+                seed_ranks[:40 + 20 * k] = 1
+                seed_run.on_evaluation(1, "val", SimpleNamespace(ranks={"epa": np.ones(N, dtype=int)}))
+                seed_run.on_evaluation(1, "test", SimpleNamespace(ranks={"epa": seed_ranks, "sdoc": a}))
+    with tracked_run(run_name="single", **track) as single:
+        single.on_evaluation(1, "test", SimpleNamespace(ranks={"epa": b, "sdoc": a}))
+    res = compare("seeds", "single", experiment=exp, tracking_uri=client.tracking_uri, **STATS)
+    assert len(res["runs"]["a"]) == 2 and res["runs"]["b"] == [single.run_id]
+    assert list(res["tasks"]) == ["sdoc", "epa"]
+    assert res["tasks"]["epa"]["acc@1"]["a"] == pytest.approx(50 / N)
+    assert res["tasks"]["epa"]["acc@1"]["b"] == pytest.approx(70 / N)
+    assert res["tasks"]["sdoc"]["mrr"]["delta"] == 0.0
+    assert load_ranks(single.run_id, "test", client.tracking_uri)["epa"].tolist() == b.tolist()

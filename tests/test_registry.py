@@ -1,0 +1,235 @@
+"""The ablation registry: every required entry exists, resolves, differs from the others and changes what its name
+says; base.yaml is the config defaults; errors name the file, key or closest names; every entry trains one epoch."""
+
+import math
+import shutil
+
+import pytest
+
+from argbench import registry
+from argbench.config import Config, ConfigError, load_config, read_yaml, to_dict
+from argbench.registry import RegistryError, get, groups, list_ablations, resolve, resolved_yaml
+
+REQUIRED = {
+    "baseline": "baseline",
+    "with_layernorm": "norm", "with_relu": "norm", "with_layernorm_relu": "norm", "without_layernorm_relu": "norm",
+    "shared_encoder": "sharing", "separate_encoders": "sharing",
+    "concatenated": "fusion", "only_cls": "fusion", "only_embedding": "fusion",
+    **{f"decay_{s}": "decay" for s in ("0.005", "0.01", "0.015", "0.02", "0.03", "0.04", "0.05", "none")},
+    "only_random": "random", "no_random": "random",
+    "proj_32": "projection", "proj_64": "projection", "proj_128": "projection", "proj_256": "projection",
+    "no_proj": "projection",
+    "frozen_encoder": "training", "no_classifier": "training",
+}
+ALIASES = {"shared_encoder", "concatenated", "proj_128", "without_layernorm_relu"}
+NAMES = [e.name for e in list_ablations(registry.ABLATIONS_DIR)]
+
+
+@pytest.fixture(autouse=True)
+def repo_registry(monkeypatch):
+    """Every test reads the repository's registry unless it points $ARGBENCH_ABLATIONS elsewhere itself."""
+    monkeypatch.delenv(registry.ENV_VAR, raising=False)
+
+
+@pytest.fixture
+def tmp_registry(tmp_path, monkeypatch):
+    """An empty registry folder holding a copy of base.yaml and the embedded profile, made the active one."""
+    shutil.copy(registry.ABLATIONS_DIR / "base.yaml", tmp_path / "base.yaml")
+    shutil.copytree(registry.ABLATIONS_DIR / "profiles", tmp_path / "profiles")
+    monkeypatch.setenv(registry.ENV_VAR, str(tmp_path))
+    return tmp_path
+
+
+def entry(folder, name, text):
+    (folder / f"{name}.yaml").write_text(text)
+
+
+def resolved(name, *overrides, embedded=False) -> dict:
+    return to_dict(resolve(name, overrides, embedded=embedded)[0])
+
+
+# --- the entries -------------------------------------------------------------------------------------------------
+
+def test_required_entries_exist_with_their_groups():
+    assert {e.name: e.group for e in list_ablations()} == REQUIRED
+    assert {e.name for e in list_ablations() if e.alias_of} == ALIASES
+    assert all(get(name).alias_of == "baseline" for name in ALIASES)
+
+
+def test_list_is_sorted_by_group_then_name_with_numbers_in_numeric_order():
+    assert groups()["projection"] == ["no_proj", "proj_32", "proj_64", "proj_128", "proj_256"]
+    assert groups()["decay"][:3] == ["decay_0.005", "decay_0.01", "decay_0.015"]
+    order = [e.group for e in list_ablations()]
+    assert order == sorted(order)
+
+
+def test_base_yaml_is_exactly_the_config_defaults():
+    assert read_yaml(registry.ABLATIONS_DIR / "base.yaml") == to_dict(Config())  # every key, once, same value
+    assert resolve("baseline")[0] == Config()
+
+
+def test_non_alias_entries_all_resolve_to_distinct_configs():
+    configs = {name: resolved(name) for name in NAMES if name not in ALIASES}
+    baseline = configs["baseline"]
+    for i, a in enumerate(configs):
+        for b in list(configs)[i + 1:]:
+            assert configs[a] != configs[b], f"{a} and {b} resolve to the same config"
+    assert [n for n, c in configs.items() if c == baseline] == ["baseline"]
+
+
+@pytest.mark.parametrize("name", sorted(ALIASES))
+def test_alias_resolves_to_baseline_under_its_own_name(name):
+    cfg, ablation = resolve(name)
+    assert cfg == resolve("baseline")[0]
+    assert (ablation.name, ablation.alias_of) == (name, "baseline")
+
+
+@pytest.mark.parametrize("name, section, expected", [
+    ("with_layernorm", "model", {"layernorm": True, "relu": False}),
+    ("with_relu", "model", {"layernorm": False, "relu": True}),
+    ("with_layernorm_relu", "model", {"layernorm": True, "relu": True}),
+    ("separate_encoders", "model", {"sharing": "separate"}),
+    ("only_cls", "model", {"fusion": "only_cls"}),
+    ("only_embedding", "model", {"fusion": "only_embedding"}),
+    *[(f"decay_{s}", "negatives", {"schedule": "linear", "start": 1.0, "step": float(s)})
+      for s in ("0.005", "0.01", "0.015", "0.02", "0.03", "0.04", "0.05")],
+    ("decay_none", "negatives", {"schedule": "constant", "rate": 0.8}),
+    ("only_random", "negatives", {"schedule": "constant", "rate": 1.0}),
+    ("no_random", "negatives", {"schedule": "constant", "rate": 0.0}),
+    ("proj_32", "model", {"proj_dim": 32}),
+    ("proj_64", "model", {"proj_dim": 64}),
+    ("proj_256", "model", {"proj_dim": 256}),
+    ("no_proj", "model", {"proj_dim": None}),
+    ("frozen_encoder", "model", {"freeze_encoder": True}),
+    ("no_classifier", "model", {"classifier": False}),
+])
+def test_each_variant_changes_the_key_its_name_says(name, section, expected):
+    values = resolved(name)[section]
+    assert {k: values[k] for k in expected} == expected
+
+
+def test_baseline_is_the_research_recipe():
+    cfg = resolve("baseline")[0]
+    assert (cfg.model.sharing, cfg.model.fusion, cfg.model.proj_dim) == ("shared", "concatenated", 128)
+    assert (cfg.negatives.schedule, cfg.negatives.start, cfg.negatives.step) == ("linear", 0.8, 0.02)
+
+
+def test_every_entry_file_has_its_header_comment():
+    for e in list_ablations():
+        text = e.path.read_text()
+        header = text[:text.index("\ngroup:")]
+        assert header.startswith("# ") and "Mirrors" in header, e.path
+        assert f"make ablation NAME={e.name}\n" in header + "\n", e.path
+
+
+# --- layers: embedded profile, overrides, resolved YAML ----------------------------------------------------------
+
+def test_embedded_profile_applies_only_when_asked():
+    plain, embedded = resolved("with_relu"), resolved("with_relu", embedded=True)
+    assert (plain["train"]["epochs"], plain["model"]["max_length"], plain["data"]["eval_splits"]) \
+        == (200, 256, ["validation"])
+    assert (embedded["train"]["epochs"], embedded["model"]["max_length"], embedded["data"]["eval_splits"]) \
+        == (3, 128, ["validation", "test"])
+    assert embedded["model"]["relu"] is True  # the entry's delta survives the profile
+    assert "profiles/embedded.yaml" in resolved_yaml("with_relu", embedded=True)
+    assert "profiles/embedded.yaml" not in resolved_yaml("with_relu")
+
+
+def test_profiles_and_search_folders_are_not_entries():
+    names = {e.name for e in list_ablations()}
+    assert "embedded" not in names and not any(e.path.parent.name in ("profiles", "search") for e in list_ablations())
+
+
+def test_set_overrides_win_over_entry_and_profile():
+    cfg, _ = resolve("proj_32", ["model.proj_dim=16", "train.epochs=1"], embedded=True)
+    assert (cfg.model.proj_dim, cfg.train.epochs, cfg.model.max_length) == (16, 1, 128)
+
+
+def test_resolved_yaml_loads_back_to_the_same_config(tmp_path):
+    path = tmp_path / "shown.yaml"
+    path.write_text(resolved_yaml("decay_0.03", ["train.lr=1e-5"], embedded=True))
+    assert load_config(path) == resolve("decay_0.03", ["train.lr=1e-5"], embedded=True)[0]
+    assert path.read_text().startswith("# ablation: decay_0.03 [decay]")
+
+
+# --- errors ------------------------------------------------------------------------------------------------------
+
+def test_unknown_name_suggests_close_names():
+    with pytest.raises(RegistryError, match="with_layernorm") as err:
+        get("with_layernrom")
+    assert "argbench ablation list" in str(err.value)
+    with pytest.raises(RegistryError, match="with_layernorm"):
+        resolve("with_layernrom")
+
+
+def test_unknown_config_key_names_the_file_and_key(tmp_registry):
+    entry(tmp_registry, "typo", "group: norm\nquestion: q?\nmodel:\n  layernrom: true\n")
+    with pytest.raises(ConfigError) as err:
+        resolve("typo")
+    assert str(tmp_registry / "typo.yaml") in str(err.value) and "model.layernrom" in str(err.value)
+
+
+def test_bad_embedded_profile_names_the_profile_file(tmp_registry):
+    entry(tmp_registry, "plain", "group: g\nquestion: q?\n")
+    (tmp_registry / "profiles" / "embedded.yaml").write_text("train:\n  epochs: -1\n")
+    resolve("plain")  # the profile is read only when asked for
+    with pytest.raises(ConfigError, match=r"embedded\.yaml: train\.epochs: -1 is out of range"):
+        resolve("plain", embedded=True)
+
+
+def test_misspelt_meta_key_is_an_unknown_section_naming_the_file(tmp_registry):
+    entry(tmp_registry, "typo", "group: norm\nquestion: q?\ngruop: norm\n")
+    with pytest.raises(ConfigError, match=r"typo\.yaml: gruop: unknown section"):
+        resolve("typo")
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("question: q?\n", "group: missing"),
+    ("group: norm\n", "question: missing"),
+    ("group: norm\nquestion: [a, b]\n", "question: got"),
+    ("group: norm\nquestion: q?\nalias_of: nothing_here\n", "no entry named 'nothing_here'"),
+    ("group: norm\nquestion: q?\nalias_of: base_like\nmodel:\n  relu: true\n", "alias also holds model"),
+])
+def test_malformed_meta_is_reported_with_the_file(tmp_registry, text, problem):
+    entry(tmp_registry, "base_like", "group: g\nquestion: q?\n")
+    entry(tmp_registry, "bad", text)
+    with pytest.raises(RegistryError, match=problem) as err:
+        list_ablations()
+    assert str(tmp_registry / "bad.yaml") in str(err.value)
+
+
+def test_extends_builds_on_its_parent_in_order(tmp_registry):
+    entry(tmp_registry, "parent", "group: g\nquestion: q?\nmodel:\n  relu: true\n  proj_dim: 64\n")
+    entry(tmp_registry, "child", "group: g\nquestion: q?\nextends: parent\nmodel:\n  proj_dim: 32\n")
+    cfg, ablation = resolve("child")
+    assert (cfg.model.relu, cfg.model.proj_dim, ablation.extends) == (True, 32, "parent")
+
+
+def test_extends_cycle_names_the_chain(tmp_registry):
+    entry(tmp_registry, "a", "group: g\nquestion: q?\nextends: b\n")
+    entry(tmp_registry, "b", "group: g\nquestion: q?\nextends: a\n")
+    with pytest.raises(RegistryError, match=r"cycle a -> b -> a"):
+        resolve("a")
+
+
+# --- smoke: every entry trains one tiny epoch --------------------------------------------------------------------
+
+TINY = ["model.encoder=tiny-random-bert", "train.epochs=1", "model.max_length=32", "data.max_train_pairs=16",
+        "train.batch_size=8", "data.eval_splits=[validation]"]
+
+
+@pytest.fixture(scope="module")
+def sample_corpus():
+    from argbench.corpus import load_corpus
+
+    return load_corpus("sample")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_entry_trains_one_tiny_epoch(name, sample_corpus):
+    from argbench.train import fit
+
+    cfg, _ = resolve(name, TINY, embedded=True)
+    history = fit(cfg, sample_corpus)
+    assert [row["epoch"] for row in history] == [0, 1]
+    assert history[1]["loss"] and all(math.isfinite(v) for v in history[1]["loss"].values())

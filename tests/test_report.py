@@ -1,0 +1,141 @@
+"""Report figures and page, from runs logged to a SQLite store in tmp with hand-chosen metric values."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from argbench import report
+from argbench.tasks import TASKS
+from argbench.tracking import tracked_run
+from tests.test_tracking import trainer_metrics
+
+CHROMIUM = Path("/usr/bin/chromium")
+FIGURE_IDS = ["fig-metric", "fig-loss", "fig-tasks", "fig-negatives", "fig-table"]
+
+
+def log_run(store: str, name: str, accs: list[float], fail: bool = False) -> str:
+    """A run of ``len(accs)`` epochs whose val acc@1 of every task at epoch e is ``accs[e]``; FAILED if ``fail``."""
+    try:
+        with tracked_run(run_name=name, experiment="report", tracking_uri=store, system_metrics=False) as tracker:
+            for epoch, acc in enumerate(accs):
+                tracker.on_epoch_end(epoch, trainer_metrics(epoch, acc))
+            if fail:
+                raise RuntimeError("crashed")
+    except RuntimeError:
+        pass
+    return tracker.run_id
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """Runs: "base" (FINISHED, then a newer FAILED one of the same name) and "variant"."""
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    ids = {"base": log_run(uri, "base", [0.1, 0.2, 0.3]), "variant": log_run(uri, "variant", [0.1, 0.4, 0.6])}
+    log_run(uri, "base", [0.1, 0.9], fail=True)
+    return uri, ids
+
+
+@pytest.fixture(scope="module")
+def runs(store):
+    return report.load_runs("report", ["base", "variant"], tracking_uri=store[0])
+
+
+def test_load_runs_takes_the_latest_finished_run_of_a_name(runs, store):
+    base, variant = runs
+    assert (base.run_id, variant.run_id) == (store[1]["base"], store[1]["variant"])
+    assert (base.status, base.duplicates, variant.duplicates) == ("FINISHED", 1, 0)
+    assert base.series("val/epa/acc_at_1") == ([0, 1, 2], [0.1, 0.2, 0.3])
+    assert base.series("train/loss") == ([1, 2], [3.0, 3.0])
+    assert variant.final["val/sdoc/acc_at_1"] == 0.6
+
+
+def test_load_runs_names_what_is_missing(store):
+    with pytest.raises(ValueError, match="no run named nope.*base, variant"):
+        report.load_runs("report", ["base", "nope"], tracking_uri=store[0])
+    with pytest.raises(ValueError, match="no MLflow experiment 'absent'"):
+        report.load_runs("absent", tracking_uri=store[0])
+
+
+def test_load_runs_without_names_takes_every_name_oldest_first(store):
+    assert [r.name for r in report.load_runs("report", tracking_uri=store[0])] == ["base", "variant"]
+
+
+def test_learning_curve_has_one_trace_per_plotted_metric():
+    rows = [{"epoch": 0, "val/sdoa/acc_at_1": 0.2, "val/epa/acc_at_1": 0.1},
+            {"epoch": 1, "val/sdoa/acc_at_1": 0.3, "val/epa/acc_at_1": 0.2, "train/loss": 2.0}]
+    figure = report.learning_curve(rows, primary="val/sdoa/acc@1")
+    assert [t.name for t in figure.data] == ["val/sdoa/acc_at_1", "val/epa/acc_at_1", "train/loss"]
+    assert list(figure.data[2].x) == [1] and figure.data[2].yaxis == "y2"  # loss: only where logged, right axis
+    assert [t.name for t in report.learning_curve(rows[:1]).data] == ["val/epa/acc_at_1"]
+
+
+def test_figures_hold_the_logged_values(runs):
+    assert [list(t.y) for t in report.metric_per_epoch(runs, "val/epa/acc@1").data] == [[0.1, 0.2, 0.3],
+                                                                                         [0.1, 0.4, 0.6]]
+    bars = report.final_task_bars(runs).data
+    assert [b.name for b in bars] == ["base", "variant"] and list(bars[0].x) == list(TASKS)
+    assert list(bars[1].y) == [0.6] * len(TASKS)
+    areas = report.negative_sources(runs).data
+    assert [a.name for a in areas] == ["point", "counter", "random"] * 2
+    assert list(areas[2].y) == [0.5, 0.5] and areas[2].stackgroup == "run1"
+    table = report.final_table(runs, ["val/epa/acc@1"]).data[0]
+    assert list(table.cells.values[0]) == ["base", "variant"] and table.header.values[4] == "val/epa/acc_at_1"
+    assert list(table.cells.values[4]) == ["0.3000", "0.6000"]
+
+
+def test_write_report_is_one_self_contained_page(runs, tmp_path):
+    page = report.write_report(runs, "val/epa/acc@1", tmp_path / "r.html", source="test store").read_text()
+    for text in ["base", "variant", runs[0].run_id, runs[1].run_id, "test store",
+                 "2 runs have this name; showing the latest FINISHED one", *(f'id="{i}"' for i in FIGURE_IDS)]:
+        assert text in page, text
+    assert page.count("Plotly.newPlot(") == len(FIGURE_IDS)
+    assert page.count("* plotly.js v") == 1  # the library's header: inlined once
+    assert not re.search(r"<script[^>]*\bsrc=", page)  # nothing fetched: the machine is offline
+
+
+def test_write_report_rejects_an_unlogged_metric(runs, tmp_path):
+    with pytest.raises(ValueError, match="val/epa/nope"):
+        report.write_report(runs, "val/epa/nope", tmp_path / "r.html")
+
+
+def test_report_reads_mlflow_and_writes_the_page(store, tmp_path):
+    path = report.report("report", ["variant"], out=tmp_path / "out" / "page.html", tracking_uri=store[0])
+    assert path.is_file() and store[1]["variant"] in path.read_text()
+
+
+class _RenderedPlots(HTMLParser):
+    """Ids of the elements plotly marked as drawn (class js-plotly-plot) and the number of its main SVGs."""
+
+    def __init__(self):
+        super().__init__()
+        self.drawn, self.svgs = [], 0
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        classes = (attrs.get("class") or "").split()
+        if "js-plotly-plot" in classes:
+            self.drawn.append(attrs.get("id"))
+        self.svgs += tag == "svg" and "main-svg" in classes
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs the Debian package chromium (/usr/bin/chromium) to "
+                                                  "render the page headless: apt-get install -y chromium")
+def test_every_figure_draws_in_headless_chromium(runs, tmp_path):
+    page = report.write_report(runs, "val/epa/acc@1", tmp_path / "r.html")
+    done = subprocess.run([str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                           "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                           "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}",
+                           "--virtual-time-budget=5000", "--dump-dom", page.as_uri()],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    plots = _RenderedPlots()
+    plots.feed(done.stdout)
+    assert sorted(plots.drawn) == sorted(FIGURE_IDS)
+    assert plots.svgs >= len(FIGURE_IDS)
+    shutil.rmtree(tmp_path / "profile", ignore_errors=True)

@@ -1,0 +1,265 @@
+"""MLflow tracking: a real tiny training logged to a SQLite store in tmp, read back with MlflowClient."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from argbench import tracking
+from argbench.config import flatten, load_config
+from argbench.corpus import load_corpus
+from argbench.tasks import TASKS
+from argbench.tracking import epoch_metrics, load_run_id, redact, save_run_id, tracked_run
+from argbench.train import fit
+
+KS = (1, 3, 5, 10)
+LOSS = ("train/loss", "train/loss_triplet", "train/loss_ce_pos", "train/loss_ce_neg", "train/loss_in_batch")
+NEGATIVES = ("negatives/point_frac", "negatives/counter_frac", "negatives/random_frac",
+             "negatives/same_debate_frac", "negatives/same_theme_frac", "negatives/mean_distance")
+# Keys the trainer leaves None at epoch 0 (nothing trained yet) and keys logged at every epoch.
+TRAINED_KEYS = (*LOSS, *NEGATIVES, "schedule/random_rate", "perf/train_seq_per_s")
+EVAL_KEYS = (*(f"val/{t}/acc_at_{k}" for t in TASKS for k in KS), *(f"val/{t}/mrr" for t in TASKS),
+             "val/rerank/acc_at_1", "perf/epoch_seconds")
+
+
+def tiny_config(epochs: int):
+    return load_config(overrides=["model.encoder=tiny-random-bert", f"train.epochs={epochs}",
+                                  "model.max_length=32", "train.batch_size=16", "data.max_train_pairs=32"])
+
+
+def trainer_metrics(epoch: int, acc: float = 0.5) -> dict:
+    """A metrics dict shaped like the trainer's (argbench.train docstring), values chosen by hand."""
+    trained = epoch > 0
+    return {"epoch": epoch,
+            "loss": {"total": 3.0, "triplet": 1.0, "ce_pos": 0.5, "ce_neg": 1.5, "in_batch": 0.0} if trained else None,
+            "negatives": {"point": 0.25, "counter": 0.25, "random": 0.5, "same_debate": 0.1, "same_theme": 0.2,
+                          "mean_distance": 1.25} if trained else None,
+            "random_rate": 0.8 if trained else None, "train_seq_per_s": 10.0 if trained else None,
+            "val": {t: {"acc@1": acc, "acc@3": 0.6, "acc@5": 0.7, "acc@10": 0.8, "mrr": 0.55} for t in TASKS},
+            "val_rerank_acc@1": None, "epoch_seconds": 2.0}
+
+
+def steps(client: MlflowClient, run_id: str, key: str) -> list[int]:
+    return sorted(m.step for m in client.get_metric_history(run_id, key))
+
+
+def read_csv(client: MlflowClient, run_id: str, path: str, tmp_path) -> pd.DataFrame:
+    return pd.read_csv(client.download_artifacts(run_id, path, str(tmp_path)))
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """One SQLite store for the module (creating its schema takes seconds); tests use their own experiments."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return load_corpus("sample")
+
+
+@pytest.fixture(scope="module")
+def trained(store, corpus, tmp_path_factory):
+    """A 2-epoch tiny run logged with the tracker as the trainer's hook: (client, run_id, cfg, history, out_dir)."""
+    cfg, out_dir = tiny_config(epochs=2), tmp_path_factory.mktemp("run")
+    tags = {"ablation": "tiny", "group": "tests", "profile": "embedded",
+            "store": "postgresql://argbench:hunter2@db.example/mlflow"}
+    # no config=: the tracker takes it from the trainer's on_train_start info
+    with tracked_run(run_name="tiny", experiment="tracking", tracking_uri=store, tags=tags, out_dir=out_dir,
+                     log_model=True) as tracker:
+        history = fit(cfg, corpus, [tracker], out_dir=out_dir)
+        tracker.finish(history)
+    return MlflowClient(store), tracker.run_id, cfg, history, out_dir
+
+
+def test_trained_run_is_finished_with_every_metric_once_per_epoch(trained):
+    client, run_id, _, history, _ = trained
+    assert client.get_run(run_id).info.status == "FINISHED"
+    for key in EVAL_KEYS:
+        assert steps(client, run_id, key) == [0, 1, 2], key
+    for key in TRAINED_KEYS:
+        assert steps(client, run_id, key) == [1, 2], key
+    logged = {m.step: m.value for m in client.get_metric_history(run_id, "train/loss")}
+    assert logged == pytest.approx({m["epoch"]: m["loss"]["total"] for m in history[1:]})
+    logged = {m.step: m.value for m in client.get_metric_history(run_id, "val/epa/acc_at_1")}
+    assert logged == pytest.approx({m["epoch"]: m["val"]["epa"]["acc@1"] for m in history})
+
+
+def test_trained_run_params_are_the_flattened_config(trained):
+    client, run_id, cfg, _, _ = trained
+    expected = {k: "none" if v is None else ",".join(v) if isinstance(v, list) else str(v)
+                for k, v in flatten(cfg).items()}
+    assert client.get_run(run_id).data.params == expected
+
+
+def test_trained_run_tags_describe_the_run_and_hide_passwords(trained, corpus):
+    client, run_id, cfg, _, _ = trained
+    tags = client.get_run(run_id).data.tags
+    assert {k: tags[k] for k in ("ablation", "group", "seed", "encoder", "data.hash", "profile", "device")} == {
+        "ablation": "tiny", "group": "tests", "seed": str(cfg.train.seed), "encoder": "tiny-random-bert",
+        "data.hash": corpus.hash, "profile": "embedded", "device": "cpu"}
+    assert tags["data.source"] == corpus.source.describe()
+    assert len(tags["git.commit"]) == 40 or tags["git.commit"] == "unknown"
+    assert tags["store"] == "postgresql://argbench:***@db.example/mlflow"
+    assert tags["mlflow.runName"] == "tiny"
+
+
+def test_trained_run_artifacts(trained, tmp_path, store, corpus):
+    client, run_id, _, history, out_dir = trained
+    listed = {f.path for f in client.list_artifacts(run_id)} | {f.path for d in ("per_query", "model")
+                                                                for f in client.list_artifacts(run_id, d)}
+    assert {"config.yaml", "metrics.csv", "negatives.csv", "learning_curve.html", "per_query/val.csv",
+            "model/model.safetensors"} <= listed
+    run = client.get_run(run_id)
+    assert run.info.artifact_uri.startswith(tracking.artifact_root(store).as_uri())  # beside the store, not ./mlruns
+    assert list(read_csv(client, run_id, "metrics.csv", tmp_path)["epoch"]) == [0, 1, 2]
+    negatives = read_csv(client, run_id, "negatives.csv", tmp_path)
+    assert sorted(set(negatives["epoch"])) == [1, 2] and len(negatives) == 2 * 5  # negatives.examples = 5
+    ranks = read_csv(client, run_id, "per_query/val.csv", tmp_path)
+    queries = len(corpus.split("validation").query_idx)
+    assert len(ranks) == len(TASKS) * queries and set(ranks["task"]) == set(TASKS)
+    assert ranks["rank"].min() >= 1 and set(ranks["epoch"]) == {2}
+    # acc@1 recomputed from the per-query ranks equals the logged metric
+    epa = ranks[ranks["task"] == "epa"]
+    assert (epa["rank"] == 1).mean() == pytest.approx(history[-1]["val"]["epa"]["acc@1"])
+    assert load_run_id(out_dir) == run_id
+
+
+def test_failing_hook_marks_the_run_failed_with_the_error(store, corpus):
+    class Broken:
+        def on_train_start(self, info):
+            raise RuntimeError("cannot reach postgresql://u:secret@db/x")
+
+    with pytest.raises(RuntimeError):
+        with tracked_run(run_name="broken", experiment="failures", tracking_uri=store) as tracker:
+            fit(tiny_config(epochs=1), corpus, [tracker, Broken()])
+    run = MlflowClient(store).get_run(tracker.run_id)
+    assert run.info.status == "FAILED"
+    assert run.data.tags["error"] == "RuntimeError: cannot reach postgresql://u:***@db/x"
+
+
+def test_error_tag_is_truncated(store):
+    with pytest.raises(ValueError):
+        with tracked_run(run_name="long", experiment="failures", tracking_uri=store) as tracker:
+            raise ValueError("x" * 9000)
+    assert len(MlflowClient(store).get_run(tracker.run_id).data.tags["error"]) == tracking.MAX_ERROR_CHARS
+
+
+def test_keyboard_interrupt_marks_the_run_killed_and_keeps_what_was_logged(store):
+    with pytest.raises(KeyboardInterrupt):
+        with tracked_run(run_name="stopped", experiment="failures", tracking_uri=store) as tracker:
+            tracker.on_epoch_end(0, trainer_metrics(0))
+            raise KeyboardInterrupt
+    client = MlflowClient(store)
+    assert client.get_run(tracker.run_id).info.status == "KILLED"
+    assert steps(client, tracker.run_id, "val/epa/acc_at_1") == [0]
+    assert "metrics.csv" in {f.path for f in client.list_artifacts(tracker.run_id)}
+
+
+def test_resume_continues_the_same_run_and_logs_each_epoch_once(store, corpus, tmp_path):
+    class StopAfterFirstEpoch:  # runs after the trainer's checkpoint, as Ctrl-C between epochs would
+        def on_epoch_end(self, epoch, metrics):
+            if epoch == 1:
+                raise KeyboardInterrupt
+
+    cfg = tiny_config(epochs=3)
+    with pytest.raises(KeyboardInterrupt):
+        with tracked_run(run_name="resumed", experiment="resume", tracking_uri=store, config=cfg,
+                         out_dir=tmp_path) as first:
+            fit(cfg, corpus, [first, StopAfterFirstEpoch()], out_dir=tmp_path)
+    client = MlflowClient(store)
+    assert client.get_run(first.run_id).info.status == "KILLED"
+    with tracked_run(run_name="resumed", experiment="resume", tracking_uri=store, config=cfg, out_dir=tmp_path,
+                     resume_run_id=load_run_id(tmp_path)) as second:
+        second.finish(fit(cfg, corpus, [second], out_dir=tmp_path, resume=True), cfg)
+    assert second.run_id == first.run_id
+    assert client.get_run(first.run_id).info.status == "FINISHED"
+    assert steps(client, first.run_id, "train/loss") == [1, 2, 3]
+    assert steps(client, first.run_id, "val/epa/acc_at_1") == [0, 1, 2, 3]
+    assert client.get_run(first.run_id).data.tags["resumed_from"] == "1"
+    assert list(read_csv(client, first.run_id, "metrics.csv", tmp_path / "dl")["epoch"]) == [0, 1, 2, 3]
+    negatives = read_csv(client, first.run_id, "negatives.csv", tmp_path / "dl")
+    assert sorted(set(negatives["epoch"])) == [1, 2, 3]
+
+
+def test_resumed_tracker_ignores_epochs_already_logged_and_backfills_missing_ones(store):
+    with tracked_run(run_name="guard", experiment="resume", tracking_uri=store, system_metrics=False) as t:
+        t.on_epoch_end(0, trainer_metrics(0))
+    with tracked_run(run_name="guard", experiment="resume", tracking_uri=store, system_metrics=False,
+                     resume_run_id=t.run_id) as resumed:
+        with pytest.warns(UserWarning, match="no config"):
+            resumed.on_train_start({"resumed_from": 1})
+        resumed.on_epoch_end(0, trainer_metrics(0, acc=0.9))  # replayed epoch: ignored
+        resumed.on_epoch_end(2, trainer_metrics(2))
+        # epoch 1 was checkpointed but never reached MLflow; the history passed to finish has it
+        resumed.finish([trainer_metrics(e) for e in range(3)])
+    client = MlflowClient(store)
+    assert steps(client, t.run_id, "perf/epoch_seconds") == [0, 1, 2]
+    assert {m.step: m.value for m in client.get_metric_history(t.run_id, "val/epa/acc_at_1")} == {0: 0.5, 1: 0.5,
+                                                                                                 2: 0.5}
+
+
+def test_epoch_metrics_names_and_skips_none():
+    logged = epoch_metrics(trainer_metrics(1))
+    assert logged["train/loss"] == 3.0 and logged["train/loss_ce_neg"] == 1.5
+    assert logged["negatives/random_frac"] == 0.5 and logged["negatives/mean_distance"] == 1.25
+    assert logged["schedule/random_rate"] == 0.8 and logged["perf/train_seq_per_s"] == 10.0
+    assert logged["val/sdoc/acc_at_10"] == 0.8 and logged["val/epa/mrr"] == 0.55
+    assert "val/rerank/acc_at_1" not in logged  # None: no classifier
+    assert set(epoch_metrics(trainer_metrics(0))) == set(EVAL_KEYS) - {"val/rerank/acc_at_1"}
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("postgresql://user:pw@host/db", "postgresql://user:***@host/db"),
+    ("postgresql+psycopg://u:p@ss@h:5432/db", "postgresql+psycopg://u:***@h:5432/db"),
+    ("mysql://root:s3cr/et@localhost", "mysql://root:***@localhost"),
+    ("failed: 'http://a:b@x.org/p' and https://c:d@y.org", "failed: 'http://a:***@x.org/p' and https://c:***@y.org"),
+    ("https://host/api?user=me&password=abc&x=1", "https://host/api?user=me&password=***&x=1"),
+    ("http://user@host:5000/path", "http://user@host:5000/path"),
+    ("sqlite:////tmp/mlruns/mlflow.db", "sqlite:////tmp/mlruns/mlflow.db"),
+    ("http://127.0.0.1:5000", "http://127.0.0.1:5000"),
+    ("no url here: a:b@c", "no url here: a:b@c"),
+])
+def test_redact(text, expected):
+    assert redact(text) == expected
+
+
+def test_default_tracking_uri(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = tracking.default_tracking_uri()
+    assert uri == f"sqlite:///{tracking.REPO_ROOT}/mlruns/mlflow.db"
+    assert tracking.artifact_root(uri) == tracking.REPO_ROOT / "mlruns" / "artifacts"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert tracking.default_tracking_uri() == "http://127.0.0.1:5000"
+    assert tracking.artifact_root("http://127.0.0.1:5000") is None
+
+
+def test_run_id_file_round_trip(tmp_path):
+    assert load_run_id(tmp_path / "nothing") is None
+    save_run_id(tmp_path / "run", "abc123")
+    assert load_run_id(tmp_path / "run") == "abc123"
+
+
+def test_nested_run_is_a_child_of_the_enclosing_run(store):
+    with tracked_run(run_name="study", experiment="nested", tracking_uri=store, system_metrics=False) as parent:
+        with tracked_run(run_name="trial-0", experiment="nested", tracking_uri=store, nested=True,
+                         system_metrics=False) as child:
+            pass
+    client = MlflowClient(store)
+    assert client.get_run(child.run_id).data.tags["mlflow.parentRunId"] == parent.run_id
+    assert client.get_run(parent.run_id).info.status == client.get_run(child.run_id).info.status == "FINISHED"
+
+
+def test_resume_of_an_unknown_run_names_it(store):
+    with pytest.raises(ValueError, match="0123456789abcdef0123456789abcdef"):
+        with tracked_run(run_name="x", tracking_uri=store, resume_run_id="0123456789abcdef0123456789abcdef"):
+            pass
+
+
+def test_missing_psutil_skips_system_metrics_with_a_warning(store, monkeypatch):
+    monkeypatch.setattr(tracking, "find_spec", lambda name: None)
+    with pytest.warns(UserWarning, match="psutil"):
+        with tracked_run(run_name="no-psutil", experiment="failures", tracking_uri=store) as tracker:
+            pass
+    assert MlflowClient(store).get_run(tracker.run_id).info.status == "FINISHED"
