@@ -49,23 +49,33 @@ def save(run_dir: Path, model: torch.nn.Module, state: dict) -> Path:
     save_model(model, str(tmp / "model.safetensors"))
     torch.save(state, tmp / "state.pt")
     old = run_dir / (DIRNAME + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
+    if final.exists():  # else an interrupted save left the last complete checkpoint in `old`: keep it till the end
+        shutil.rmtree(old, ignore_errors=True)
         final.rename(old)
     tmp.rename(final)
     shutil.rmtree(old, ignore_errors=True)
     return final
 
 
+def _latest(run_dir: Path) -> Path | None:
+    """The complete checkpoint folder: ``checkpoint/``, or ``checkpoint.old/`` when an interruption fell between
+    the two renames of :func:`save` (the only moment ``checkpoint/`` is missing while a checkpoint exists)."""
+    for folder in (run_dir / DIRNAME, run_dir / (DIRNAME + ".old")):
+        if (folder / "state.pt").is_file():
+            return folder
+    return None
+
+
 def exists(run_dir: Path) -> bool:
-    return (run_dir / DIRNAME / "state.pt").is_file()
+    return _latest(run_dir) is not None
 
 
 def load(run_dir: Path, model: torch.nn.Module, device: torch.device) -> dict:
     """Load weights into ``model`` (in place) and return the saved state dict."""
-    folder = run_dir / DIRNAME
-    if not exists(run_dir):
-        raise FileNotFoundError(f"no checkpoint in {folder}: expected {folder}/state.pt and model.safetensors "
+    folder = _latest(run_dir)
+    if folder is None:
+        expected = run_dir / DIRNAME
+        raise FileNotFoundError(f"no checkpoint in {expected}: expected {expected}/state.pt and model.safetensors "
                                 "(nothing to resume; start without --resume)")
     load_model(model, str(folder / "model.safetensors"), device=str(device))
     return torch.load(folder / "state.pt", map_location="cpu", weights_only=True)

@@ -68,6 +68,16 @@ def broadcast_flag(flag: bool, runtime: Runtime) -> bool:
     return bool(t.item())
 
 
+def mean_over_ranks(values: dict[str, float], runtime: Runtime) -> dict[str, float]:
+    """Each value averaged over the ranks (same keys, in the same order, on every rank)."""
+    if not runtime.distributed:
+        return values
+    t = torch.tensor(list(values.values()), dtype=torch.float64,
+                     device=runtime.device if runtime.device.type == "cuda" else "cpu")
+    dist.all_reduce(t)
+    return dict(zip(values, (t / runtime.world_size).tolist()))
+
+
 def shard(batches: list, runtime: Runtime) -> list:
     """This rank's share of the batches; every rank gets the same number so collective calls stay in step."""
     if not runtime.distributed:
@@ -76,7 +86,10 @@ def shard(batches: list, runtime: Runtime) -> list:
     return batches[runtime.rank:usable:runtime.world_size]
 
 
-def teardown(runtime: Runtime) -> None:
+def teardown(runtime: Runtime, *, failed: bool = False) -> None:
+    """Leave the process group. After a failure on this rank skip the barrier: the other ranks may be blocked in
+    a different collective and would never reach it; exiting lets torchrun stop them instead of hanging."""
     if runtime.distributed and dist.is_initialized():
-        dist.barrier()
+        if not failed:
+            dist.barrier()
         dist.destroy_process_group()

@@ -67,7 +67,8 @@ class BiEncoder(nn.Module):
         head += [nn.LayerNorm(self.emb_dim)] if layernorm else []
         head += [nn.ReLU()] if relu else []
         self.head = nn.Sequential(*head)
-        self.classifier = nn.Linear(classifier_width(fusion, hidden, self.emb_dim), 2) if classifier else None
+        width = classifier_width(fusion, hidden, self.emb_dim)  # checks `fusion` even without a classifier
+        self.classifier = nn.Linear(width, 2) if classifier else None
         if freeze_encoder:
             for encoder_module in {id(m): m for m in (self.point_encoder, self.candidate_encoder)}.values():
                 encoder_module.requires_grad_(False)

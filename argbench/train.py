@@ -6,7 +6,8 @@ trains one pass over the training pairs, evaluates, checkpoints, and calls the h
 
 The trainer knows nothing of MLflow or Optuna. A hook is any object with some of these methods (all optional):
 
-* ``on_train_start(info: dict)`` — resolved config, data source, device, parameter counts;
+* ``on_train_start(info: dict)`` — ``config`` (the resolved :class:`Config`), data source and hash, device,
+  parameter counts, ``resumed_from`` (the checkpoint's epoch, or ``None``);
 * ``on_epoch_end(epoch: int, metrics: dict) -> bool | None`` — return ``True`` to stop (pruning);
 * ``on_evaluation(epoch: int, split: str, evaluation: Evaluation)`` — per-query ranks, for paired comparisons;
 * ``on_negatives(epoch: int, examples: list[dict])`` — a few mined (point, negative, source) texts.
@@ -33,7 +34,7 @@ from tqdm import tqdm
 from argbench import checkpoint
 from argbench.config import Config, to_yaml
 from argbench.corpus import Corpus
-from argbench.distributed import Runtime, broadcast_flag, setup, shard, teardown
+from argbench.distributed import Runtime, broadcast_flag, mean_over_ranks, setup, shard, teardown
 from argbench.encoders import embed
 from argbench.evaluate import evaluate
 from argbench.loss import combined_loss
@@ -58,9 +59,12 @@ def fit(cfg: Config, corpus: Corpus, hooks=(), *, out_dir: Path | None = None, r
     """
     runtime = setup(cfg.train.device, cfg.train.precision)
     try:
-        return Trainer(cfg, corpus, hooks, runtime, out_dir, progress).run(resume)
-    finally:
-        teardown(runtime)
+        history = Trainer(cfg, corpus, hooks, runtime, out_dir, progress).run(resume)
+    except BaseException:  # Ctrl-C, a hook's exception (pruning) or NonFiniteLoss: leave without a barrier
+        teardown(runtime, failed=True)
+        raise
+    teardown(runtime)
+    return history
 
 
 class Trainer:
@@ -82,7 +86,7 @@ class Trainer:
         self.optimizer = _optimizer(self.model, cfg.train)
         self.ddp_model = _wrap_ddp(self.model, runtime, cfg.model.pooling)
         self.history: list[dict] = []
-        self.info = {"data.source": corpus.source.describe(), "data.hash": corpus.hash,
+        self.info = {"config": cfg, "data.source": corpus.source.describe(), "data.hash": corpus.hash,
                      "device": str(runtime.device), "world_size": runtime.world_size,
                      "train_pairs": len(self.pairs), "params_trainable": _count(self.model, trainable=True),
                      "params_total": _count(self.model, trainable=False)}
@@ -161,16 +165,19 @@ class Trainer:
         stats = result.stats((labels["theme"] + "/" + labels["debate"]).to_numpy(), labels["theme"].to_numpy())
         negative_rows = _negative_rows(split, self.pairs, result)
         if self.runtime.is_main and self.cfg.negatives.examples:
+            # Own generator: drawing from np_rng on rank 0 only would desynchronise the ranks' batch orders
+            # (their shards would overlap), and the number of examples shown would change the training.
+            shown = np.random.default_rng([self.cfg.train.seed, epoch]).choice(
+                len(self.pairs), min(self.cfg.negatives.examples, len(self.pairs)), replace=False)
             texts = split.texts
             self._call("on_negatives", epoch, [
                 {"point": texts[split.points_idx[self.pairs][i]], "negative": texts[negative_rows[i]],
-                 "source": str(result.source[i])}
-                for i in self.np_rng.choice(len(self.pairs), min(self.cfg.negatives.examples, len(self.pairs)),
-                                            replace=False)])
+                 "source": str(result.source[i])} for i in shown])
         return negative_rows, stats
 
     def _train_epoch(self, epoch: int, negative_rows: np.ndarray) -> dict:
-        """One pass over the training pairs; returns the mean of each loss component."""
+        """One pass over the training pairs; returns the mean of each loss component over the batches of every
+        rank (each rank has the same number of batches, so the mean of the ranks' means)."""
         split, tok, device = self.train_split, self.tokens["train"], self.runtime.device
         anchors, positives = split.points_idx[self.pairs], split.counters_idx[self.pairs]
         batches = shard(bucketed_batches(tok.lengths[anchors], self.cfg.train.batch_size, self.np_rng), self.runtime)
@@ -194,7 +201,7 @@ class Trainer:
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
             bar.set_postfix(loss=f"{sums['total'] / step:.4f}")
-        return {k: v / max(len(batches), 1) for k, v in sums.items()}
+        return mean_over_ranks({k: v / max(len(batches), 1) for k, v in sums.items()}, self.runtime)
 
     def _evaluate(self, key: str, split: SplitData):
         tok = self.tokens[key]
