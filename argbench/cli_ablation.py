@@ -1,15 +1,15 @@
-"""``argbench ablation {list,show,run}`` and ``argbench report``: the registry, tracked in MLflow."""
+"""``argbench ablation {list,show,run}``, ``argbench compare`` and ``argbench report``: the registry, tracked in
+MLflow, and its runs compared with significance tests."""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
-from argbench.corpus import REPO_ROOT
-
-RUNS_DIR = REPO_ROOT / "mlruns" / "runs"
-
+SPLITS = ("test", "val", "train")  # split keys of the per-query ranks argbench.tracking logs
+HTML_METRIC = "val/epa/acc_at_1"
 
 def add_commands(sub, data_args, run_args) -> None:
     ab = sub.add_parser("ablation", help="the registry of named ablations").add_subparsers(title="ablation commands")
@@ -28,16 +28,38 @@ def add_commands(sub, data_args, run_args) -> None:
     run.add_argument("name")
     run_args(run)
     run.add_argument("--experiment", default="argbench", help="MLflow experiment (default: argbench)")
-    run.add_argument("--out", type=Path, help="run folder (default: mlruns/runs/<name>-s<seed>)")
+    run.add_argument("--out", type=Path, help="run folder (default: mlruns/runs/<name>/seed<seed>)")
     run.add_argument("--log-model", action="store_true", help="log the final weights as an MLflow artifact")
+    run.add_argument("--seeds", type=int, default=1,
+                     help="train N seeds (seed, seed+1, ...) as child runs of one parent with mean/std/CI")
     run.set_defaults(func=cmd_run)
 
-    rep = sub.add_parser("report", help="one HTML page of plotly comparisons, read from MLflow")
-    rep.add_argument("--experiment", default="argbench")
-    rep.add_argument("--runs", nargs="*", help="run names (default: every run of the experiment)")
-    rep.add_argument("--metric", default="val/epa/acc_at_1")
+    cmp = sub.add_parser("compare", help="paired comparison of two tracked systems per task: Δ, 95%% CI, p")
+    cmp.add_argument("a", help="reference system: an ablation name (its latest FINISHED run) or a run id")
+    cmp.add_argument("b", help="the system compared with it (Δ = b − a)")
+    _comparison_args(cmp)
+    cmp.add_argument("--task", dest="tasks", action="extend", nargs="+", metavar="T",
+                     help="only these tasks (repeatable; default: every task logged)")
+    cmp.set_defaults(func=cmd_compare)
+
+    rep = sub.add_parser("report", help="one HTML page of plotly comparisons, or (--table) significance tables")
+    rep.add_argument("--runs", nargs="*", help="run names for the page (default: every run of the experiment)")
+    rep.add_argument("--metric", help=f"page: metric per epoch (default {HTML_METRIC}); --table: acc@1 or mrr "
+                                      "(default acc@1; the page's significance part uses mrr for an mrr metric)")
     rep.add_argument("-o", "--out", type=Path, default=Path("mlruns/report.html"))
+    rep.add_argument("--table", action="store_true",
+                     help="print each group's ablations vs the baseline (Holm-corrected) instead of the page")
+    rep.add_argument("--group", help="registry group of the table (default: every group with runs); with the "
+                                     "page, adds that group's significance figure and table to it")
+    rep.add_argument("--baseline", default="baseline", help="the run every group member is compared with")
+    _comparison_args(rep)
     rep.set_defaults(func=cmd_report)
+
+
+def _comparison_args(p) -> None:
+    p.add_argument("--split", default="test", choices=SPLITS, help="evaluated split (val = validation)")
+    p.add_argument("--experiment", default="argbench", help="MLflow experiment (default: argbench)")
+    p.add_argument("--json", action="store_true", help="print JSON on stdout")
 
 
 def cmd_list(args) -> int:
@@ -73,46 +95,73 @@ def cmd_show(args) -> int:
 
 def cmd_run(args) -> int:
     from argbench.cli import shortcut_overrides
-    from argbench.config import flatten
-    from argbench.console import EpochPrinter
-    from argbench.corpus import load_corpus, resolve_data
-    from argbench.registry import get, resolve
-    from argbench.tracking import load_run_id, save_run_id, tracked_run
-    from argbench.train import best, fit
+    from argbench.runner import run_ablation
 
-    ablation = get(args.name)
-    source = resolve_data(args.data)
-    embedded = source.kind == "sample"
-    cfg, _ = resolve(args.name, shortcut_overrides(args), embedded=embedded)
-    corpus = load_corpus(source)
-    out = args.out or RUNS_DIR / f"{args.name}-s{cfg.train.seed}"
-    resume_id = load_run_id(out) if args.resume else None
-    tags = {"ablation": args.name, "group": ablation.group, "seed": str(cfg.train.seed),
-            "encoder": cfg.model.encoder, "profile": "embedded" if embedded else "research"}
-    if ablation.alias_of:
-        tags["alias_of"] = ablation.alias_of
-    with tracked_run(run_name=args.name, experiment=args.experiment, tags=tags, resume_run_id=resume_id) as tracker:
-        save_run_id(out, tracker.run_id)
-        tracker.log_model = args.log_model
-        tracker.out_dir = out
-        history = fit(cfg, corpus, [tracker, EpochPrinter(cfg.eval.primary)], out_dir=out, resume=args.resume,
-                      progress=True)
-        tracker.finish(history, cfg)
-    result = {"run_id": tracker.run_id, "ablation": args.name, "experiment": args.experiment,
-              "best": {cfg.eval.primary: best(history, cfg.eval.primary)}, "last": history[-1],
-              "params": {k: v for k, v in flatten(cfg).items()}}
+    result = run_ablation(args.name, shortcut_overrides(args), data=args.data, seeds=args.seeds,
+                          experiment=args.experiment, out=args.out, resume=args.resume, log_model=args.log_model)
     if args.json:
         print(json.dumps(result, indent=2, default=str))
+        return 0
+    if "over_seeds" in result:
+        key = next(k for k in result["over_seeds"] if k.startswith("best/"))
+        s = result["over_seeds"][key]
+        print(f"run {result['run_id']} ({args.name}, {args.seeds} seeds): {key} mean {s['mean']:.3f} "
+              f"± {s['std']:.3f} (95% CI {s['ci'][0]:.3f}–{s['ci'][1]:.3f})")
     else:
-        print(f"run {tracker.run_id} ({args.name}) finished: best {cfg.eval.primary} "
-              f"{result['best'][cfg.eval.primary]:.3f}")
-        print("compare runs: make ui   (MLflow UI on http://127.0.0.1:5000)   or   make report")
+        (metric, value), = result["best"].items()
+        print(f"run {result['run_id']} ({args.name}, {result['profile']} profile) finished: best {metric} "
+              f"{value:.3f}")
+    print("compare runs: make ui  (MLflow UI at http://127.0.0.1:5000)  or  make report")
+    return 0
+
+
+def _quiet_downloads() -> None:
+    """MLflow draws a progress bar for every per-query file it fetches: dozens of lines, no information."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+def cmd_compare(args) -> int:
+    from argbench.significance import compare_systems, format_comparison
+
+    _quiet_downloads()
+    result = compare_systems(args.a, args.b, split=args.split, tasks=args.tasks, experiment=args.experiment)
+    print(json.dumps(result, indent=2) if args.json else format_comparison(result))
     return 0
 
 
 def cmd_report(args) -> int:
+    _quiet_downloads()
+    if args.table:
+        return _print_tables(args)
     from argbench.report import report
 
-    path = report(args.experiment, args.runs, args.metric, args.out)
-    print(f"wrote {path}")
+    metric = args.metric or HTML_METRIC
+    extra = None
+    if args.group:
+        from argbench import significance
+
+        result = significance.group_table(args.group, baseline=args.baseline, split=args.split,
+                                          metric="mrr" if metric.endswith("mrr") else "acc@1",
+                                          experiment=args.experiment)
+        extra = {"fig-significance": significance.figure(result),
+                 "fig-significance-table": significance.table_figure(result)}
+    path = report(args.experiment, args.runs, metric, args.out, extra_figures=extra)
+    print(json.dumps({"path": str(path)}) if args.json else f"wrote {path}")
+    return 0
+
+
+def _print_tables(args) -> int:
+    """``report --table``: one group's table (JSON: its dict) or every group's with runs (JSON: a list)."""
+    from argbench.significance import format_table, group_table, group_tables
+
+    kw = {"baseline": args.baseline, "split": args.split, "experiment": args.experiment,
+          "metric": (args.metric or "acc@1").replace("_at_", "@")}
+    results = [group_table(args.group, **kw)] if args.group else group_tables(**kw)
+    if args.json:
+        print(json.dumps(results[0] if args.group else results, indent=2))
+    elif not results:
+        print(f"no group has a run to compare with {args.baseline!r} in experiment {args.experiment!r}",
+              file=sys.stderr)
+    else:
+        print("\n\n".join(format_table(r) for r in results))
     return 0

@@ -179,16 +179,22 @@ def figures(runs: list[RunData], metric: str) -> dict[str, go.Figure]:
             "fig-table": final_table(runs, [metric])}
 
 
-def write_report(runs: list[RunData], metric: str, path: Path, *, source: str = "") -> Path:
-    """Write one self-contained HTML page comparing ``runs`` on ``metric`` to ``path`` (plotly.js inlined once)."""
+def write_report(runs: list[RunData], metric: str, path: Path, *, source: str = "",
+                 extra_figures: dict[str, go.Figure] | None = None) -> Path:
+    """Write one self-contained HTML page comparing ``runs`` on ``metric`` to ``path`` (plotly.js inlined once);
+    ``extra_figures`` (div id -> figure, e.g. argbench.significance's) follow the standard ones."""
     if not runs:
         raise ValueError("no runs to report; expected at least one run")
     key = metric_key(metric)
     if not any(key in r.history for r in runs):
         known = sorted({k for r in runs for k in r.history})
         raise ValueError(f"no run logged metric {key!r}; logged metrics include: {', '.join(known[:20])}")
+    standard = figures(runs, metric)
+    clash = sorted(set(standard) & set(extra_figures or {}))
+    if clash:
+        raise ValueError(f"extra_figures: div ids {clash} are taken by the standard figures {list(standard)}")
     divs = [figure.to_html(full_html=False, include_plotlyjs=i == 0, div_id=div_id)
-            for i, (div_id, figure) in enumerate(figures(runs, metric).items())]
+            for i, (div_id, figure) in enumerate({**standard, **(extra_figures or {})}.items())]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(_page(runs, key, source, divs), encoding="utf-8")
@@ -212,10 +218,12 @@ def _page(runs: list[RunData], key: str, source: str, divs: list[str]) -> str:
 
 
 def report(experiment: str, runs: list[str] | None = None, metric: str = "val/epa/acc@1",
-           out: Path | None = None, tracking_uri: str | None = None) -> Path:
+           out: Path | None = None, tracking_uri: str | None = None,
+           extra_figures: dict[str, go.Figure] | None = None) -> Path:
     """Load ``runs`` (names; all when None) of ``experiment`` from MLflow and write the page to ``out``
-    (default ``reports/<experiment>.html`` in the repo). Returns the page's path."""
+    (default ``reports/<experiment>.html`` in the repo), with ``extra_figures`` at the end. Returns its path."""
     uri = tracking_uri or default_tracking_uri()
     data = load_runs(experiment, runs, uri)
     out = Path(out) if out is not None else REPO_ROOT / "reports" / f"{experiment}.html"
-    return write_report(data, metric, out, source=f"MLflow experiment {experiment!r} at {redact(uri)}")
+    return write_report(data, metric, out, source=f"MLflow experiment {experiment!r} at {redact(uri)}",
+                        extra_figures=extra_figures)

@@ -1,0 +1,224 @@
+"""Is an ablation's difference from the baseline real? One table per registry group, Holm-corrected.
+
+:func:`group_table` compares every member of a registry group with the baseline through
+:func:`argbench.compare.compare` (paired by query; a multi-seed run's seeds pooled per query) on one split and one
+metric, then Holm-corrects the raw p-values over *all* comparisons the table shows (members × tasks): a row is
+``significant`` when its adjusted p is below :data:`ALPHA`, which keeps the chance of even one false positive in
+the table at 5 %. :func:`format_table` renders the result as fixed-width text, :func:`table_figure` and
+:func:`figure` as plotly figures for the HTML report, and :func:`format_comparison` renders one ``compare`` result
+(``argbench compare A B``).
+
+Not compared: the baseline itself and its aliases (the same config, so the difference would be seed noise only);
+members with no FINISHED run are listed under ``missing``. User errors are typed so the CLI exits with status 2:
+:class:`UnknownRun` (no FINISHED run of that name or id) and :class:`ComparisonError` (runs that cannot be
+compared, or a task or metric they lack).
+"""
+
+from __future__ import annotations
+
+import plotly.graph_objects as go
+from mlflow import MlflowClient
+
+from argbench.compare import compare, resolve_runs
+from argbench.registry import RegistryError, groups, list_ablations
+from argbench.stats import METRICS, holm
+from argbench.tracking import default_tracking_uri
+
+ALPHA = 0.05
+
+
+class UnknownRun(LookupError):
+    """A system (run name or run id) with no FINISHED run in the experiment, or a missing experiment."""
+
+
+class ComparisonError(ValueError):
+    """Two systems that cannot be compared (different data or queries), or a task / metric they did not log."""
+
+
+# --- finding and comparing systems ---------------------------------------------------------------------------------
+
+def find_runs(ref: str, *, experiment: str = "argbench", tracking_uri: str | None = None) -> list[str]:
+    """Ids of the runs that make system `ref` (its FINISHED seeds, or the run itself); UnknownRun if none."""
+    client = MlflowClient(tracking_uri or default_tracking_uri())
+    try:
+        return [run.info.run_id for run in resolve_runs(client, ref, experiment)]
+    except ValueError as err:  # resolve_runs raises ValueError only for what it cannot find
+        raise UnknownRun(str(err)) from err
+
+
+def compare_systems(a: str, b: str, *, split: str = "test", tasks=None, experiment: str = "argbench",
+                    tracking_uri: str | None = None, **stats_kw) -> dict:
+    """:func:`argbench.compare.compare` of `b` against `a`, with its errors typed: UnknownRun when either has no
+    FINISHED run, ComparisonError when the two cannot be compared (message prefixed with both names)."""
+    for ref in (a, b):
+        find_runs(ref, experiment=experiment, tracking_uri=tracking_uri)
+    return _compare(a, b, split=split, tasks=tasks, experiment=experiment, tracking_uri=tracking_uri, **stats_kw)
+
+
+def _compare(a: str, b: str, *, split: str, **kw) -> dict:
+    """:func:`argbench.compare.compare` of two systems known to have runs; its ValueErrors as ComparisonError."""
+    try:
+        return compare(a, b, split=split, **kw)
+    except ValueError as err:
+        raise ComparisonError(f"comparing {b!r} with {a!r} on {split!r}: {err}") from err
+
+
+def _members(group: str, baseline: str) -> list[str]:
+    """The entries of `group` to compare with `baseline`, in registry order (baseline and its aliases left out)."""
+    entries = [a for a in list_ablations() if a.group == group]
+    if not entries:
+        raise RegistryError(f"no ablation in group {group!r}: groups are {', '.join(groups())}")
+    return [a.name for a in entries if a.name != baseline and a.alias_of != baseline]
+
+
+# --- the group table -----------------------------------------------------------------------------------------------
+
+def group_table(group: str, *, baseline: str = "baseline", split: str = "test", tasks=None, metric: str = "acc@1",
+                experiment: str = "argbench", tracking_uri: str | None = None, **stats_kw) -> dict:
+    """Every member of registry `group` against `baseline` on `split`, one row per (member, task), JSON-ready.
+
+    Returns ``{"group", "baseline", "split", "metric", "rows", "missing"}``; each row is ``{"ablation", "task",
+    "a", "b", "delta", "ci", "p_value", "p_holm", "significant", "seeds_a", "seeds_b", "n"}``: `metric` (``acc@1``
+    or ``mrr``, a mean over the ``n`` queries) of the baseline (a) and the member (b), delta = b − a, its 95 %
+    bootstrap CI, the raw two-sided p, the Holm-adjusted p over all rows, significant = p_holm < ALPHA, and the
+    number of seeds pooled on each side. ``missing``: members with no FINISHED run. `tasks` defaults to every task
+    logged; `stats_kw` (n_boot, n_perm, seed) goes to the statistics. UnknownRun if the baseline has no run.
+    """
+    if metric not in METRICS:
+        raise ComparisonError(f"metric {metric!r}: expected one of {', '.join(METRICS)}")
+    names = _members(group, baseline)
+    find_runs(baseline, experiment=experiment, tracking_uri=tracking_uri)
+    rows, missing = [], []
+    for name in names:
+        try:
+            find_runs(name, experiment=experiment, tracking_uri=tracking_uri)
+        except UnknownRun:
+            missing.append(name)
+            continue
+        result = _compare(baseline, name, split=split, tasks=tasks, experiment=experiment,
+                          tracking_uri=tracking_uri, **stats_kw)
+        rows += [_row(name, task, cells[metric], result["runs"]) for task, cells in result["tasks"].items()]
+    for row, p_holm in zip(rows, holm([row["p_value"] for row in rows])):
+        row["p_holm"], row["significant"] = p_holm, p_holm < ALPHA
+    return {"group": group, "baseline": baseline, "split": split, "metric": metric, "rows": rows,
+            "missing": missing}
+
+
+def _row(name: str, task: str, cell: dict, runs: dict) -> dict:
+    return {"ablation": name, "task": task, "a": cell["a"], "b": cell["b"], "delta": cell["delta"],
+            "ci": list(cell["ci"]), "p_value": cell["p_value"], "p_holm": None, "significant": None,
+            "seeds_a": len(runs["a"]), "seeds_b": len(runs["b"]), "n": cell["n"]}
+
+
+def group_tables(**kw) -> list[dict]:
+    """:func:`group_table` of every registry group with at least one compared member (keywords passed on)."""
+    baseline = kw.get("baseline", "baseline")
+    tables = [group_table(g, **kw) for g in groups() if _members(g, baseline)]
+    return [t for t in tables if t["rows"]]
+
+
+# --- text ----------------------------------------------------------------------------------------------------------
+
+def _value(x: float) -> str:
+    return f"{x:.3f}"
+
+
+def _signed(x: float) -> str:
+    return f"{x:+.3f}"
+
+
+def _ci(ci) -> str:
+    return f"[{ci[0]:+.3f}, {ci[1]:+.3f}]"
+
+
+def _p(p: float) -> str:
+    """Three decimals; small p in scientific notation, so 1e-12 (exact McNemar) and 1e-4 stay distinguishable."""
+    return f"{p:.3f}" if p >= 1e-3 else f"{p:.1e}"
+
+
+def _render(header: list[str], rows: list[list[str]], left: int) -> str:
+    """Fixed-width columns: the first `left` aligned left (names), the rest right (numbers)."""
+    widths = [max(len(cell) for cell in column) for column in zip(header, *rows)]
+
+    def line(cells):
+        return "  ".join(c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
+    return "\n".join(line(cells).rstrip() for cells in [header, *rows])
+
+
+def _table_cells(result: dict) -> tuple[list[str], list[list[str]]]:
+    """Header and string cells of a group table, shared by the text and the HTML table."""
+    header = ["ablation", "task", "baseline", "value", "Δ", "95% CI", "p", "p_holm", ""]
+    rows = [[r["ablation"], r["task"], _value(r["a"]), _value(r["b"]), _signed(r["delta"]), _ci(r["ci"]),
+             _p(r["p_value"]), _p(r["p_holm"]), "*" if r["significant"] else ""] for r in result["rows"]]
+    return header, rows
+
+
+def _seeds(result: dict) -> str:
+    """'baseline 2, with_relu 1' — seeds pooled per system."""
+    rows = result["rows"]
+    per_member = dict.fromkeys(f"{r['ablation']} {r['seeds_b']}" for r in rows)
+    return ", ".join([f"{result['baseline']} {rows[0]['seeds_a']}", *per_member]) if rows else "-"
+
+
+def format_table(result: dict) -> str:
+    """A :func:`group_table` result as fixed-width text: a title line, one line per row (``*`` = significant),
+    then the queries and seeds behind the numbers and the members not compared."""
+    rows = result["rows"]
+    title = (f"{result['group']}: {result['metric']} on {result['split']}, each ablation vs {result['baseline']} "
+             f"(paired by query; * = p_holm < {ALPHA}, Holm over the {len(rows)} comparisons shown)")
+    lines = [title, _render(*_table_cells(result), left=2) if rows else "(no ablation of this group has a run)"]
+    if rows:
+        queries = ", ".join(dict.fromkeys(f"{r['task']} {r['n']}" for r in rows))
+        lines.append(f"queries per task: {queries}; seeds: {_seeds(result)}")
+    if result["missing"]:
+        lines.append(f"no FINISHED run, not compared: {', '.join(result['missing'])}")
+    return "\n".join(lines)
+
+
+def format_comparison(result: dict) -> str:
+    """A :func:`argbench.compare.compare` result as fixed-width text, one line per (task, metric)."""
+    header = ["task", "metric", result["a"], result["b"], "Δ", "95% CI", "p", "p_holm", "test"]
+    rows = [[task, metric, _value(c["a"]), _value(c["b"]), _signed(c["delta"]), _ci(c["ci"]), _p(c["p_value"]),
+             _p(c["p_holm"]), c["test"]] for task, cells in result["tasks"].items() for metric, c in cells.items()]
+    seeds = {side: len(ids) for side, ids in result["runs"].items()}
+    n = ", ".join(dict.fromkeys(str(c["n"]) for cells in result["tasks"].values() for c in cells.values()))
+    return "\n".join([f"{result['b']} vs {result['a']} on {result['split']}: Δ = {result['b']} − {result['a']}, "
+                      f"paired by query (n = {n}); seeds {seeds['a']} vs {seeds['b']}; p_holm over the "
+                      f"{len(rows)} lines", _render(header, rows, left=2)])
+
+
+# --- figures -------------------------------------------------------------------------------------------------------
+
+def figure(result: dict) -> go.Figure:
+    """Δ per task for each member of a :func:`group_table` result: points with 95 % CI error bars, one colour per
+    member, a line at zero; significant rows (p_holm < ALPHA) drawn as large stars, the others as circles."""
+    fig = go.Figure()
+    for name in dict.fromkeys(r["ablation"] for r in result["rows"]):
+        rows = [r for r in result["rows"] if r["ablation"] == name]
+        fig.add_trace(go.Scatter(
+            x=[r["task"] for r in rows], y=[r["delta"] for r in rows], name=name, mode="markers",
+            marker={"symbol": ["star" if r["significant"] else "circle" for r in rows],
+                    "size": [16 if r["significant"] else 9 for r in rows]},
+            error_y={"type": "data", "symmetric": False, "array": [r["ci"][1] - r["delta"] for r in rows],
+                     "arrayminus": [r["delta"] - r["ci"][0] for r in rows]},
+            customdata=[[r["p_value"], r["p_holm"]] for r in rows],
+            hovertemplate="%{x}: Δ %{y:+.3f}<br>p %{customdata[0]:.3g}, p_holm %{customdata[1]:.3g}"))
+    fig.add_hline(y=0, line_color="black", line_width=1)
+    if not result["rows"]:
+        fig.add_annotation(text="no ablation of this group has a run", showarrow=False, x=0.5, y=0.5,
+                           xref="paper", yref="paper")
+    return fig.update_layout(
+        title=f"{result['group']}: Δ {result['metric']} vs {result['baseline']} on {result['split']} "
+              f"(95 % CI; ★ = p_holm < {ALPHA})",
+        scattermode="group", showlegend=True, xaxis_title="task", yaxis_title=f"Δ {result['metric']} (ablation − baseline)")
+
+
+def table_figure(result: dict) -> go.Figure:
+    """The rows of :func:`format_table` as a plotly table (for the HTML report)."""
+    header, rows = _table_cells(result)
+    columns = [list(column) for column in zip(*rows)] if rows else [[] for _ in header]
+    missing = f"; no FINISHED run: {', '.join(result['missing'])}" if result["missing"] else ""
+    return go.Figure(go.Table(header={"values": header}, cells={"values": columns})).update_layout(
+        title=f"{result['group']}: {result['metric']} on {result['split']} vs {result['baseline']} "
+              f"(* = p_holm < {ALPHA}){missing}", height=260 + 25 * len(rows))
