@@ -20,6 +20,7 @@ REQUIRED = {
     "proj_32": "projection", "proj_64": "projection", "proj_128": "projection", "proj_256": "projection",
     "no_proj": "projection",
     "frozen_encoder": "training", "no_classifier": "training",
+    "learning_recipe": "recipe", "learning_recipe_in_batch": "recipe",
 }
 ALIASES = {"shared_encoder", "concatenated", "proj_128", "without_layernorm_relu"}
 NAMES = [e.name for e in list_ablations(registry.ABLATIONS_DIR)]
