@@ -21,7 +21,17 @@ from argbench.corpus import CorpusError  # noqa: E402
 USER_ERRORS = (ConfigError, CorpusError, FileNotFoundError)
 
 
+def _quiet_libraries() -> None:
+    """Library chatter (MLflow's system-metrics INFO lines, transformers' weight-loading bars) buries the one line
+    per epoch that matters; warnings and errors still show."""
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read by mlflow when it configures its loggers
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 def main(argv: list[str] | None = None) -> int:
+    _quiet_libraries()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "func"):
@@ -32,22 +42,22 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS + _lazy_user_errors() as err:
         print(f"argbench: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `argbench ... | head`: the reader left; that is not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("argbench: interrupted (the last epoch's checkpoint is kept; --resume continues)", file=sys.stderr)
         return 130
 
 
 def _lazy_user_errors() -> tuple:
+    """Errors that mean "your input is wrong" (exit 2, one line), imported only when something failed."""
     from argbench.encoders import EncoderError
+    from argbench.registry import RegistryError
+    from argbench.search import SearchSpaceError
+    from argbench.significance import ComparisonError, UnknownRun
 
-    errors = [EncoderError]
-    try:
-        from argbench.registry import RegistryError
-
-        errors.append(RegistryError)
-    except ImportError:
-        pass
-    return tuple(errors)
+    return EncoderError, RegistryError, SearchSpaceError, ComparisonError, UnknownRun
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,9 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--out", type=Path, default=Path("mlruns/runs/train"), help="run folder")
     tr.set_defaults(func=cmd_train)
 
-    from argbench import cli_ablation
+    from argbench import cli_ablation, search
 
     cli_ablation.add_commands(sub, _data_args, _run_args)
+    sp = sub.add_parser("search", help="Optuna search over an ablation's hyperparameters, tracked in MLflow")
+    search.add_arguments(sp)
+    sp.set_defaults(func=search.cmd_search)
     return parser
 
 

@@ -1,0 +1,347 @@
+"""Hyperparameter search over one registry ablation: an Optuna study whose trials are tracked MLflow runs.
+
+The space searched is a YAML file of config keys and ranges (:mod:`argbench.space`, checked before any trial runs);
+the study lives in an Optuna storage (:mod:`argbench.studies`: SQLite by default, PostgreSQL for workers on several
+machines, heartbeats and retries of trials whose worker died). :func:`run_search` resolves the ablation, loads the
+corpus once, then per trial: suggest values -> ``config.replace`` -> ``train.fit`` with two hooks, the MLflow tracker
+(so a trial is logged like any ablation run, as a child of the search's parent run) and a pruning hook that reports
+the primary metric from epoch 1 on (epoch 0 is the untrained model, the same for every trial) and stops pruned
+trials. Re-running with the same study name continues the study.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+import time
+import warnings
+from collections import Counter
+from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from optuna.exceptions import ExperimentalWarning
+from optuna.storages import RDBStorage
+from optuna.trial import TrialState
+
+from argbench import config, registry, train
+from argbench.space import SearchSpace, SearchSpaceError, load_space  # also search's API
+from argbench.studies import DEFAULT_STORAGE, open_storage, retried_trial_number, storage_url
+
+PRUNERS = ("median", "hyperband", "none")
+FIGURES = ("optimization_history", "intermediate_values", "param_importances", "parallel_coordinate")
+
+
+# --- trials --------------------------------------------------------------------------------------------------------
+
+def make_pruner(pruner: str | optuna.pruners.BasePruner, epochs: int) -> optuna.pruners.BasePruner:
+    """"median" (after 5 complete trials, from epoch 1), "hyperband" (resources = epochs), "none", or a pruner."""
+    if isinstance(pruner, optuna.pruners.BasePruner):
+        return pruner
+    if pruner == "median":
+        return optuna.pruners.MedianPruner(n_warmup_steps=1)
+    if pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(epochs, 1))
+    if pruner == "none":
+        return optuna.pruners.NopPruner()
+    raise ValueError(f"pruner {pruner!r} is unknown; expected one of {', '.join(PRUNERS)}")
+
+class _PruningHook:
+    """Trainer hook: reports the primary metric to the trial each evaluated epoch >= 1 and stops the run when
+    the pruner says so, or when a Ctrl-C asked the threads to stop (``interrupted``)."""
+
+    def __init__(self, trial: optuna.Trial, primary: str, interrupted: threading.Event):
+        self.trial, self.primary, self.interrupted = trial, primary.split("/"), interrupted
+        self.pruned_at: int | None = None
+
+    def on_epoch_end(self, epoch: int, metrics: dict) -> bool | None:
+        if self.interrupted.is_set():
+            return True
+        split, task, name = self.primary
+        value = metrics.get(split, {}).get(task, {}).get(name)
+        if epoch < 1 or value is None:  # epoch 0: untrained model; None: epoch not evaluated (eval.every)
+            return None
+        self.trial.report(value, epoch)
+        if self.trial.should_prune():
+            self.pruned_at = epoch
+            return True
+        return None
+
+
+@dataclass
+class _Objective:
+    """One trial: suggest, train with tracker and pruning hook, return the best primary value over epochs."""
+
+    cfg: config.Config
+    space: SearchSpace
+    corpus: Any
+    study_name: str
+    parent_run_id: str
+    tags: dict
+    experiment: str
+    tracking_uri: str | None
+    interrupted: threading.Event
+    started: list  # numbers of the trials this process ran
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        from argbench.tracking import tracked_run
+
+        self.started.append(trial.number)
+        cfg = config.replace(self.cfg, **self.space.suggest(trial))
+        retry_of = retried_trial_number(trial)
+        tags = {**self.tags, "study": self.study_name, "trial.number": trial.number,
+                **({"trial.retry_of": retry_of} if retry_of is not None else {})}
+        hook = _PruningHook(trial, cfg.eval.primary, self.interrupted)
+        with tracked_run(run_name=f"{self.study_name}-t{trial.number}", experiment=self.experiment,
+                         tracking_uri=self.tracking_uri, tags=tags, parent_run_id=self.parent_run_id,
+                         system_metrics=False, config=cfg) as tracker:
+            trial.set_user_attr("mlflow_run_id", tracker.run_id)
+            trial.set_user_attr("mlflow_parent_run_id", self.parent_run_id)
+            state = "FAIL"  # until fit returns: an exception or Ctrl-C leaves this tag
+            try:
+                if self.interrupted.is_set():
+                    raise KeyboardInterrupt
+                history = train.fit(cfg, self.corpus, [tracker, hook])
+                tracker.finish(history)
+                if self.interrupted.is_set():
+                    raise KeyboardInterrupt  # inside the run: MLflow KILLED, Optuna FAIL
+                state = "PRUNED" if hook.pruned_at is not None else "COMPLETE"
+            finally:
+                tracker.client.set_tag(tracker.run_id, "trial.state", state)
+                if self.interrupted.is_set():
+                    trial.study.stop()  # start no further trial (worker threads)
+        if hook.pruned_at is not None:
+            raise optuna.TrialPruned(f"pruned at epoch {hook.pruned_at}")
+        return train.best(history, cfg.eval.primary)
+
+
+# --- the search ----------------------------------------------------------------------------------------------------
+
+def run_search(*, ablation: str = "baseline", space: str | os.PathLike = "default", trials: int = 8,
+               timeout: float | None = None, study_name: str | None = None, storage: str | None = None,
+               jobs: int = 1, pruner: str | optuna.pruners.BasePruner = "median", seed: int = 0,
+               data: str | None = None, overrides: Sequence[str] = (), experiment: str = "argbench",
+               tracking_uri: str | None = None, heartbeat_interval: int = 10, grace_period: int = 30,
+               max_retry: int = 2) -> dict:
+    """Run ``trials`` more trials (or until ``timeout`` seconds) of study ``study_name`` (default
+    ``<ablation>-<space>``, created or continued), maximising ``eval.primary``; returns the summary (see
+    :func:`summary`). ``jobs`` > 1 runs trials in threads sharing the CPU cores (torch threads split between
+    them). Ctrl-C: running trials end FAIL, their MLflow runs and the parent KILLED, then KeyboardInterrupt."""
+    from argbench.corpus import load_corpus, resolve_data
+
+    search_space = load_space(space)  # before anything slow
+    source = resolve_data(data)
+    cfg, entry = registry.resolve(ablation, overrides, embedded=source.kind == "sample")
+    chosen_pruner = make_pruner(pruner, cfg.train.epochs)
+    if jobs > 1 and cfg.train.num_threads is None:
+        cfg = config.replace(cfg, **{"train.num_threads": max(1, (os.cpu_count() or 1) // jobs)})
+    corpus = load_corpus(source)  # once per process; every trial closes over it
+    name = study_name or f"{ablation}-{search_space.name}"
+    tags = {"ablation": ablation, "group": entry.group, "study": name, "space": search_space.name}
+    objective = _Objective(cfg, search_space, corpus, name, "", tags, experiment, tracking_uri, threading.Event(),
+                           started=[])
+    backend = open_storage(storage, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+                           max_retry=max_retry, tracking_uri=tracking_uri)
+    try:
+        study = optuna.create_study(storage=backend, study_name=name, direction="maximize", load_if_exists=True,
+                                    pruner=chosen_pruner)
+        # Offset by the trials already there, so a continued study does not replay the first run's random draws.
+        study.sampler = optuna.samplers.TPESampler(seed=seed + len(study.trials))
+        settings = {"trials": trials, "timeout": timeout, "jobs": jobs, "seed": seed,
+                    "pruner": pruner if isinstance(pruner, str) else type(pruner).__name__}
+        return _optimize_tracked(study, objective, storage_url(storage), settings)
+    finally:
+        if isinstance(backend, RDBStorage):
+            backend.engine.dispose()  # close its database connections now, not at interpreter exit
+
+
+def _optimize_tracked(study: optuna.Study, objective: _Objective, storage: str, settings: dict) -> dict:
+    """``study.optimize`` inside the parent MLflow run, which ends with the study's best values and figures."""
+    from argbench.tracking import redact, tracked_run
+
+    storage = redact(storage)
+    with tracked_run(run_name=f"search-{study.study_name}", experiment=objective.experiment,
+                     tracking_uri=objective.tracking_uri, config=objective.cfg,
+                     tags={**objective.tags, "storage": storage, "search": "parent"}) as parent:
+        objective.parent_run_id = parent.run_id
+        parent.client.log_batch(parent.run_id, params=_params({
+            "search.study": study.study_name, "search.storage": storage,
+            "search.space": str(objective.space.path), **{f"search.{k}": v for k, v in settings.items()}}))
+        parent.client.log_text(parent.run_id, objective.space.path.read_text(), "search_space.yaml")
+        with _stop_on_ctrl_c(objective.interrupted, threads=settings["jobs"] > 1):
+            try:  # a trial that raises (a bug, not a NaN loss or an invalid combination) stops the search
+                study.optimize(objective, n_trials=settings["trials"], timeout=settings["timeout"],
+                               n_jobs=settings["jobs"], catch=(train.NonFiniteLoss, config.ConfigError))
+                if objective.interrupted.is_set():
+                    raise KeyboardInterrupt
+            except BaseException:
+                _fail_running(study, objective.started)
+                raise
+        result = summary(study, objective.started, storage=storage, parent_run_id=parent.run_id)
+        _log_results(parent, study, result)
+    return result
+
+
+def _params(values: dict) -> list:
+    from mlflow.entities import Param as MlflowParam
+
+    return [MlflowParam(k, "none" if v is None else str(v)) for k, v in values.items()]
+
+
+@contextmanager
+def _stop_on_ctrl_c(event: threading.Event, threads: bool):
+    """With worker threads, the first Ctrl-C only sets ``event``: each running trial stops after its current epoch
+    and ends FAIL (a signal reaches only the main thread, which is waiting on the workers); a second Ctrl-C
+    interrupts as usual. Without threads, Ctrl-C raises KeyboardInterrupt inside the trial at once."""
+    if not threads or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handle(signum, frame):
+        if event.is_set():
+            raise KeyboardInterrupt
+        event.set()
+        print("argbench search: stopping each running trial after its current epoch (Ctrl-C again to force)",
+              file=sys.stderr)
+
+    previous = signal.signal(signal.SIGINT, handle)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _fail_running(study: optuna.Study, numbers: list[int]) -> None:
+    """Mark FAIL every trial of ``numbers`` still RUNNING (interrupted between Optuna's ask and tell)."""
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if trial.number in numbers:
+            study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+
+
+def summary(study: optuna.Study, numbers: list[int], *, storage: str, parent_run_id: str) -> dict:
+    """study, storage (redacted), n_trials {state: count} over the whole study, best_value / best_params /
+    best_trial (None while no trial completed), parent_run_id, trials_run (by this call) and
+    seconds_per_trial (mean wall time of this call's finished trials)."""
+    trials = study.get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    best = max(complete, key=lambda t: t.value) if complete else None
+    mine = [t for t in trials if t.number in numbers and t.datetime_complete and t.datetime_start]
+    seconds = [(t.datetime_complete - t.datetime_start).total_seconds() for t in mine]
+    return {"study": study.study_name, "storage": storage,
+            "n_trials": dict(sorted(Counter(t.state.name for t in trials).items())),
+            "best_value": best.value if best else None, "best_params": dict(best.params) if best else None,
+            "best_trial": best.number if best else None, "parent_run_id": parent_run_id,
+            "trials_run": len(numbers), "seconds_per_trial": sum(seconds) / len(seconds) if seconds else None}
+
+
+def _log_results(parent, study: optuna.Study, result: dict) -> None:
+    """Best value, ``best.<key>`` params and the study's plotly figures (HTML artifacts) on the parent run."""
+    from mlflow.entities import Metric, RunTag
+
+    client, run_id, now = parent.client, parent.run_id, int(time.time() * 1000)
+    counts = {f"search.n_{state.lower()}": n for state, n in result["n_trials"].items()}
+    client.log_batch(run_id, params=_params({f"best.{k}": v for k, v in (result["best_params"] or {}).items()}))
+    metrics = {**counts, **({"best_value": result["best_value"]} if result["best_value"] is not None else {})}
+    client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
+                     tags=[RunTag("best_trial", str(result["best_trial"]))])
+    for name, figure in study_figures(study).items():
+        client.log_text(run_id, figure.to_html(include_plotlyjs="inline"), f"figures/{name}.html")
+
+
+def study_figures(study: optuna.Study) -> dict:
+    """{name: plotly figure} of :data:`FIGURES`; none without a complete trial, no importances below two."""
+    import optuna.visualization as vis
+
+    n_complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    plots = {"optimization_history": vis.plot_optimization_history,
+             "intermediate_values": vis.plot_intermediate_values,
+             "param_importances": vis.plot_param_importances,
+             "parallel_coordinate": vis.plot_parallel_coordinate}
+    wanted = [] if n_complete == 0 else [n for n in FIGURES if n != "param_importances" or n_complete >= 2]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        return {name: plots[name](study) for name in wanted}
+
+
+
+# --- command line --------------------------------------------------------------------------------------------------
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ablation", default="baseline", help="registry entry whose config is searched")
+    parser.add_argument("--space", default="default", help="search space name (ablations/search/) or YAML path")
+    parser.add_argument("--trials", type=int, default=8, help="trials to add to the study")
+    parser.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
+    parser.add_argument("--study", dest="study_name", help="study name (default <ablation>-<space>)")
+    parser.add_argument("--storage", help=f"Optuna storage URL or journal:///file.log (default {DEFAULT_STORAGE})")
+    parser.add_argument("--jobs", type=int, default=1, help="trials run at once, in threads of this process")
+    parser.add_argument("--pruner", default="median", choices=PRUNERS)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the TPE sampler (not train.seed)")
+    parser.add_argument("--data", help="corpus root, or 'sample'")
+    parser.add_argument("--encoder", help="shortcut for --set model.encoder=NAME")
+    parser.add_argument("--epochs", type=int, help="shortcut for --set train.epochs=N")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value of the ablation, e.g. --set train.batch_size=16 (repeatable)")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+    parser.add_argument("--experiment", default="argbench", help="MLflow experiment")
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or mlruns/)")
+    parser.add_argument("--heartbeat-interval", type=int, default=10, help="seconds between trial heartbeats")
+    parser.add_argument("--grace-period", type=int, default=30, help="seconds without heartbeat = worker dead")
+    parser.add_argument("--max-retry", type=int, default=2, help="retries of a trial whose worker died")
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from argbench.cli import shortcut_overrides
+
+    keys = ("ablation", "space", "trials", "timeout", "study_name", "storage", "jobs", "pruner", "seed", "data",
+            "experiment", "tracking_uri", "heartbeat_interval", "grace_period", "max_retry")
+    # Only --encoder/--epochs are shortcuts here: this command's --seed seeds the sampler, not train.seed.
+    shortcuts = argparse.Namespace(encoder=args.encoder, epochs=args.epochs, overrides=args.overrides)
+    result = run_search(**{k: getattr(args, k) for k in keys}, overrides=shortcut_overrides(shortcuts))
+    print(json.dumps(result, indent=2, default=str) if args.json else format_summary(result))
+    return 0
+
+
+def format_summary(result: dict) -> str:
+    """The :func:`summary` dict as a few lines for a terminal, ending with how to watch the study."""
+    def shown(value: Any) -> str:
+        return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+    states = ", ".join(f"{n} {state.lower()}" for state, n in result["n_trials"].items()) or "none"
+    pace = f"{result['seconds_per_trial']:.1f} s per trial" if result["seconds_per_trial"] is not None else \
+        "no trial finished"
+    lines = [f"study {result['study']}  storage {result['storage']}",
+             f"trials: {states} ({result['trials_run']} run now, {pace})"]
+    if result["best_value"] is None:
+        lines.append("best: none yet (no complete trial)")
+    else:
+        params = ", ".join(f"{k}={shown(v)}" for k, v in result["best_params"].items())
+        lines.append(f"best: {shown(result['best_value'])} (trial {result['best_trial']}) {params}")
+    dashboard = f"optuna-dashboard {result['storage']}"
+    lines += [f"MLflow parent run {result['parent_run_id']}",
+              f"watch it: {'make dashboard, or ' if result['storage'] == DEFAULT_STORAGE else ''}{dashboard}"]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m argbench.search``: the same options as ``argbench search``."""
+    parser = argparse.ArgumentParser(prog="argbench search", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    try:
+        return cmd_search(parser.parse_args(argv))
+    except (SearchSpaceError, config.ConfigError, registry.RegistryError) as err:
+        print(f"argbench search: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("argbench search: interrupted (running trials marked FAIL; rerun to continue the study)",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
