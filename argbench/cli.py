@@ -90,6 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("search", help="Optuna search over an ablation's hyperparameters, tracked in MLflow")
     search.add_arguments(sp)
     sp.set_defaults(func=search.cmd_search)
+
+    from argbench.bench import runner as bench
+
+    bp = sub.add_parser("bench", help="side-by-side benchmarks against the original's methods")
+    bench.add_arguments(bp)
+    bp.set_defaults(func=bench.cmd_bench)
     return parser
 
 

@@ -383,20 +383,24 @@ def _distances_to(point_emb, counter_emb, neg_kind: np.ndarray, neg_index: np.nd
 
 
 # ------------------------------------------------------------------------------- the original, for checks
-def mine_reference(point_emb, counter_emb, rate: float, rng: np.random.Generator) -> MiningResult:
+def mine_reference(point_emb, counter_emb, rate: float, rng: np.random.Generator,
+                   queries: int | None = None) -> MiningResult:
     """The original protocol as the research code ran it — slow baseline for benchmarks and cross-checks.
 
     One sklearn BallTree(leaf_size=2) per array, k=3 neighbours for each point, then a Python loop per query.
-    With rate=0 it picks the same negatives as `mine(..., rate=0)` (barring exact float ties).
+    With rate=0 it picks the same negatives as `mine(..., rate=0)` (barring exact float ties). ``queries`` mines
+    only the first that many points (trees still over all N): queries are independent, so a benchmark can time a
+    subset and extrapolate.
     """
     from sklearn.neighbors import BallTree
 
     points, counters = _as_float64(point_emb), _as_float64(counter_emb)
     n = _check_pairs(torch.from_numpy(points), torch.from_numpy(counters))
-    p_dist, p_idx = BallTree(points, leaf_size=2).query(points, k=3)
-    c_dist, c_idx = BallTree(counters, leaf_size=2).query(points, k=3)
+    asked = points[:queries] if queries else points
+    p_dist, p_idx = BallTree(points, leaf_size=2).query(asked, k=3)
+    c_dist, c_idx = BallTree(counters, leaf_size=2).query(asked, k=3)
     kinds, indices, sources, distances = [], [], [], []
-    for i in range(n):
+    for i in range(len(asked)):
         p_col = next(c for c in range(3) if p_idx[i, c] != i)
         c_col = next(c for c in range(3) if c_idx[i, c] != i)
         if rng.random() < rate:

@@ -1,0 +1,148 @@
+"""The benchmarks as correctness checks: each runs both contenders on the sample corpus or small inputs and the two
+agree; timings are not checked."""
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from argbench.bench import evalproto, load, runner
+from argbench.bench import train as train_bench
+from argbench.corpus import load_corpus
+from argbench.distributed import Runtime
+from argbench.evaluate import evaluate
+from argbench.model import Encoded
+from argbench.train import _pair_scorer
+
+
+@pytest.fixture(scope="module")
+def sample_corpus():
+    return load_corpus("sample")
+
+
+def test_load_bench_agrees_with_the_per_query_reference_and_extrapolates():
+    rows = load.run_load_bench("sample", repeats=1, reference_queries=10)
+
+    assert [r["case"].split(":")[0] for r in rows] == ["training", "validation", "test", "all splits"]
+    assert all(r["agree"] is True for r in rows)
+    for r in rows[:3]:
+        assert r["reference_queries_timed"] == 10 < r["queries"]
+        assert r["reference_extrapolated_from"] == 10
+    assert rows[3]["queries"] == sum(r["queries"] for r in rows[:3])
+    assert rows[3]["argbench_s"] == pytest.approx(rows[3]["load_s"] + sum(r["argbench_s"] for r in rows[:3]))
+
+
+def test_load_agreement_check_notices_a_missing_candidate(sample_corpus):
+    split = sample_corpus.split("test")
+    frame = sample_corpus.frame[(sample_corpus.frame["split"] == "test") & sample_corpus.frame["paired"]].copy()
+    frame["norm_text"] = [" ".join(t.split()) for t in frame["text"]]
+    queries = frame[frame["kind"] == "point"].head(3)
+    reference = load.reference_pools(frame, queries)
+    paths = queries["path"].tolist()
+    assert load._agrees(split, paths, reference)
+
+    reference["sdoc"][1] = reference["sdoc"][1][1:]
+    assert not load._agrees(split, paths, reference)
+
+
+def test_reference_pool_sizes_follow_the_task_definitions(sample_corpus):
+    frame = sample_corpus.frame[(sample_corpus.frame["split"] == "test") & sample_corpus.frame["paired"]].copy()
+    frame["norm_text"] = [" ".join(t.split()) for t in frame["text"]]
+    query = frame[frame["kind"] == "point"].head(1)
+    q = query.iloc[0]
+    pools = {task: paths[0] for task, paths in load.reference_pools(frame, query).items()}
+    debate = frame[(frame["theme"] == q["theme"]) & (frame["debate"] == q["debate"])]
+
+    assert len(pools["epa"]) == len(frame) - 1  # the sample has no copied texts
+    assert len(pools["epc"]) == (frame["kind"] == "counter").sum()
+    assert len(pools["sda"]) == len(debate) - 1
+    assert set(pools["sdoc"]) == set(debate[(debate["stance"] == q["stance"]) & (debate["kind"] == "counter")]["path"])
+    assert q["path"] not in set().union(*map(set, pools.values()))
+
+
+def test_eval_bench_agrees_with_the_per_candidate_loop():
+    (row,) = evalproto.run_eval_bench("sample", repeats=1)
+
+    assert row["agree"] is True
+    assert 0.0 <= row["rerank_acc1"] <= 1.0
+
+
+def test_both_rerankers_find_every_counter_with_a_classifier_that_prefers_close_pairs(sample_corpus):
+    split = sample_corpus.split("test")
+    model = evalproto.random_model(hidden=16, proj_dim=8, seed=0)
+    with torch.no_grad():  # P(true pair) rises as the projections' L1 distance falls: features are [a, b, |a-b|, ...]
+        model.classifier.weight.zero_()
+        model.classifier.bias.zero_()
+        model.classifier.weight[1, 16:24] = -1.0
+    candidates = evalproto.random_embeddings(model, split, hidden=16, noise=1e-3, seed=0)
+    queries = Encoded(candidates.pooled[split.query_idx], candidates.emb[split.query_idx])
+    scorer = _pair_scorer(model, queries, candidates, Runtime(torch.device("cpu"), None))
+
+    assert evalproto.reference_rerank_acc1(split, model, queries, candidates) == 1.0
+    assert evaluate(split, queries.emb, candidates.emb, metric="euclidean", scorer=scorer).rerank_acc1 == 1.0
+
+
+def test_mining_bench_through_the_runner_agrees():
+    results = runner.run_benches(["mining"], ns=(64,), repeats=1)
+
+    assert list(results) == ["mining"]
+    assert [r["agree"] for r in results["mining"]] == [True]
+
+
+@pytest.mark.slow  # ~25 s: imports and sets up sentence-transformers' trainer twice
+def test_train_bench_times_both_trainers_on_a_tiny_model():
+    pytest.importorskip("datasets")
+    pytest.importorskip("accelerate")
+    (row,) = train_bench.run_train_bench("sample", encoder="tiny-random-bert", steps=3, rounds=2, batch_size=4,
+                                         max_length=32)
+
+    assert row["agree"] is None
+    assert row["timed_sequences"] == 3 * 4 * (3 - 1)
+    assert row["argbench_seq_per_s"] == pytest.approx(row["timed_sequences"] / row["argbench_s"])
+    assert row["ratio"] == pytest.approx(row["reference_s"] / row["argbench_s"])
+    assert row["argbench_peak_mb"] > 0 and row["reference_peak_mb"] > 0
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU path")
+def test_train_bench_skips_cuda_without_a_gpu():
+    (row,) = train_bench.run_train_bench("sample", device="cuda")
+
+    assert row["skipped"] == "no CUDA device" and row["ratio"] is None
+
+
+def test_steady_seconds_leave_out_the_first_step():
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([param], lr=0.1)
+
+    def three_steps():
+        for pause in (0.3, 0.05, 0.05):  # the slow first step is left out of the steady state
+            time.sleep(pause)
+            optimizer.step()
+
+    assert 0.1 <= train_bench._steady_seconds(three_steps, "cpu") < 0.3
+    with pytest.raises(RuntimeError, match="only 1 optimizer step"):
+        train_bench._steady_seconds(lambda: optimizer.step(), "cpu")
+
+
+def test_random_negatives_are_never_the_pairs_own_arguments(sample_corpus):
+    split = sample_corpus.split("training")
+    pairs = np.arange(len(split.points_idx))
+    negatives = train_bench._random_negatives(split, pairs, np.random.default_rng(0))
+
+    assert not np.any(negatives == split.points_idx) and not np.any(negatives == split.counters_idx)
+    assert negatives.min() >= 0 and negatives.max() < len(split.args)
+
+
+def test_runner_rejects_unknown_benchmarks_and_options():
+    with pytest.raises(ValueError, match="unknown benchmark 'nope'"):
+        runner.run_benches(["nope"])
+    with pytest.raises(ValueError, match="steps"):
+        runner.run_benches(["eval"], steps=3)
+
+
+def test_format_table_shows_every_row_and_its_extras():
+    table = runner.format_table({"demo": [{"case": "c1", "argbench_s": 0.5, "reference_s": 5.0, "ratio": 10.0,
+                                           "agree": True, "queries": 7}]})
+
+    assert "== demo" in table and "c1" in table and "10x" in table and "queries=7" in table
