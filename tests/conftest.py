@@ -24,3 +24,16 @@ def fresh_tiny_encoder(tiny_encoder):
     """A private deep copy of the session's tiny model (same weights) with the shared tokenizer."""
     model, tokenizer = tiny_encoder
     return copy.deepcopy(model), tokenizer
+
+
+def single_torch_thread():
+    """Generator for a module-scoped autouse fixture: tiny models run fastest on one thread, and far more steadily
+    when other processes share the CPU cores. Module-scoped so that it also holds while module fixtures train:
+    results on CPU depend on the thread count. Use as
+    ``one_torch_thread = pytest.fixture(autouse=True, scope="module")(single_torch_thread)``."""
+    import torch  # imported here: this file sets the offline variables before anything heavy is imported
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -13,6 +13,7 @@ from argbench.loss import combined_loss
 from argbench.model import BiEncoder, TripletOutput, build_model, classifier_width
 from argbench.tokens import pad_batch, tokenize_texts
 from argbench.train import _optimizer
+from tests.conftest import single_torch_thread
 
 HIDDEN = 32  # tiny-random-bert's hidden size
 TEXTS = {
@@ -22,14 +23,7 @@ TEXTS = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models run fastest on one thread, and far more steadily when other processes share the CPU cores.
-    Module-scoped so that it also holds while module fixtures train: results on CPU depend on the thread count."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+one_torch_thread = pytest.fixture(autouse=True, scope="module")(single_torch_thread)
 
 
 @pytest.fixture(scope="module")

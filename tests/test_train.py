@@ -22,6 +22,7 @@ from argbench.loss import COMPONENTS
 from argbench.model import BiEncoder
 from argbench.tasks import TASKS
 from argbench.train import NonFiniteLoss, best, fit
+from tests.conftest import single_torch_thread
 
 TINY = ["model.encoder=tiny-random-bert", "model.max_length=64", "train.batch_size=16", "data.max_train_pairs=32",
         "train.device=cpu"]
@@ -30,14 +31,7 @@ METRICS = {"acc@1", "acc@3", "acc@5", "acc@10", "mrr"}
 EXAMPLES = 5  # negatives.examples default
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models run fastest on one thread, and far more steadily when other processes share the CPU cores.
-    Module-scoped so that it also holds while module fixtures train: results on CPU depend on the thread count."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+one_torch_thread = pytest.fixture(autouse=True, scope="module")(single_torch_thread)
 
 
 def tiny(*overrides: str):
