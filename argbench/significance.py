@@ -87,7 +87,7 @@ def group_table(group: str, *, baseline: str = "baseline", split: str = "test", 
     if metric not in METRICS:
         raise ComparisonError(f"metric {metric!r}: expected one of {', '.join(METRICS)}")
     names = _members(group, baseline)
-    find_runs(baseline, experiment=experiment, tracking_uri=tracking_uri)
+    reference = _baseline_runs(baseline, experiment, tracking_uri)
     rows, missing = [], []
     for name in names:
         try:
@@ -95,13 +95,27 @@ def group_table(group: str, *, baseline: str = "baseline", split: str = "test", 
         except UnknownRun:
             missing.append(name)
             continue
-        result = _compare(baseline, name, split=split, tasks=tasks, experiment=experiment,
+        result = _compare(reference, name, split=split, tasks=tasks, experiment=experiment,
                           tracking_uri=tracking_uri, **stats_kw)
         rows += [_row(name, task, cells[metric], result["runs"]) for task, cells in result["tasks"].items()]
     for row, p_holm in zip(rows, holm([row["p_value"] for row in rows])):
         row["p_holm"], row["significant"] = p_holm, p_holm < ALPHA
-    return {"group": group, "baseline": baseline, "split": split, "metric": metric, "rows": rows,
-            "missing": missing}
+    return {"group": group, "baseline": baseline, "baseline_run": reference, "split": split, "metric": metric,
+            "rows": rows, "missing": missing}
+
+
+def _baseline_runs(baseline: str, experiment: str, tracking_uri: str | None) -> str:
+    """The run name that stands for `baseline`: its own, else the first alias of it with a FINISHED run (an alias
+    such as ``without_layernorm_relu`` runs the baseline's config, so ``make ablations GROUP=norm`` suffices)."""
+    aliases = [a.name for a in list_ablations() if a.alias_of == baseline]
+    errors = []
+    for name in (baseline, *aliases):
+        try:
+            find_runs(name, experiment=experiment, tracking_uri=tracking_uri)
+            return name
+        except UnknownRun as err:
+            errors.append(err)
+    raise UnknownRun(f"{errors[0]} (nor for its aliases: {', '.join(aliases) or 'none'})")
 
 
 def _row(name: str, task: str, cell: dict, runs: dict) -> dict:
@@ -165,7 +179,10 @@ def format_table(result: dict) -> str:
     """A :func:`group_table` result as fixed-width text: a title line, one line per row (``*`` = significant),
     then the queries and seeds behind the numbers and the members not compared."""
     rows = result["rows"]
-    title = (f"{result['group']}: {result['metric']} on {result['split']}, each ablation vs {result['baseline']} "
+    reference = result["baseline"]
+    if result.get("baseline_run", reference) != reference:
+        reference += f" (its alias {result['baseline_run']}'s runs)"
+    title = (f"{result['group']}: {result['metric']} on {result['split']}, each ablation vs {reference} "
              f"(paired by query; * = p_holm < {ALPHA}, Holm over the {len(rows)} comparisons shown)")
     lines = [title, _render(*_table_cells(result), left=2) if rows else "(no ablation of this group has a run)"]
     if rows:

@@ -232,3 +232,19 @@ def test_html_report_gets_the_group_significance(trained, monkeypatch, capsys, t
     runs = report.load_runs(TRAINED, ["with_relu"], tracking_uri=trained)
     with pytest.raises(ValueError, match=r"div ids \['fig-table'\] are taken"):
         report.write_report(runs, "val/epa/acc@1", tmp_path / "x.html", extra_figures={"fig-table": go.Figure()})
+
+
+def test_an_alias_run_stands_in_for_a_baseline_without_runs(tmp_path):
+    """`make ablations GROUP=norm` runs without_layernorm_relu (an alias of baseline) but not baseline itself: the
+    alias's runs are the reference, and the table says so."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    client.create_experiment("alias", artifact_location=(tmp_path / "artifacts").as_uri())
+    for name, epa in [("without_layernorm_relu", _first(40)), ("with_relu", _first(70))]:
+        log_run(client, "alias", name, {"epa": epa}, tmp_dir=tmp_path)
+    result = significance.group_table("norm", experiment="alias", tracking_uri=uri, **STATS)
+    assert result["baseline_run"] == "without_layernorm_relu"
+    assert [(r["ablation"], r["a"], r["b"]) for r in result["rows"]] == [("with_relu", 40 / N, 70 / N)]
+    assert "its alias without_layernorm_relu" in significance.format_table(result)
+    with pytest.raises(significance.UnknownRun, match="nor for its aliases"):
+        significance.group_table("norm", experiment="alias", tracking_uri=uri, baseline="with_layernorm", **STATS)
