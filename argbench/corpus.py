@@ -167,7 +167,6 @@ def _to_frame(rows: list[tuple]) -> pd.DataFrame:
 
 def stats(corpus: Corpus) -> dict:
     """Per split: arguments, pairs, debates, themes, skipped files and mean pool size per task (JSON-ready)."""
-    from argbench.tasks import TASKS
 
     out = {"source": corpus.source.describe(), "hash": corpus.hash, "splits": {}}
     for split in SPLITS:
