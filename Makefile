@@ -11,6 +11,7 @@ GROUP ?=
 ARGS ?=
 SEEDS ?= 1
 TRIALS ?= 8
+SPACE ?= default
 HOST ?= 127.0.0.1
 PORT ?= 5000
 DASH_PORT ?= 8080
@@ -61,8 +62,8 @@ report: $(STAMP) ## write mlruns/report.html comparing runs from MLflow (ARGS="-
 ui: $(STAMP) ## MLflow UI on the local store, http://$(HOST):$(PORT) (HOST=0.0.0.0 to expose it)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --host $(HOST) --port $(PORT)
 
-search: $(STAMP) ## Optuna search for an ablation: make search NAME=baseline TRIALS=8 [ARGS="--jobs 2"]
-	$(BIN)/argbench search --ablation $(NAME) --trials $(TRIALS) $(ARGS)
+search: $(STAMP) ## Optuna search for an ablation: make search NAME=baseline [SPACE=default] TRIALS=8 [ARGS="--jobs 2"]
+	$(BIN)/argbench search --ablation $(NAME) --space $(SPACE) --trials $(TRIALS) $(ARGS)
 
 dashboard: $(STAMP) ## optuna-dashboard on the default study storage, http://$(HOST):$(DASH_PORT)
 	$(BIN)/optuna-dashboard sqlite:///$(CURDIR)/mlruns/optuna.db --host $(HOST) --port $(DASH_PORT)
