@@ -76,7 +76,8 @@ class _PruningHook:
 
 @dataclass
 class _Objective:
-    """One trial: suggest, train with tracker and pruning hook, return the best primary value over epochs."""
+    """One trial: suggest, train with tracker and pruning hook, return the best primary value over the trained
+    epochs (>= 1)."""
 
     cfg: config.Config
     space: SearchSpace
@@ -118,7 +119,10 @@ class _Objective:
                     trial.study.stop()  # start no further trial (worker threads)
         if hook.pruned_at is not None:
             raise optuna.TrialPruned(f"pruned at epoch {hook.pruned_at}")
-        return train.best(history, cfg.eval.primary)
+        # Trained epochs only: epoch 0 is the same untrained model in every trial, and counting it would give
+        # every trial that never beats the start the same value, which tells the sampler nothing.
+        trained = [m for m in history if m["epoch"] > 0]
+        return train.best(trained or history, cfg.eval.primary)
 
 
 # --- the search ----------------------------------------------------------------------------------------------------

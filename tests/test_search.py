@@ -227,7 +227,10 @@ def test_each_trial_is_a_child_run_with_per_epoch_metrics_and_its_params(first_s
     for number, run in runs.items():
         assert run.info.status == "FINISHED"
         assert run.data.tags["trial.state"] == "COMPLETE" and run.data.tags["study"] == "baseline-default"
-        assert [m.step for m in client.get_metric_history(run.info.run_id, PRIMARY)] == [0, 1, 2]
+        history = client.get_metric_history(run.info.run_id, PRIMARY)
+        assert [m.step for m in history] == [0, 1, 2]
+        # the trial's value is its best trained epoch; the untrained epoch 0 does not count
+        assert trials[number].value == pytest.approx(max(m.value for m in history if m.step > 0))
         for key, value in trials[number].params.items():  # the trial trained with what Optuna suggested
             assert float(run.data.params[key]) == pytest.approx(value)
         assert trials[number].user_attrs["mlflow_run_id"] == run.info.run_id
