@@ -23,8 +23,9 @@ KS = (1, 3, 5, 10)
 METRICS = ("cosine", "euclidean")
 PRIMARY = "epa/acc@1"
 Scorer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-"""``scorer(query_rows [m], candidate_rows [m]) -> score [m]``: higher = more likely a true pair. Rows index the
-split's queries (0..Q-1) and arguments (0..n-1). Called once with every pair to score."""
+"""``scorer(query_rows [q], candidate_rows [q, k]) -> score [q, k]``: higher = more likely a true pair. Rows index
+the split's queries (0..Q-1) and arguments (0..n-1); row i of ``candidate_rows`` holds query ``query_rows[i]``'s
+candidates. Called once per chunk of queries (see :func:`evaluate`'s ``chunk``)."""
 
 
 @dataclass
@@ -48,7 +49,8 @@ class Evaluation:
 
 
 def scores(query_emb, cand_emb, metric: str) -> torch.Tensor:
-    """[Q, n] similarity, higher is closer: cosine similarity, or negative Euclidean distance.
+    """[Q, n] similarity, higher is closer: cosine similarity, or negative *squared* Euclidean distance (the same
+    order as the distance; the square root would change no rank and costs as much again as the matrix product).
 
     Sparse scipy matrices (e.g. TF-IDF rows) are accepted for ``cosine`` and multiplied sparsely.
     """
@@ -62,7 +64,8 @@ def scores(query_emb, cand_emb, metric: str) -> torch.Tensor:
         c = torch.nn.functional.normalize(cand_emb.float(), dim=-1)
         return q @ c.T
     if metric == "euclidean":
-        return -torch.cdist(query_emb.float(), cand_emb.float())
+        q, c = query_emb.float(), cand_emb.float()
+        return torch.addmm((c * c).sum(1)[None, :], q, c.T, beta=-1.0, alpha=2.0).sub_((q * q).sum(1)[:, None])
     raise ValueError(f"unknown metric {metric!r}: expected one of {', '.join(METRICS)}")
 
 
@@ -117,7 +120,7 @@ def evaluate(
         score = scores(query_emb[rows], cand_emb, metric)
         for task in tasks:
             ranks[task].append(ranks_from_scores(score, split.pool(task)[rows], positive[rows]))
-        if scorer is not None:
+        if scorer is not None:  # last: it masks ``score`` in place
             reranked_right.append(_rerank(score, split.pool(rerank_task)[rows], positive[rows], start, scorer,
                                           rerank_depth))
     rank_arrays = {task: torch.cat(r).numpy() for task, r in ranks.items()}
@@ -130,11 +133,11 @@ def evaluate(
 
 
 def _rerank(score, pool, positive, offset: int, scorer: Scorer, depth: int) -> torch.Tensor:
-    """Whether the scorer's favourite among each query's top-``depth`` candidates is its true counter."""
-    masked = score.masked_fill(~pool, float("-inf"))
+    """Whether the scorer's favourite among each query's top-``depth`` candidates is its true counter.
+    Overwrites ``score`` outside ``pool`` with -inf."""
+    masked = score.masked_fill_(~pool, float("-inf"))
     depth = min(depth, int(pool.sum(1).min()))
     top = masked.topk(depth, dim=1).indices  # [q, depth]
-    query_rows = torch.arange(offset, offset + len(top)).repeat_interleave(depth)
-    pair_score = scorer(query_rows, top.reshape(-1)).reshape(len(top), depth)
+    pair_score = scorer(torch.arange(offset, offset + len(top)), top)
     chosen = top.gather(1, pair_score.argmax(1, keepdim=True)).squeeze(1)
     return chosen == positive

@@ -90,11 +90,52 @@ class BiEncoder(nn.Module):
         if self.classifier is None:
             raise RuntimeError("this model has no pair classifier (classifier: false)")
         parts = []
-        if self.fusion in ("concatenated", "only_embedding"):
-            parts += [a.emb, b.emb, (a.emb - b.emb).abs()]
-        if self.fusion in ("concatenated", "only_cls"):
-            parts += [a.pooled, b.pooled, (a.pooled - b.pooled).abs()]
+        for u, v in zip(self._fused(a), self._fused(b)):
+            parts += [u, v, (u - v).abs()]
         return self.classifier(torch.cat(parts, dim=-1))
+
+    def _fused(self, x: Encoded) -> list[torch.Tensor]:
+        """The vectors of ``x`` the classifier sees, in its input order (each as [x_a, x_b, |x_a - x_b|])."""
+        return {"concatenated": [x.emb, x.pooled], "only_embedding": [x.emb], "only_cls": [x.pooled]}[self.fusion]
+
+    @torch.no_grad()
+    def pair_scorer(self, queries: Encoded, candidates: Encoded, chunk: int = 256):
+        """``scorer(query_rows [q], cand_rows [q, k]) -> [q, k]``: P(true pair) = softmax(classify(a, b))[:, 1] for
+        every (query, candidate) pair, without building the [a, b, |a - b|] rows.
+
+        The classifier is linear, so its true-minus-false logit splits as w_a·F(a) + w_b·F(b) + w_d·|F(a) − F(b)| + c
+        (F = the fused vectors): the first two terms are computed once per query and per candidate, and only the
+        |F(a) − F(b)| term per pair, in chunks of ``chunk`` queries that stay in cache. The sigmoid of that logit is
+        the softmax's class-1 probability. Rows index ``queries`` and ``candidates``; the result is on the CPU.
+        """
+        if self.classifier is None:
+            raise RuntimeError("this model has no pair classifier (classifier: false)")
+        device = self.classifier.weight.device
+        f_query = torch.cat(self._fused(queries), dim=-1).to(device, torch.float32)
+        f_cand = torch.cat(self._fused(candidates), dim=-1).to(device, torch.float32)
+        w_a, w_b, w_d, bias = self._margin_weights([v.shape[-1] for v in self._fused(queries)])
+        s_query, s_cand = f_query @ w_a + bias, f_cand @ w_b
+
+        @torch.no_grad()
+        def scorer(query_rows: torch.Tensor, cand_rows: torch.Tensor) -> torch.Tensor:
+            query_rows, cand_rows = query_rows.to(device), cand_rows.to(device)
+            margin = torch.empty(cand_rows.shape, device=device)
+            for s in range(0, len(query_rows), chunk):
+                q, c = query_rows[s:s + chunk], cand_rows[s:s + chunk]
+                diff = (f_query[q][:, None, :] - f_cand[c]).abs_()
+                margin[s:s + chunk] = s_query[q][:, None] + s_cand[c] + diff @ w_d
+            return margin.sigmoid_().cpu()
+        return scorer
+
+    def _margin_weights(self, widths: list[int]) -> tuple[torch.Tensor, ...]:
+        """(w_a, w_b, w_d, c) of the true-minus-false logit over fused vectors of ``widths`` (see pair_scorer)."""
+        weight, bias = self.classifier.weight.float(), self.classifier.bias.float()
+        u, blocks, start = weight[1] - weight[0], ([], [], []), 0
+        for width in widths:
+            for i, block in enumerate(blocks):
+                block.append(u[start + i * width:start + (i + 1) * width])
+            start += 3 * width
+        return (*(torch.cat(b) for b in blocks), bias[1] - bias[0])
 
     def forward(self, anchor: tuple, positive: tuple, negative: tuple) -> TripletOutput:
         """One training step's forward: each argument is ``(input_ids, attention_mask)`` [b, len] (lengths may

@@ -210,7 +210,7 @@ class Trainer:
             queries = Encoded(candidates.pooled[split.query_idx], candidates.emb[split.query_idx])
         else:
             queries = self._embed(tok, split.query_idx, "point")
-        scorer = _pair_scorer(self.model, queries, candidates, self.runtime) if self.model.classifier else None
+        scorer = self.model.pair_scorer(queries, candidates) if self.model.classifier else None
         return evaluate(split, queries.emb, candidates.emb, metric=self.cfg.eval.metric, scorer=scorer,
                         rerank_depth=self.cfg.eval.rerank_depth)
 
@@ -239,20 +239,6 @@ def _negative_rows(split: SplitData, pairs: np.ndarray, result) -> np.ndarray:
     """Argument rows (in ``split.args``) of the mined negatives; indices in ``result`` refer to ``pairs``."""
     points, counters = split.points_idx[pairs], split.counters_idx[pairs]
     return np.where(result.neg_kind == "point", points[result.neg_index], counters[result.neg_index])
-
-
-def _pair_scorer(model: BiEncoder, queries: Encoded, candidates: Encoded, runtime: Runtime, chunk: int = 65536):
-    """``scorer(query_rows, cand_rows)`` for the evaluator: P(true pair) from the classifier, batched."""
-    def scorer(q_rows: torch.Tensor, c_rows: torch.Tensor) -> torch.Tensor:
-        out = []
-        with torch.no_grad():
-            for s in range(0, len(q_rows), chunk):
-                q, c = q_rows[s:s + chunk], c_rows[s:s + chunk]
-                a = Encoded(queries.pooled[q].to(runtime.device), queries.emb[q].to(runtime.device))
-                b = Encoded(candidates.pooled[c].to(runtime.device), candidates.emb[c].to(runtime.device))
-                out.append(model.classify(a, b).float().softmax(-1)[:, 1].cpu())
-        return torch.cat(out)
-    return scorer
 
 
 def _training_pairs(split: SplitData, limit: int | None, rng: np.random.Generator) -> np.ndarray:

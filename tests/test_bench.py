@@ -10,10 +10,8 @@ import torch
 from argbench.bench import evalproto, load, runner
 from argbench.bench import train as train_bench
 from argbench.corpus import load_corpus
-from argbench.distributed import Runtime
 from argbench.evaluate import evaluate
 from argbench.model import Encoded
-from argbench.train import _pair_scorer
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +75,7 @@ def test_both_rerankers_find_every_counter_with_a_classifier_that_prefers_close_
         model.classifier.weight[1, 16:24] = -1.0
     candidates = evalproto.random_embeddings(model, split, hidden=16, noise=1e-3, seed=0)
     queries = Encoded(candidates.pooled[split.query_idx], candidates.emb[split.query_idx])
-    scorer = _pair_scorer(model, queries, candidates, Runtime(torch.device("cpu"), None))
+    scorer = model.pair_scorer(queries, candidates)
 
     assert evalproto.reference_rerank_acc1(split, model, queries, candidates) == 1.0
     assert evaluate(split, queries.emb, candidates.emb, metric="euclidean", scorer=scorer).rerank_acc1 == 1.0

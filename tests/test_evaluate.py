@@ -79,12 +79,12 @@ def test_rerank_uses_the_query_and_stops_at_depth(split):
     asked = []
 
     def scorer(query_rows, cand_rows):
-        asked.append(len(query_rows))
-        return (positive[query_rows] == cand_rows).float()  # knows the truth for the query it is given
+        asked.append(tuple(cand_rows.shape))
+        return (positive[query_rows][:, None] == cand_rows).float()  # knows the truth for the query it is given
 
     got = evaluate(split, query, cand, metric="cosine", scorer=scorer, rerank_depth=3, tasks=("epa",))
     assert got.rerank_acc1 == pytest.approx(np.mean(np.arange(q) % 2 == 0))
-    assert asked == [q * 3]  # one batched call
+    assert asked == [(q, 3)]  # one batched call: every query's 3 candidates
 
 
 def test_shape_mismatch_is_an_error(split):

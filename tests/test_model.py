@@ -109,6 +109,24 @@ def test_classifier_width_follows_fusion(fresh_tiny_encoder, batch, fusion, proj
     assert model(*batch).logits_pos.shape == (2, 2)  # and the classifier really receives that width
 
 
+@pytest.mark.parametrize("fusion,proj_dim", [("concatenated", 8), ("only_cls", 8), ("only_embedding", 8),
+                                              ("concatenated", None)])
+def test_pair_scorer_equals_the_classifiers_softmax_for_every_pair(fresh_tiny_encoder, fusion, proj_dim):
+    model = make(fresh_tiny_encoder, fusion=fusion, proj_dim=proj_dim).eval()
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        model.classifier.bias.copy_(torch.tensor([0.3, -0.2]))  # a non-zero bias must enter the margin too
+        queries, candidates = (model.project(torch.randn(n, HIDDEN, generator=gen)) for n in (5, 7))
+        cand_rows = torch.randint(0, 7, (4, 3), generator=gen)
+        query_rows = torch.tensor([4, 0, 2, 2])
+        got = model.pair_scorer(queries, candidates, chunk=3)(query_rows, cand_rows)  # chunks of 3 and 1 queries
+        for i, q in enumerate(query_rows.tolist()):
+            for j, c in enumerate(cand_rows[i].tolist()):
+                a = type(queries)(queries.pooled[q:q + 1], queries.emb[q:q + 1])
+                b = type(candidates)(candidates.pooled[c:c + 1], candidates.emb[c:c + 1])
+                torch.testing.assert_close(got[i, j], model.classify(a, b).softmax(-1)[0, 1])
+
+
 def test_research_widths_for_bert_base():
     # The protocol's numbers: 3·128 + 3·768 = 2688, 3·768 = 2304, 3·128 = 384.
     assert [classifier_width(f, 768, 128) for f in ("concatenated", "only_cls", "only_embedding")] == [2688, 2304, 384]
