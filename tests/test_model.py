@@ -5,6 +5,8 @@ All on tiny-random-bert (hidden size 32), so the expected widths below are known
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -214,6 +216,27 @@ def test_head_lr_gives_heads_their_own_group(fresh_tiny_encoder):
     assert [g["lr"] for g in groups] == [1e-5, 1e-3]
     assert {id(p) for p in groups[0]["params"]} == encoder_ids
     assert not {id(p) for p in groups[1]["params"]} & encoder_ids
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw"])
+def test_the_fused_optimizer_steps_like_the_textbook_one(fresh_tiny_encoder, batch, optimizer):
+    cfg = TrainConfig(lr=1e-3, optimizer=optimizer, weight_decay=0.01)
+    fused = make(fresh_tiny_encoder)
+    plain = copy.deepcopy(fused)  # its own encoder: the fixture's module is shared
+    fused_opt = _optimizer(fused, cfg)
+    assert fused_opt.defaults["fused"] is True  # on CPU
+    reference = (torch.optim.AdamW if optimizer == "adamw" else torch.optim.Adam)(
+        [{"params": g["params"], "lr": g["lr"]} for g in _optimizer(plain, cfg).param_groups], weight_decay=0.01,
+        foreach=False)
+    for model, opt in ((fused, fused_opt), (plain, reference)):
+        for _ in range(3):
+            opt.zero_grad()
+            combined_loss(model.eval()(*batch), LossConfig())["total"].backward()  # eval: no dropout
+            opt.step()
+    # The same steps up to rounding: Adam's first steps move each weight by about lr, and where a gradient is near
+    # eps the two place eps differently, so agree within a tenth of lr (a wrong lr or group would be off by ~lr).
+    for p, q in zip(fused.parameters(), plain.parameters()):
+        torch.testing.assert_close(p, q, atol=cfg.lr / 10, rtol=0)
 
 
 @pytest.mark.parametrize("switches, match", [({"sharing": "both"}, "sharing 'both'"),
