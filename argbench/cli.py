@@ -54,10 +54,11 @@ def _lazy_user_errors() -> tuple:
     """Errors that mean "your input is wrong" (exit 2, one line), imported only when something failed."""
     from argbench.encoders import EncoderError
     from argbench.registry import RegistryError
+    from argbench.run_import import RunFolderError
     from argbench.search import SearchSpaceError
     from argbench.significance import ComparisonError, UnknownRun
 
-    return EncoderError, RegistryError, SearchSpaceError, ComparisonError, UnknownRun
+    return EncoderError, RegistryError, RunFolderError, SearchSpaceError, ComparisonError, UnknownRun
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -34,6 +34,16 @@ def add_commands(sub, data_args, run_args) -> None:
                      help="train N seeds (seed, seed+1, ...) as child runs of one parent with mean/std/CI")
     run.set_defaults(func=cmd_run)
 
+    imp = ab.add_parser("import", help="log a run folder trained without MLflow (config.yaml + metrics.jsonl) "
+                                       "as a FINISHED MLflow run")
+    imp.add_argument("run_dir", type=Path, help="folder written by `argbench train --out` / fit(out_dir=...)")
+    imp.add_argument("--name", required=True, help="run name: usually the registry entry it trained")
+    imp.add_argument("--tag", dest="tags", action="append", default=[], metavar="KEY=VALUE",
+                     help="extra MLflow tag, e.g. device=H100 (repeatable)")
+    imp.add_argument("--experiment", default="argbench", help="MLflow experiment (default: argbench)")
+    imp.add_argument("--json", action="store_true")
+    imp.set_defaults(func=cmd_import)
+
     cmp = sub.add_parser("compare", help="paired comparison of two tracked systems per task: Δ, 95%% CI, p")
     cmp.add_argument("a", help="reference system: an ablation name (its latest FINISHED run) or a run id")
     cmp.add_argument("b", help="the system compared with it (Δ = b − a)")
@@ -112,6 +122,25 @@ def cmd_run(args) -> int:
         print(f"run {result['run_id']} ({args.name}, {result['profile']} profile) finished: best {metric} "
               f"{value:.3f}")
     print("compare runs: make ui  (MLflow UI at http://127.0.0.1:5000)  or  make report")
+    return 0
+
+
+def cmd_import(args) -> int:
+    from argbench.run_import import RunFolderError, import_run
+
+    tags = {}
+    for item in args.tags:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise RunFolderError(f"--tag {item!r}: expected KEY=VALUE, e.g. --tag device=H100")
+        tags[key] = value
+    result = import_run(args.run_dir, name=args.name, experiment=args.experiment, tags=tags)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        (metric, value), = result["best"].items()
+        print(f"imported {args.run_dir} as run {result['run_id']} ({args.name}): {result['epochs']} epochs, "
+              f"best {metric} {value:.3f}")
     return 0
 
 

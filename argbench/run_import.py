@@ -1,0 +1,96 @@
+"""Bring a run trained outside MLflow into the store: a run folder's ``config.yaml`` and ``metrics.jsonl``.
+
+``fit(cfg, corpus, out_dir=DIR)`` (and ``argbench train --out DIR``) writes both files on any machine, including a
+GPU box without MLflow. :func:`import_run` reads and checks them *before* opening a run (so a bad file leaves no
+half-written run), then logs the run exactly as a tracked run is logged, through the same
+:class:`argbench.tracking.MlflowTracker`: the config's params, every epoch's metrics at ``step = epoch``, the
+artifacts (config, metrics.csv, learning curve), FINISHED. It adds the tag ``imported_from`` (the folder) and any
+``tags`` given, e.g. ``device=H100``. Per-query ranks are not in those files, so an imported run has none and
+``argbench compare`` cannot use it; its metrics and curves appear in the MLflow UI and ``argbench report``.
+
+    argbench ablation import RUN_DIR --name learning_recipe_in_batch --tag device=H100
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from argbench.config import Config, ConfigError, load_config
+from argbench.registry import RegistryError, get
+from argbench.tracking import tracked_run
+from argbench.train import best
+
+CONFIG, METRICS = "config.yaml", "metrics.jsonl"
+
+
+class RunFolderError(ValueError):
+    """The run folder is missing a file or holds one that is not what ``fit`` writes; the message says where."""
+
+
+def read_run_folder(run_dir: Path) -> tuple[Config, list[dict]]:
+    """The config and per-epoch metrics of ``run_dir``, checked: epochs are increasing integers, and
+    each row's metric values are numbers (``None`` allowed where ``fit`` writes it, e.g. epoch 0's loss)."""
+    run_dir = Path(run_dir)
+    for name in (CONFIG, METRICS):
+        if not (run_dir / name).is_file():
+            raise RunFolderError(f"{run_dir / name}: missing; a run folder written by fit(out_dir=...) or "
+                                 f"`argbench train --out` holds {CONFIG} and {METRICS}")
+    try:
+        cfg = load_config(run_dir / CONFIG)
+    except ConfigError as err:
+        raise RunFolderError(str(err)) from None
+    history: list[dict] = []
+    for number, line in enumerate((run_dir / METRICS).read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{run_dir / METRICS}, line {number}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise RunFolderError(f"{where}: not JSON ({err.msg}); expected one JSON object per epoch") from None
+        epoch = row.get("epoch") if isinstance(row, dict) else None
+        if not isinstance(epoch, int) or isinstance(epoch, bool):
+            raise RunFolderError(f"{where}: 'epoch' is {epoch!r}; expected an integer epoch number")
+        if history and epoch <= history[-1]["epoch"]:
+            raise RunFolderError(f"{where}: epoch {epoch} after epoch {history[-1]['epoch']}; expected increasing "
+                                 "epochs (a resumed run's file is rewritten whole, so this file was edited)")
+        _check_numbers(row, where)
+        history.append(row)
+    if not history:
+        raise RunFolderError(f"{run_dir / METRICS}: no epochs; expected at least the untrained epoch 0")
+    return cfg, history
+
+
+def _check_numbers(value, where: str, key: str = "") -> None:
+    """Every leaf of a metrics row is a number or ``None``."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_numbers(v, where, f"{key}/{k}" if key else k)
+    elif value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        raise RunFolderError(f"{where}: {key} is {value!r}; expected a number or null")
+
+
+def import_run(run_dir: Path, *, name: str, experiment: str = "argbench", tracking_uri: str | None = None,
+               tags: dict | None = None) -> dict:
+    """Log the run folder ``run_dir`` as a FINISHED MLflow run named ``name``; returns ``{"run_id", "ablation",
+    "epochs", "best": {primary: value}}``. ``name`` need not be a registry entry; when it is, the run gets its
+    group (and ``alias_of``) tags like a run made by ``argbench ablation run``."""
+    cfg, history = read_run_folder(run_dir)
+    run_tags = {"imported_from": str(Path(run_dir).resolve()), "profile": "imported",
+                "git.commit": "unknown (imported)", **(tags or {})}
+    try:
+        entry = get(name)
+        run_tags.setdefault("group", entry.group)
+        if entry.alias_of:
+            run_tags.setdefault("alias_of", entry.alias_of)
+    except RegistryError:
+        pass
+    with tracked_run(run_name=name, experiment=experiment, tracking_uri=tracking_uri, tags=run_tags,
+                     system_metrics=False, config=cfg) as tracker:
+        tracker.on_train_start({"config": cfg})
+        for row in history:
+            tracker.on_epoch_end(row["epoch"], row)
+        tracker.finish(history, cfg)
+    return {"run_id": tracker.run_id, "ablation": name, "epochs": len(history),
+            "best": {cfg.eval.primary: best(history, cfg.eval.primary)}}

@@ -1,0 +1,92 @@
+"""Importing a run folder trained without MLflow: a real tiny training's folder, read back from a SQLite store."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from mlflow import MlflowClient
+
+from argbench import cli
+from argbench.corpus import load_corpus
+from argbench.run_import import RunFolderError, import_run, read_run_folder
+from argbench.tracking import param_values
+from argbench.train import best, fit
+from tests.test_tracking import tiny_config
+
+PRIMARY = "val/epa/acc_at_1"
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """What `argbench train --out` leaves on a machine without MLflow: config.yaml, metrics.jsonl, checkpoint/."""
+    out = tmp_path_factory.mktemp("gpu-box") / "run"
+    fit(tiny_config(2), load_corpus("sample"), out_dir=out)
+    return out
+
+
+def runs(store: str, experiment: str) -> list:
+    client = MlflowClient(store)
+    found = client.get_experiment_by_name(experiment)
+    return [] if found is None else client.search_runs([found.experiment_id])
+
+
+def test_an_imported_run_is_logged_like_a_tracked_one(run_dir, store):
+    cfg, history = read_run_folder(run_dir)
+    result = import_run(run_dir, name="with_relu", experiment="imported", tracking_uri=store,
+                        tags={"device": "H100"})
+
+    client = MlflowClient(store)
+    run = client.get_run(result["run_id"])
+    assert run.info.status == "FINISHED" and run.info.run_name == "with_relu"
+    assert run.data.tags["group"] == "norm"  # from the registry entry of that name
+    assert run.data.tags["device"] == "H100" and run.data.tags["imported_from"] == str(run_dir.resolve())
+    assert param_values(cfg).items() <= run.data.params.items()
+    logged = {m.step: m.value for m in client.get_metric_history(run.info.run_id, PRIMARY)}
+    assert logged == pytest.approx({m["epoch"]: m["val"]["epa"]["acc@1"] for m in history})
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [1, 2]
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "metrics.csv", "learning_curve.html"} <= artifacts
+    assert result == {"run_id": run.info.run_id, "ablation": "with_relu", "epochs": 3,
+                      "best": {"val/epa/acc@1": best(history, "val/epa/acc@1")}}
+
+
+def damaged(run_dir, tmp_path, file: str, text: str):
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("checkpoint"))
+    (copy / file).write_text(text)
+    return copy
+
+
+@pytest.mark.parametrize("file, text, message", [
+    ("metrics.jsonl", '{"epoch": 0}\nnot json\n', r"metrics.jsonl, line 2: not JSON"),
+    ("metrics.jsonl", '{"epoch": 1}\n{"epoch": 0}\n', r"line 2: epoch 0 after epoch 1"),
+    ("metrics.jsonl", '{"epoch": "0"}\n', r"line 1: 'epoch' is '0'; expected an integer"),
+    ("metrics.jsonl", '{"epoch": 0, "val": {"epa": {"acc@1": "high"}}}\n', r"line 1: val/epa/acc@1 is 'high'"),
+    ("metrics.jsonl", "\n", r"no epochs"),
+    ("config.yaml", "train:\n  epocs: 3\n", r"config.yaml.*epocs"),
+])
+def test_a_damaged_folder_is_refused_before_any_run_is_opened(run_dir, store, tmp_path, file, text, message):
+    folder = damaged(run_dir, tmp_path, file, text)
+    with pytest.raises(RunFolderError, match=message):
+        import_run(folder, name="baseline", experiment="refused", tracking_uri=store)
+    assert runs(store, "refused") == []
+
+
+def test_cli_imports_and_reports_bad_input_with_exit_2(run_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'cli.db'}")
+    assert cli.main(["ablation", "import", str(run_dir), "--name", "baseline", "--tag", "device=cpu",
+                     "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert MlflowClient().get_run(result["run_id"]).data.tags["device"] == "cpu"
+
+    assert cli.main(["ablation", "import", str(tmp_path / "nowhere"), "--name", "baseline"]) == 2
+    assert "nowhere/config.yaml: missing" in capsys.readouterr().err
+    assert cli.main(["ablation", "import", str(run_dir), "--name", "baseline", "--tag", "device"]) == 2
+    assert "--tag 'device': expected KEY=VALUE" in capsys.readouterr().err
