@@ -130,3 +130,11 @@ def test_batches_reject_a_non_positive_batch_size():
         length_sorted_batches([1, 2], 0)
     with pytest.raises(ValueError, match="batch_size"):
         bucketed_batches([1, 2], 0, np.random.default_rng(0))
+
+
+def test_tokenizing_in_chunks_keeps_every_row_in_order(tokenizer, monkeypatch):
+    texts = [f"argument number {i} " + "word " * i for i in range(7)]
+    one_by_one = [tokenize_texts(tokenizer, [t], max_length=16).ids[0].tolist() for t in texts]
+    monkeypatch.setattr("argbench.tokens.TOKENIZE_CHUNK", 3)  # chunks of 3, 3 and 1 texts
+
+    assert [row.tolist() for row in tokenize_texts(tokenizer, texts, max_length=16).ids] == one_by_one
