@@ -42,9 +42,9 @@ test-fast: $(STAMP) ## the quick edit-test loop: skip tests marked slow
 stats: $(STAMP) ## corpus statistics and mean pool sizes per task (ARGS="--data PATH --json")
 	$(BIN)/argbench data stats $(ARGS)
 
-baselines: $(STAMP) ## zero-shot baselines on the test split: TF-IDF and all-MiniLM-L6-v2
-	$(BIN)/argbench eval --encoder tfidf --split test $(ARGS)
-	$(BIN)/argbench eval --encoder all-MiniLM-L6-v2 --pooling mean --max-length 256 --split test $(ARGS)
+baselines: $(STAMP) ## zero-shot baselines on the test split, tracked in MLflow: TF-IDF and all-MiniLM-L6-v2
+	$(BIN)/argbench eval --encoder tfidf --split test --track $(ARGS)
+	$(BIN)/argbench eval --encoder all-MiniLM-L6-v2 --pooling mean --max-length 256 --split test --track $(ARGS)
 
 ablation: $(STAMP) ## run one named ablation, tracked in MLflow: make ablation NAME=with_layernorm_relu [ARGS="--set k=v"]
 	$(BIN)/argbench ablation run $(NAME) $(if $(filter-out 1,$(SEEDS)),--seeds $(SEEDS)) $(ARGS)

@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--max-length", type=int, default=256)
     ev.add_argument("--batch-size", type=int, default=64)
     ev.add_argument("--split", default="test", choices=("training", "validation", "test"))
+    ev.add_argument("--track", action="store_true",
+                    help="also log the result as an MLflow run (tfidf or zero_shot:<encoder>, group baselines)")
+    ev.add_argument("--experiment", default="argbench", help="MLflow experiment of --track (default: argbench)")
     _data_args(ev)
     ev.set_defaults(func=cmd_eval)
 
@@ -155,6 +158,16 @@ def cmd_eval(args) -> int:
         "progress": sys.stderr.isatty()}
     evaluation = run_baseline(corpus.split(args.split), args.encoder, **kwargs)
     short = {task: {k: m[k] for k in ("acc@1", "acc@5", "mrr")} for task, m in evaluation.metrics.items()}
+    if args.track:
+        from argbench.baselines import log_baseline, run_name
+        from argbench.train import SPLIT_KEYS
+
+        params = {"encoder": args.encoder, "split": args.split, **kwargs}
+        params.pop("progress", None)
+        run_id = log_baseline(evaluation, name=run_name(args.encoder), split_key=SPLIT_KEYS[args.split],
+                              params=params, experiment=args.experiment,
+                              tags={"data.source": corpus.source.describe(), "data.hash": corpus.hash})
+        print(f"argbench eval: logged MLflow run {run_id} ({run_name(args.encoder)})", file=sys.stderr)
     if args.json:
         print(json.dumps({args.split: short}, indent=2))
     else:
