@@ -1,7 +1,7 @@
 """Online hard-negative mining (research protocol, "Online hard-negative mining").
 
 Works on plain embedding tensors, so it is tested without a model: the trainer embeds the training points and
-counters with the current model, calls `mine` with the epoch's random rate (`Schedule.rate(epoch)`), and uses
+counters with the current model, calls `mine` with the epoch's random rate (`argbench.schedule`), and uses
 `MiningResult.neg_kind` / `neg_index` to pick the negative text of each pair for the next epoch.
 
 Row i of the point and counter embeddings is true pair i. For each point i the hard negative is the closer of
@@ -21,8 +21,9 @@ from typing import Callable
 import numpy as np
 import torch
 
+from argbench.schedule import check_rate
+
 BACKENDS = ("torch", "balltree", "faiss")
-SCHEDULE_KINDS = ("linear", "constant")
 POINT, COUNTER, RANDOM = "point", "counter", "random"
 
 # Backends return this many candidates beyond k by default; the float64 re-rank then fixes their order.
@@ -32,72 +33,6 @@ _CANDIDATE_SLACK = 8
 _SEARCH_BLOCK = 2**22  # elements of the [rows, m] distance block
 _RERANK_BLOCK = 2**18  # elements of the [rows, candidates, d] float64 difference block
 _MAX_CHUNK_ROWS = 4096
-
-
-# --------------------------------------------------------------------------------------------- schedules
-@dataclass(frozen=True)
-class Schedule:
-    """Random rate per epoch. Epoch 0 is the mining before the first training epoch.
-
-    kind "linear": r(epoch) = max(floor, start − step·epoch)   (0.8 − 0.02·e; 1.0 − s·e)
-    kind "constant": r(epoch) = start                           ("decay none", "only random" = 1, "no random" = 0)
-    """
-
-    kind: str
-    start: float
-    step: float = 0.0
-    floor: float = 0.0
-
-    def __post_init__(self) -> None:
-        if self.kind not in SCHEDULE_KINDS:
-            raise ValueError(f"schedule kind={self.kind!r} is unknown; expected one of {SCHEDULE_KINDS}")
-        for name in ("start", "floor"):
-            _check_rate(getattr(self, name), f"schedule {name}")
-        if not self.step >= 0:
-            raise ValueError(f"schedule step={self.step!r} must be >= 0 (the rate may only decrease)")
-        if self.kind == "constant" and self.step != 0:
-            raise ValueError(f"constant schedule has step={self.step!r}; expected 0")
-
-    @classmethod
-    def linear(cls, start: float, step: float, floor: float = 0.0) -> Schedule:
-        return cls("linear", start, step, floor)
-
-    @classmethod
-    def constant(cls, rate: float) -> Schedule:
-        _check_rate(rate, "schedule rate")  # name the field the caller wrote, not the stored `start`
-        return cls("constant", rate, 0.0, 0.0)
-
-    def rate(self, epoch: int) -> float:
-        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
-            raise ValueError(f"epoch={epoch!r} must be an integer >= 0")
-        if self.kind == "constant":
-            return float(self.start)
-        # Rounding removes float noise such as 0.8 - 0.02*40 = 1e-17, which would otherwise escape the floor.
-        return max(float(self.floor), round(self.start - self.step * int(epoch), 12))
-
-
-def schedule_from_config(
-    kind: str,
-    start: float | None = None,
-    step: float | None = None,
-    floor: float = 0.0,
-    rate: float | None = None,
-) -> Schedule:
-    """Build a schedule from config values: "linear" needs start and step, "constant" needs rate."""
-    if kind == "linear":
-        if start is None or step is None:
-            raise ValueError(f"linear schedule needs start and step; got start={start!r}, step={step!r}")
-        return Schedule.linear(start, step, floor)
-    if kind == "constant":
-        if rate is None:
-            raise ValueError("constant schedule needs rate; got rate=None")
-        return Schedule.constant(rate)
-    raise ValueError(f"schedule kind={kind!r} is unknown; expected one of {SCHEDULE_KINDS}")
-
-
-def _check_rate(value: float, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name}={value!r} must be a number in [0, 1]")
 
 
 # ------------------------------------------------------------------------------------ nearest neighbours
@@ -302,7 +237,7 @@ def mine(
     """
     n = _check_pairs(point_emb, counter_emb)
     point_emb, counter_emb = point_emb.detach(), counter_emb.detach()
-    _check_rate(rate, "rate")
+    check_rate(rate, "rate")
     if not isinstance(generator, torch.Generator) or generator.device.type != "cpu":
         raise ValueError(f"generator must be a CPU torch.Generator; got {generator!r}")
     own = torch.arange(n, device=point_emb.device)

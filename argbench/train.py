@@ -39,7 +39,8 @@ from argbench.encoders import embed
 from argbench.evaluate import evaluate
 from argbench.loss import combined_loss
 from argbench.model import BiEncoder, Encoded, build_model
-from argbench.negatives import mine, schedule_from_config
+from argbench.negatives import mine
+from argbench.schedule import schedule_from_config
 from argbench.tasks import SplitData
 from argbench.tokens import TokenizedTexts, bucketed_batches, pad_batch, tokenize_texts
 
