@@ -49,8 +49,10 @@ class Evaluation:
 
 
 def scores(query_emb, cand_emb, metric: str) -> torch.Tensor:
-    """[Q, n] similarity, higher is closer: cosine similarity, or negative *squared* Euclidean distance (the same
-    order as the distance; the square root would change no rank and costs as much again as the matrix product).
+    """[Q, n] similarity, higher is closer: cosine similarity, or for ``euclidean`` 2 q·c − ‖c‖², which is
+    ‖q‖² − ‖q − c‖²: along a query's row it orders candidates exactly as the distance does, and it is one matrix
+    product of [2q, −1] with [c, ‖c‖²] (the square root, and the query's own norm, would change no rank and cost
+    as much again as the product).
 
     Sparse scipy matrices (e.g. TF-IDF rows) are accepted for ``cosine`` and multiplied sparsely.
     """
@@ -65,7 +67,9 @@ def scores(query_emb, cand_emb, metric: str) -> torch.Tensor:
         return q @ c.T
     if metric == "euclidean":
         q, c = query_emb.float(), cand_emb.float()
-        return torch.addmm((c * c).sum(1)[None, :], q, c.T, beta=-1.0, alpha=2.0).sub_((q * q).sum(1)[:, None])
+        q_aug = torch.cat([2 * q, q.new_full((len(q), 1), -1.0)], dim=1)
+        c_aug = torch.cat([c, (c * c).sum(1, keepdim=True)], dim=1)
+        return q_aug @ c_aug.T
     raise ValueError(f"unknown metric {metric!r}: expected one of {', '.join(METRICS)}")
 
 
@@ -76,10 +80,30 @@ def _l2_rows(m):
 
 def ranks_from_scores(score: torch.Tensor, pool: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
     """1-based rank of ``positive[i]`` among the candidates ``pool[i]`` under ``score[i]`` (ties count against it)."""
+    return _ranks(at_least_true(score, positive), pool, positive)
+
+
+def at_least_true(score: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
+    """bool [q, n]: which candidates score at least as well as row i's true counter ``positive[i]`` (the same for
+    every task, so :func:`evaluate` computes it once per chunk of queries). A NaN true score is beaten by all."""
     true = score.gather(1, positive[:, None])
-    others = pool.clone()
-    others[torch.arange(len(positive)), positive] = False
-    return 1 + ((score >= true) & others).sum(1)
+    at_least = score >= true
+    if true.isnan().any():
+        at_least |= true.isnan()
+    return at_least
+
+
+def _ranks(at_least: torch.Tensor, pool: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
+    """1 + the candidates in ``pool`` other than the positive that score at least as well as it."""
+    competing = at_least & pool
+    itself = competing.gather(1, positive[:, None]).squeeze(1)  # the positive, when in the pool (not NaN)
+    return 1 + row_counts(competing).long() - itself.long()
+
+
+def row_counts(mask: torch.Tensor) -> torch.Tensor:
+    """int32 [rows]: True entries per row of a bool [rows, n] mask (summed as bytes: ~10x faster than
+    ``mask.sum(1)``, which widens every element to int64 first)."""
+    return mask.view(torch.uint8).sum(1, dtype=torch.int32)
 
 
 def summarise(ranks: np.ndarray, ks=KS) -> dict[str, float]:
@@ -118,9 +142,10 @@ def evaluate(
     for start in range(0, n_queries, chunk):
         rows = slice(start, start + chunk)
         score = scores(query_emb[rows], cand_emb, metric)
+        at_least = at_least_true(score, positive[rows]) if tasks else None
         for task in tasks:
-            ranks[task].append(ranks_from_scores(score, split.pool(task)[rows], positive[rows]))
-        if scorer is not None:  # last: it masks ``score`` in place
+            ranks[task].append(_ranks(at_least, split.pool(task)[rows], positive[rows]))
+        if scorer is not None:
             reranked_right.append(_rerank(score, split.pool(rerank_task)[rows], positive[rows], start, scorer,
                                           rerank_depth))
     rank_arrays = {task: torch.cat(r).numpy() for task, r in ranks.items()}
@@ -128,16 +153,23 @@ def evaluate(
         metrics={task: summarise(r) for task, r in rank_arrays.items()},
         ranks=rank_arrays,
         rerank_acc1=float(torch.cat(reranked_right).float().mean()) if scorer is not None else None,
-        pool_sizes={task: float(split.pool(task).sum(1).float().mean()) for task in tasks},
+        pool_sizes={task: float(row_counts(split.pool(task)).float().mean()) for task in tasks},
     )
 
 
 def _rerank(score, pool, positive, offset: int, scorer: Scorer, depth: int) -> torch.Tensor:
-    """Whether the scorer's favourite among each query's top-``depth`` candidates is its true counter.
-    Overwrites ``score`` outside ``pool`` with -inf."""
-    masked = score.masked_fill_(~pool, float("-inf"))
-    depth = min(depth, int(pool.sum(1).min()))
-    top = masked.topk(depth, dim=1).indices  # [q, depth]
+    """Whether the scorer's favourite among each query's top-``depth`` pool candidates is its true counter.
+
+    Takes the top ``depth`` + (most candidates any row's pool leaves out) of the whole row, then keeps each row's
+    first ``depth`` that are in its pool: the same candidates as masking the row first, without writing [q, n].
+    """
+    sizes = row_counts(pool)
+    depth = min(depth, int(sizes.min()))
+    width = min(depth + pool.shape[1] - int(sizes.min()), score.shape[1])
+    nearest = score.topk(width, dim=1).indices  # best first
+    in_pool = pool.gather(1, nearest)
+    first_in_pool = torch.argsort((~in_pool).to(torch.uint8), dim=1, stable=True)[:, :depth]
+    top = nearest.gather(1, first_in_pool)  # [q, depth], best first
     pair_score = scorer(torch.arange(offset, offset + len(top)), top)
     chosen = top.gather(1, pair_score.argmax(1, keepdim=True)).squeeze(1)
     return chosen == positive

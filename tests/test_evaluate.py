@@ -20,6 +20,22 @@ def test_rank_ignores_candidates_outside_the_pool():
     assert ranks_from_scores(score, pool, torch.tensor([1])).tolist() == [1]
 
 
+def test_ranks_match_a_brute_force_count_per_pool():
+    gen = torch.Generator().manual_seed(0)
+    score = torch.randint(0, 5, (30, 12), generator=gen).float()  # few values: many ties
+    pool = torch.rand(30, 12, generator=gen) > 0.4
+    positive = torch.randint(0, 12, (30,), generator=gen)
+    pool[torch.arange(15), positive[:15]] = True  # half the rows hold their positive, half may not
+    expected = [1 + sum(1 for j in range(12) if pool[i, j] and j != positive[i] and score[i, j] >= score[i, positive[i]])
+                for i in range(30)]
+    assert ranks_from_scores(score, pool, positive).tolist() == expected
+
+
+def test_a_nan_true_score_ranks_last():
+    score = torch.tensor([[0.9, float("nan"), 0.8, 0.1]])
+    assert ranks_from_scores(score, torch.ones(1, 4, dtype=torch.bool), torch.tensor([1])).tolist() == [4]
+
+
 def test_summarise():
     got = summarise(np.array([1, 2, 4, 20]))
     assert got["acc@1"] == 0.25 and got["acc@3"] == 0.5 and got["acc@5"] == 0.75 and got["acc@10"] == 0.75
