@@ -96,7 +96,9 @@ class BiEncoder(nn.Module):
 
     def _fused(self, x: Encoded) -> list[torch.Tensor]:
         """The vectors of ``x`` the classifier sees, in its input order (each as [x_a, x_b, |x_a - x_b|])."""
-        return {"concatenated": [x.emb, x.pooled], "only_embedding": [x.emb], "only_cls": [x.pooled]}[self.fusion]
+        if self.fusion == "concatenated":
+            return [x.emb, x.pooled]
+        return [x.emb] if self.fusion == "only_embedding" else [x.pooled]
 
     @torch.no_grad()
     def pair_scorer(self, queries: Encoded, candidates: Encoded, chunk: int = 256):

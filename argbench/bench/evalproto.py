@@ -28,7 +28,7 @@ from argbench.tasks import TASKS, SplitData
 DEPTH = 10
 
 
-def run_eval_bench(data: str | None = None, repeats: int = 3, reference_repeats: int = 1, hidden: int = 384,
+def run_eval_bench(data: str | None = None, repeats: int = 3, reference_repeats: int = 3, hidden: int = 384,
                    proj_dim: int = 128, noise: float = 0.5, seed: int = 0) -> list[dict]:
     """One row for the test split: {"case", "argbench_s", "reference_s", "ratio", "agree", "rerank_acc1", ...}.
 
