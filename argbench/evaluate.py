@@ -5,7 +5,7 @@ candidates or pairs.
 
 Ties are broken *against* the true counter: its rank is 1 + the number of other candidates that score at least as
 well. A constant scorer therefore gets accuracy 0 rather than an optimistic 1, and a lexical baseline gets no credit
-for candidates it cannot tell apart.
+for candidates it cannot tell apart; a NaN score for the true counter ranks it last.
 """
 
 from __future__ import annotations
