@@ -41,14 +41,12 @@ def log_baseline(evaluation: Evaluation, *, name: str, split_key: str, params: d
     """Log a baseline's evaluation as a FINISHED MLflow run ``name`` in group ``baselines``: ``params``, the
     split's metrics at step 0 (``<split_key>/<task>/acc_at_1`` ...) and its per-query ranks, so that
     ``argbench compare NAME <ablation>`` tests a trained system against the baseline. Returns the run id."""
-    from mlflow.entities import Param
-
-    from argbench.tracking import redact, tracked_run
+    from argbench.tracking import tracked_run
 
     metrics = {"epoch": 0, split_key: evaluation.metrics}
     with tracked_run(run_name=name, experiment=experiment, tracking_uri=tracking_uri, system_metrics=False,
                      tags={"group": "baselines", **(tags or {})}) as tracker:
-        tracker.client.log_batch(tracker.run_id, params=[Param(k, redact(str(v))) for k, v in params.items()])
+        tracker.log(params=params)
         tracker.on_epoch_end(0, metrics)
         tracker.on_evaluation(0, split_key, evaluation)
         tracker.finish([metrics])

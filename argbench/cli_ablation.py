@@ -3,6 +3,7 @@ MLflow, and its runs compared with significance tests."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -38,7 +39,7 @@ def add_commands(sub, data_args, run_args) -> None:
                                        "as a FINISHED MLflow run")
     imp.add_argument("run_dir", type=Path, help="folder written by `argbench train --out` / fit(out_dir=...)")
     imp.add_argument("--name", required=True, help="run name: usually the registry entry it trained")
-    imp.add_argument("--tag", dest="tags", action="append", default=[], metavar="KEY=VALUE",
+    imp.add_argument("--tag", dest="tags", action="append", default=[], metavar="KEY=VALUE", type=_key_value,
                      help="extra MLflow tag, e.g. device=H100 (repeatable)")
     imp.add_argument("--experiment", default="argbench", help="MLflow experiment (default: argbench)")
     imp.add_argument("--json", action="store_true")
@@ -126,15 +127,9 @@ def cmd_run(args) -> int:
 
 
 def cmd_import(args) -> int:
-    from argbench.run_import import RunFolderError, import_run
+    from argbench.run_import import import_run
 
-    tags = {}
-    for item in args.tags:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise RunFolderError(f"--tag {item!r}: expected KEY=VALUE, e.g. --tag device=H100")
-        tags[key] = value
-    result = import_run(args.run_dir, name=args.name, experiment=args.experiment, tags=tags)
+    result = import_run(args.run_dir, name=args.name, experiment=args.experiment, tags=dict(args.tags))
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -142,6 +137,13 @@ def cmd_import(args) -> int:
         print(f"imported {args.run_dir} as run {result['run_id']} ({args.name}): {result['epochs']} epochs, "
               f"best {metric} {value:.3f}")
     return 0
+
+
+def _key_value(item: str) -> tuple[str, str]:
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"{item!r}: expected KEY=VALUE, e.g. --tag device=H100")
+    return key, value
 
 
 def _quiet_downloads() -> None:

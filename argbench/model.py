@@ -112,10 +112,10 @@ class BiEncoder(nn.Module):
         """
         if self.classifier is None:
             raise RuntimeError("this model has no pair classifier (classifier: false)")
-        device = self.classifier.weight.device
-        f_query = torch.cat(self._fused(queries), dim=-1).to(device, torch.float32)
+        device, query_parts = self.classifier.weight.device, self._fused(queries)
+        f_query = torch.cat(query_parts, dim=-1).to(device, torch.float32)
         f_cand = torch.cat(self._fused(candidates), dim=-1).to(device, torch.float32)
-        w_a, w_b, w_d, bias = self._margin_weights([v.shape[-1] for v in self._fused(queries)])
+        w_a, w_b, w_d, bias = self._margin_weights([v.shape[-1] for v in query_parts])
         s_query, s_cand = f_query @ w_a + bias, f_cand @ w_b
 
         @torch.no_grad()

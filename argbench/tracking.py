@@ -219,7 +219,7 @@ class MlflowTracker:
         else:
             tags.update({"seed": self.config.train.seed, "encoder": self.config.model.encoder})
             params = self._new_params(param_values(self.config))
-        self._log(params=params, tags={**tags, **self.extra_tags})
+        self.log(params=params, tags={**tags, **self.extra_tags})
 
     def on_epoch_end(self, epoch: int, metrics: dict) -> None:
         """Log the epoch's metrics at ``step=epoch`` in one batch, unless the run already has that step."""
@@ -296,8 +296,9 @@ class MlflowTracker:
                           "keeping the logged values (MLflow params cannot change)", stacklevel=3)
         return {k: v for k, v in params.items() if k not in existing}
 
-    def _log(self, params: dict | None = None, tags: dict | None = None) -> None:
-        entries = [Param(k, v) for k, v in (params or {}).items()] + \
+    def log(self, params: dict | None = None, tags: dict | None = None) -> None:
+        """Log ``params`` and ``tags`` (values redacted) in batches MLflow accepts."""
+        entries = [Param(k, redact(str(v))) for k, v in (params or {}).items()] + \
                   [RunTag(k, redact(str(v))) for k, v in (tags or {}).items()]
         for start in range(0, len(entries), BATCH):
             chunk = entries[start:start + BATCH]

@@ -88,5 +88,7 @@ def test_cli_imports_and_reports_bad_input_with_exit_2(run_dir, tmp_path, capsys
 
     assert cli.main(["ablation", "import", str(tmp_path / "nowhere"), "--name", "baseline"]) == 2
     assert "nowhere/config.yaml: missing" in capsys.readouterr().err
-    assert cli.main(["ablation", "import", str(run_dir), "--name", "baseline", "--tag", "device"]) == 2
-    assert "--tag 'device': expected KEY=VALUE" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:  # argparse refuses it before anything runs
+        cli.main(["ablation", "import", str(run_dir), "--name", "baseline", "--tag", "device"])
+    assert exit_.value.code == 2
+    assert "argument --tag: 'device': expected KEY=VALUE" in capsys.readouterr().err
