@@ -15,10 +15,9 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from argbench.config import ConfigError  # noqa: E402
-from argbench.corpus import CorpusError  # noqa: E402
+from argbench.errors import UserError  # noqa: E402
 
-USER_ERRORS = (ConfigError, CorpusError, FileNotFoundError)
+USER_ERRORS = (UserError, FileNotFoundError)
 
 
 def _quiet_libraries() -> None:
@@ -39,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return args.func(args) or 0
-    except USER_ERRORS + _lazy_user_errors() as err:
+    except USER_ERRORS as err:
         print(f"argbench: error: {err}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # `argbench ... | head`: the reader left; that is not an error
@@ -48,17 +47,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("argbench: interrupted (the last epoch's checkpoint is kept; --resume continues)", file=sys.stderr)
         return 130
-
-
-def _lazy_user_errors() -> tuple:
-    """Errors that mean "your input is wrong" (exit 2, one line), imported only when something failed."""
-    from argbench.encoders import EncoderError
-    from argbench.registry import RegistryError
-    from argbench.run_import import RunFolderError
-    from argbench.search import SearchSpaceError
-    from argbench.significance import ComparisonError, UnknownRun
-
-    return EncoderError, RegistryError, RunFolderError, SearchSpaceError, ComparisonError, UnknownRun
 
 
 def build_parser() -> argparse.ArgumentParser:

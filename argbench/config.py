@@ -24,10 +24,12 @@ from typing import Any, ClassVar, Union, get_args, get_origin
 
 import yaml
 
+from argbench.errors import UserError
+
 SPLITS = ("training", "validation", "test")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A configuration problem: `source` (file, "--set", ...), dotted `key` and what is wrong with its value."""
 
     def __init__(self, key: str, problem: str, source: str = "<python>"):

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from argbench.errors import UserError
+
 SPLITS = ("training", "validation", "test")
 STANCES = ("pro", "con")
 FILE_PATTERN = re.compile(r"^(pro|con)(\d+)([ab])-(point|counter)\.txt$")
@@ -31,7 +33,7 @@ REPO_DATA = REPO_ROOT / "data" / "counterargs-18"
 ENV_VAR = "ARGBENCH_DATA"
 
 
-class CorpusError(ValueError):
+class CorpusError(UserError):
     """The corpus cannot be loaded; the message names the path and what was expected."""
 
 

@@ -17,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel, PreTrainedModel
 
+from argbench.errors import UserError
 from argbench.tokens import TokenizedTexts, length_sorted_batches, pad_batch, tokenize_texts
 
 POOLINGS = ("pooler", "cls", "mean")
@@ -25,7 +26,7 @@ TINY_RANDOM_BERT = "tiny-random-bert"
 TINY_RANDOM_BERT_SEED = 0
 
 
-class EncoderError(ValueError):
+class EncoderError(UserError):
     """An encoder name that cannot be loaded offline."""
 
 

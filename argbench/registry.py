@@ -26,6 +26,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from argbench.errors import UserError
 from argbench.config import Config, ConfigError, from_dict, load_config, read_yaml, to_dict, to_yaml
 
 ABLATIONS_DIR = Path(__file__).resolve().parent.parent / "ablations"
@@ -35,7 +36,7 @@ EMBEDDED_PROFILE = Path("profiles") / "embedded.yaml"
 META_KEYS = ("group", "question", "extends", "alias_of")
 
 
-class RegistryError(ValueError):
+class RegistryError(UserError):
     """An unknown entry name, a malformed entry (file and key named) or an extends/alias cycle."""
 
 

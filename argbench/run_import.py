@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from argbench.errors import UserError
 from argbench.config import Config, ConfigError, load_config
 from argbench.registry import RegistryError, get
 from argbench.tracking import tracked_run
@@ -24,7 +25,7 @@ from argbench.train import best
 CONFIG, METRICS = "config.yaml", "metrics.jsonl"
 
 
-class RunFolderError(ValueError):
+class RunFolderError(UserError):
     """The run folder is missing a file or holds one that is not what ``fit`` writes; the message says where."""
 
 

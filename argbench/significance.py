@@ -19,6 +19,7 @@ from __future__ import annotations
 import plotly.graph_objects as go
 from mlflow import MlflowClient
 
+from argbench.errors import UserError
 from argbench.compare import compare, resolve_runs
 from argbench.registry import RegistryError, groups, list_ablations
 from argbench.stats import METRICS, holm
@@ -27,11 +28,11 @@ from argbench.tracking import default_tracking_uri
 ALPHA = 0.05
 
 
-class UnknownRun(LookupError):
+class UnknownRun(UserError, LookupError):
     """A system (run name or run id) with no FINISHED run in the experiment, or a missing experiment."""
 
 
-class ComparisonError(ValueError):
+class ComparisonError(UserError):
     """Two systems that cannot be compared (different data or queries), or a task / metric they did not log."""
 
 

@@ -26,6 +26,7 @@ from typing import Any, Union, get_args, get_origin
 
 import optuna
 
+from argbench.errors import UserError
 from argbench import config, registry
 
 PARAM_TYPES = ("float", "int", "categorical")
@@ -33,7 +34,7 @@ SPEC_KEYS = {"float": {"type", "low", "high", "log", "step"}, "int": {"type", "l
              "categorical": {"type", "choices"}}
 
 
-class SearchSpaceError(ValueError):
+class SearchSpaceError(UserError):
     """A search-space file that cannot be used; the message names the file, the key, the value and what is
     expected."""
 
