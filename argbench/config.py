@@ -66,6 +66,8 @@ class _Section:
 
 @dataclass(frozen=True)
 class DataConfig(_Section):
+    """Which corpus, how much of it, and which splits are evaluated after each epoch."""
+
     section: ClassVar[str] = "data"
     path: str | None = option(None, "corpus root, or 'sample'; null = --data, then $ARGBENCH_DATA, "
                                     "then data/counterargs-18, then the generated sample")
@@ -77,8 +79,11 @@ class DataConfig(_Section):
 
 @dataclass(frozen=True)
 class ModelConfig(_Section):
+    """The bi-encoder with classification: encoder, projection head ("sim header"), pair classifier.
+    (The original used bert-base-uncased; argbench's offline default encoder is all-MiniLM-L6-v2.)"""
+
     section: ClassVar[str] = "model"
-    encoder: str = option("all-MiniLM-L6-v2", "encoder name known to argbench.encoders, or a local model path")
+    encoder: str = option("all-MiniLM-L6-v2", "encoder name known to argbench.model.encoders, or a local model path")
     pooling: str = option("pooler", "text vector from the encoder output", choices=("pooler", "cls", "mean"))
     max_length: int = option(256, "tokens kept per text (longer texts are truncated)", min=1)
     sharing: str = option("shared", "one encoder for points and counters, or one each",
@@ -95,6 +100,9 @@ class ModelConfig(_Section):
 
 @dataclass(frozen=True)
 class LossConfig(_Section):
+    """Triplet loss on the projection embeddings + cross-entropy of the classifier on (point, counter) and
+    (point, negative); the in-batch InfoNCE term is argbench's addition and off by default."""
+
     section: ClassVar[str] = "loss"
     margin: float = option(1.0, "triplet margin (distance units of the retrieval embedding)",
                            min=0, min_exclusive=True)
@@ -109,6 +117,10 @@ class LossConfig(_Section):
 
 @dataclass(frozen=True)
 class NegativesConfig(_Section):
+    """Online hard-negative mining: random rate r = max(floor, start - step * epoch) (linear) or r = rate
+    (constant); with probability 1 - r the negative is the nearest other point or wrong counter, else a random
+    argument."""
+
     section: ClassVar[str] = "negatives"
     schedule: str = option("linear", "random rate per epoch: max(floor, start - step*epoch), or constant rate",
                            choices=("linear", "constant"))
@@ -124,6 +136,8 @@ class NegativesConfig(_Section):
 
 @dataclass(frozen=True)
 class TrainConfig(_Section):
+    """Optimisation: Adam, lr 3e-6, batch 8, 200 epochs, as in the original."""
+
     section: ClassVar[str] = "train"
     epochs: int = option(200, "training epochs (0 = evaluate the untrained model)", min=0)
     batch_size: int = option(8, "training triplets per step", min=1)
@@ -144,6 +158,8 @@ class TrainConfig(_Section):
 
 @dataclass(frozen=True)
 class EvalConfig(_Section):
+    """Retrieval distance, the metric that picks the best epoch, and the classifier's rerank depth."""
+
     section: ClassVar[str] = "eval"
     metric: str = option("euclidean", "retrieval distance on the retrieval embedding",
                          choices=("euclidean", "cosine"))
@@ -397,6 +413,33 @@ def to_yaml(cfg: Config) -> str:
 def flatten(cfg: Config) -> dict[str, Any]:
     """{'model.proj_dim': 128, ...}: one entry per field; None stays None, lists stay lists (callers stringify)."""
     return {f"{section}.{name}": value for section, values in to_dict(cfg).items() for name, value in values.items()}
+
+
+def defaults_yaml(header: str = "") -> str:
+    """Every default as commented YAML: one block per section (its docstring as the comment), one line per field
+    with its help text; ``header`` (comment lines) first. ``ablations/base.yaml`` is this text, generated."""
+    lines = [header.rstrip("\n")] if header else []
+    for name, section in SECTIONS.items():
+        doc = " ".join((section.__doc__ or "").split())
+        lines += ["", *(f"# {line}" for line in _wrap(doc, 116)), f"{name}:"]
+        for f in fields(section):
+            value = yaml.safe_dump({f.name: _plain(f.default if f.default is not dataclasses.MISSING
+                                                   else f.default_factory())},
+                                   default_flow_style=True, width=1000).strip()[1:-1]
+            value = re.sub(r"^(\w+): (\d+(?:\.\d*)?)e", r"\1: \2e", value)
+            lines.append(f"  {value:<30}  # {f.metadata['help']}")
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    out, line = [], ""
+    for word in text.split():
+        if line and len(line) + 1 + len(word) > width:
+            out.append(line)
+            line = word
+        else:
+            line = f"{line} {word}".strip()
+    return out + ([line] if line else [])
 
 
 def field_help() -> dict[str, str]:

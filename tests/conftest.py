@@ -14,7 +14,7 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 def tiny_encoder():
     """(model, tokenizer) of "tiny-random-bert", loaded once per session, in eval mode. Do not modify it in a test;
     use `fresh_tiny_encoder` for a copy you may train."""
-    from argbench.encoders import load_encoder
+    from argbench.model.encoders import load_encoder
 
     return load_encoder("tiny-random-bert")
 

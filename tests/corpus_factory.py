@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from argbench.corpus import SPLITS
+from argbench.data.corpus import SPLITS
 
 
 def write_argument(root: Path, split: str, theme: str, debate: str, stance: str, number: int, kind: str,

@@ -9,7 +9,7 @@ import pytest
 from mlflow import MlflowClient
 
 from argbench import cli
-from argbench.tasks import TASKS
+from argbench.data.tasks import TASKS
 
 
 @pytest.fixture

@@ -9,9 +9,9 @@ import torch
 
 from argbench.bench import evalproto, load, runner
 from argbench.bench import train as train_bench
-from argbench.corpus import load_corpus
-from argbench.evaluate import evaluate
-from argbench.model import Encoded
+from argbench.data.corpus import load_corpus
+from argbench.eval.evaluate import evaluate
+from argbench.model.bi_encoder import Encoded
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
-"""argbench.compare against a private SQLite MLflow store holding per-query ranks with known differences.
+"""argbench.analysis.compare against a private SQLite MLflow store holding per-query ranks with known differences.
 
-Most runs are written by ``log_run`` in the format argbench.tracking logs (so start times and statuses can be set);
-one test writes them through argbench.tracking itself, so a change of that format fails here.
+Most runs are written by ``log_run`` in the format argbench.track.tracker logs (so start times and statuses can be set);
+one test writes them through argbench.track.tracker itself, so a change of that format fails here.
 """
 
 import json
@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from argbench.compare import ARTIFACT, compare, load_ranks
-from argbench.tracking import tracked_run
+from argbench.analysis.compare import ARTIFACT, compare, load_ranks
+from argbench.track.tracker import tracked_run
 
 N = 200
 STATS = {"n_boot": 300, "n_perm": 1_000}
@@ -162,7 +162,7 @@ def test_runs_on_different_data_are_refused(tracking, tmp_path):
 
 
 def test_reads_what_tracking_writes(tracking):
-    """Runs logged by argbench.tracking: a multi-seed parent (children share its name) against a single run."""
+    """Runs logged by argbench.track.tracker: a multi-seed parent (children share its name) against a single run."""
     client, exp = tracking
     a, b = planted()
     track = {"experiment": exp, "tracking_uri": client.tracking_uri, "system_metrics": False}

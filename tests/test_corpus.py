@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from argbench.corpus import CorpusError, load_corpus, resolve_data, stats
+from argbench.data.corpus import CorpusError, load_corpus, resolve_data, stats
 from tests.corpus_factory import write_argument, write_small_corpus
 
 REAL = os.environ.get("ARGBENCH_DATA")
@@ -78,10 +78,10 @@ def test_resolution_order(tmp_path, monkeypatch):
     assert resolve_data(str(tmp_path / "arg")).kind == "arg"
     assert resolve_data(None).path == tmp_path / "env"
     monkeypatch.delenv("ARGBENCH_DATA")
-    monkeypatch.setattr("argbench.corpus.REPO_DATA", tmp_path)
+    monkeypatch.setattr("argbench.data.corpus.project_data", lambda: tmp_path)
     assert resolve_data(None).kind == "repo"
-    monkeypatch.setattr("argbench.corpus.REPO_DATA", tmp_path / "absent")
-    monkeypatch.setattr("argbench.sample.sample_root", lambda: Path("/cache/sample"))
+    monkeypatch.setattr("argbench.data.corpus.project_data", lambda: tmp_path / "absent")
+    monkeypatch.setattr("argbench.data.sample.sample_root", lambda: Path("/cache/sample"))
     assert resolve_data(None, announce=False) .kind == "sample"
     assert resolve_data("sample").path == Path("/cache/sample")
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from argbench.encoders import (
+from argbench.model.encoders import (
     POOLINGS,
     EncoderError,
     embed,
@@ -18,7 +18,7 @@ from argbench.encoders import (
     load_encoder,
     pool,
 )
-from argbench.tokens import pad_batch, tokenize_texts
+from argbench.model.tokens import pad_batch, tokenize_texts
 
 TEXTS = [
     "A man is eating food.",

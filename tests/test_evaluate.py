@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from argbench.corpus import load_corpus
-from argbench.evaluate import evaluate, ranks_from_scores, summarise
-from argbench.tasks import TASKS
+from argbench.data.corpus import load_corpus
+from argbench.eval.evaluate import evaluate, ranks_from_scores, summarise
+from argbench.data.tasks import TASKS
 from tests.corpus_factory import write_pairs, write_small_corpus
 
 

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from argbench import negatives
+from argbench.train import negatives
 from argbench.bench.mining import run_mining_bench
-from argbench.negatives import BACKENDS, mine, mine_reference, nearest
-from argbench.schedule import Schedule, schedule_from_config
+from argbench.train.negatives import BACKENDS, mine, mine_reference, nearest
+from argbench.train.schedule import Schedule, schedule_from_config
 
 # A 2-D layout of six pairs. Answers worked out by hand (d = Euclidean distance):
 #   p0 (0,0):    own c0 (0.5,0) is the nearest argument but is excluded; nearest point p1 (d 2), nearest other

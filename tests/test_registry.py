@@ -6,9 +6,10 @@ import shutil
 
 import pytest
 
-from argbench import registry
-from argbench.config import Config, ConfigError, load_config, read_yaml, to_dict
-from argbench.registry import RegistryError, get, groups, list_ablations, resolve, resolved_yaml
+from argbench import paths
+from argbench.experiments import registry
+from argbench.config import defaults_yaml, Config, ConfigError, load_config, read_yaml, to_dict
+from argbench.experiments.registry import RegistryError, get, groups, list_ablations, resolve, resolved_yaml
 
 REQUIRED = {
     "baseline": "baseline",
@@ -23,7 +24,7 @@ REQUIRED = {
     "learning_recipe": "recipe", "learning_recipe_in_batch": "recipe",
 }
 ALIASES = {"shared_encoder", "concatenated", "proj_128", "without_layernorm_relu"}
-NAMES = [e.name for e in list_ablations(registry.ABLATIONS_DIR)]
+NAMES = [e.name for e in list_ablations(paths.packaged_ablations())]
 
 
 @pytest.fixture(autouse=True)
@@ -35,8 +36,8 @@ def repo_registry(monkeypatch):
 @pytest.fixture
 def tmp_registry(tmp_path, monkeypatch):
     """An empty registry folder holding a copy of base.yaml and the embedded profile, made the active one."""
-    shutil.copy(registry.ABLATIONS_DIR / "base.yaml", tmp_path / "base.yaml")
-    shutil.copytree(registry.ABLATIONS_DIR / "profiles", tmp_path / "profiles")
+    shutil.copy(paths.packaged_ablations() / "base.yaml", tmp_path / "base.yaml")
+    shutil.copytree(paths.packaged_ablations() / "profiles", tmp_path / "profiles")
     monkeypatch.setenv(registry.ENV_VAR, str(tmp_path))
     return tmp_path
 
@@ -64,8 +65,10 @@ def test_list_is_sorted_by_group_then_name_with_numbers_in_numeric_order():
     assert order == sorted(order)
 
 
-def test_base_yaml_is_exactly_the_config_defaults():
-    assert read_yaml(registry.ABLATIONS_DIR / "base.yaml") == to_dict(Config())  # every key, once, same value
+def test_base_yaml_is_generated_from_the_config_dataclasses():
+    text = (paths.packaged_ablations() / "base.yaml").read_text()
+    assert text == defaults_yaml(registry.BASE_HEADER), "regenerate: argbench ablation defaults > ablations/base.yaml"
+    assert read_yaml(paths.packaged_ablations() / "base.yaml") == to_dict(Config())  # every key, once, same value
     assert resolve("baseline")[0] == Config()
 
 
@@ -221,14 +224,14 @@ TINY = ["model.encoder=tiny-random-bert", "train.epochs=1", "model.max_length=32
 
 @pytest.fixture(scope="module")
 def sample_corpus():
-    from argbench.corpus import load_corpus
+    from argbench.data.corpus import load_corpus
 
     return load_corpus("sample")
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_every_entry_trains_one_tiny_epoch(name, sample_corpus):
-    from argbench.train import fit
+    from argbench.train.trainer import fit
 
     cfg, _ = resolve(name, TINY, embedded=True)
     history = fit(cfg, sample_corpus)

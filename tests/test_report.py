@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from argbench import report
-from argbench.tasks import TASKS
-from argbench.tracking import tracked_run
+from argbench.analysis import report
+from argbench.data.tasks import TASKS
+from argbench.track.tracker import tracked_run
 from tests.test_tracking import trainer_metrics
 
 CHROMIUM = Path("/usr/bin/chromium")

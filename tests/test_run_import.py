@@ -9,10 +9,10 @@ import pytest
 from mlflow import MlflowClient
 
 from argbench import cli
-from argbench.corpus import load_corpus
-from argbench.run_import import RunFolderError, import_run, read_run_folder
-from argbench.tracking import param_values
-from argbench.train import best, fit
+from argbench.data.corpus import load_corpus
+from argbench.track.run_import import RunFolderError, import_run, read_run_folder
+from argbench.track.tracker import param_values
+from argbench.train.trainer import best, fit
 from tests.test_tracking import tiny_config
 
 PRIMARY = "val/epa/acc_at_1"

@@ -1,7 +1,7 @@
 """The synthetic sample corpus: deterministic, counterargs-18 layout, learnable but not trivial.
 
 Files are parsed here with pathlib/regex on purpose: these tests pin the on-disk format independently of
-argbench.corpus.
+argbench.data.corpus.
 """
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import pytest
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.metrics.pairwise import cosine_similarity
 
-from argbench import sample
-from argbench.sample import SAMPLE_VERSION, generate_sample, sample_root
+from argbench.data import sample
+from argbench.data.sample import SAMPLE_VERSION, generate_sample, sample_root
 
 SPLITS = ("training", "validation", "test")
 NAME = re.compile(r"(?P<stance>pro|con)(?P<nn>\d\d)(?P<ab>[ab])-(?P<kind>point|counter)\.txt")
@@ -163,7 +163,7 @@ def test_sample_root_tolerates_losing_the_race(tmp_path, monkeypatch):
 
 def test_sample_root_concurrent_processes(tmp_path):
     """Two workers racing on a cold cache both get one complete corpus and leave no temp folder."""
-    code = "import sys; from argbench.sample import sample_root; print(sample_root(sys.argv[1]))"
+    code = "import sys; from argbench.data.sample import sample_root; print(sample_root(sys.argv[1]))"
     workers = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
                for _ in range(2)]
     outputs = [w.communicate(timeout=60)[0].strip() for w in workers]

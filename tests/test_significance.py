@@ -1,8 +1,8 @@
-"""argbench.significance and the ``compare`` / ``report --table`` commands.
+"""argbench.analysis.significance and the ``compare`` / ``report --table`` commands.
 
 Two private SQLite stores: ``planted`` holds hand-logged per-query ranks for the registry group ``norm`` with known
 differences (so the p-values, the Holm correction and the significance marks are known by construction); ``trained``
-holds real runs of tiny-random-bert on the sample corpus made by argbench.runner (about 40 s, built once), checked
+holds real runs of tiny-random-bert on the sample corpus made by argbench.experiments.runner (about 40 s, built once), checked
 against what the tracker logged and against properties every table must have.
 """
 
@@ -15,10 +15,11 @@ import plotly.graph_objects as go
 import pytest
 from mlflow import MlflowClient
 
-from argbench import cli, report, significance
-from argbench.compare import compare
-from argbench.corpus import load_corpus
-from argbench.tasks import TASKS
+from argbench import cli
+from argbench.analysis import report, significance
+from argbench.analysis.compare import compare
+from argbench.data.corpus import load_corpus
+from argbench.data.tasks import TASKS
 from tests.test_compare import log_run
 
 N = 200
@@ -153,7 +154,7 @@ TRAINED = "trained"
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """Tracking URI of a store with real runs: baseline (2 seeds), with_relu and with_layernorm (1 seed each)."""
-    from argbench.runner import run_ablation
+    from argbench.experiments.runner import run_ablation
 
     root = tmp_path_factory.mktemp("trained")
     uri = f"sqlite:///{root / 'mlflow.db'}"

@@ -1,9 +1,9 @@
-"""argbench.stats on hand-made ranks whose answers are known by construction (every random draw is seeded)."""
+"""argbench.analysis.stats on hand-made ranks whose answers are known by construction (every random draw is seeded)."""
 
 import numpy as np
 import pytest
 
-from argbench.stats import (bootstrap_ci, compare_runs, holm, mcnemar_exact, outcome, paired_difference,
+from argbench.analysis.stats import (bootstrap_ci, compare_runs, holm, mcnemar_exact, outcome, paired_difference,
                             seed_summary, sign_flip_p)
 
 N_PERM = 10_000

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from argbench.corpus import load_corpus
-from argbench.tasks import TASKS
+from argbench.data.corpus import load_corpus
+from argbench.data.tasks import TASKS
 from tests.corpus_factory import write_argument, write_small_corpus
 
 

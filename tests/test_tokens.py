@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from argbench.tokens import (
+from argbench.model.tokens import (
     BUCKET_WINDOW_BATCHES,
     TokenizedTexts,
     bucketed_batches,
@@ -135,6 +135,6 @@ def test_batches_reject_a_non_positive_batch_size():
 def test_tokenizing_in_chunks_keeps_every_row_in_order(tokenizer, monkeypatch):
     texts = [f"argument number {i} " + "word " * i for i in range(7)]
     one_by_one = [tokenize_texts(tokenizer, [t], max_length=16).ids[0].tolist() for t in texts]
-    monkeypatch.setattr("argbench.tokens.TOKENIZE_CHUNK", 3)  # chunks of 3, 3 and 1 texts
+    monkeypatch.setattr("argbench.model.tokens.TOKENIZE_CHUNK", 3)  # chunks of 3, 3 and 1 texts
 
     assert [row.tolist() for row in tokenize_texts(tokenizer, texts, max_length=16).ids] == one_by_one

@@ -6,12 +6,12 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from argbench import tracking
+from argbench.track import tracker as tracking
 from argbench.config import flatten, load_config
-from argbench.corpus import load_corpus
-from argbench.tasks import TASKS
-from argbench.tracking import epoch_metrics, load_run_id, redact, save_run_id, tracked_run
-from argbench.train import fit
+from argbench.data.corpus import load_corpus
+from argbench.data.tasks import TASKS
+from argbench.track.tracker import epoch_metrics, load_run_id, redact, save_run_id, tracked_run
+from argbench.train.trainer import fit
 
 KS = (1, 3, 5, 10)
 LOSS = ("train/loss", "train/loss_triplet", "train/loss_ce_pos", "train/loss_ce_neg", "train/loss_in_batch")
@@ -29,7 +29,7 @@ def tiny_config(epochs: int):
 
 
 def trainer_metrics(epoch: int, acc: float = 0.5) -> dict:
-    """A metrics dict shaped like the trainer's (argbench.train docstring), values chosen by hand."""
+    """A metrics dict shaped like the trainer's (argbench.train.trainer docstring), values chosen by hand."""
     trained = epoch > 0
     return {"epoch": epoch,
             "loss": {"total": 3.0, "triplet": 1.0, "ce_pos": 0.5, "ce_neg": 1.5, "in_batch": 0.0} if trained else None,
@@ -225,11 +225,15 @@ def test_redact(text, expected):
     assert redact(text) == expected
 
 
-def test_default_tracking_uri(monkeypatch):
+def test_default_tracking_uri_follows_the_project_folder(monkeypatch, tmp_path):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("ARGBENCH_PROJECT", raising=False)
+    monkeypatch.chdir(tmp_path)
     uri = tracking.default_tracking_uri()
-    assert uri == f"sqlite:///{tracking.REPO_ROOT}/mlruns/mlflow.db"
-    assert tracking.artifact_root(uri) == tracking.REPO_ROOT / "mlruns" / "artifacts"
+    assert uri == f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    assert tracking.artifact_root(uri) == tmp_path / "mlruns" / "artifacts"
+    monkeypatch.setenv("ARGBENCH_PROJECT", str(tmp_path / "elsewhere"))
+    assert tracking.default_tracking_uri() == f"sqlite:///{tmp_path}/elsewhere/mlruns/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
     assert tracking.default_tracking_uri() == "http://127.0.0.1:5000"
     assert tracking.artifact_root("http://127.0.0.1:5000") is None

@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from argbench import checkpoint
+from argbench.train import checkpoint
 from argbench.config import load_config
-from argbench.corpus import load_corpus
-from argbench.loss import COMPONENTS
-from argbench.model import BiEncoder
-from argbench.tasks import TASKS
-from argbench.train import NonFiniteLoss, best, fit
+from argbench.data.corpus import load_corpus
+from argbench.model.loss import COMPONENTS
+from argbench.model.bi_encoder import BiEncoder
+from argbench.data.tasks import TASKS
+from argbench.train.trainer import NonFiniteLoss, best, fit
 from tests.conftest import single_torch_thread
 
 TINY = ["model.encoder=tiny-random-bert", "model.max_length=64", "train.batch_size=16", "data.max_train_pairs=32",
@@ -291,9 +291,9 @@ DDP_SCRIPT = """
     import json, os, sys
     from pathlib import Path
 
-    import argbench.train as train
+    import argbench.train.trainer as train
     from argbench.config import load_config
-    from argbench.corpus import load_corpus
+    from argbench.data.corpus import load_corpus
 
     record = Path(sys.argv[2])
     real_shard = train.shard

@@ -1,7 +1,7 @@
 """Benchmark: the original evaluation protocol (Euclidean top 10 of the ``epa`` pool, reranked by the pair
 classifier, accuracy of the top one) batched in argbench against a per-candidate loop like the original's.
 
-argbench: :func:`argbench.evaluate.evaluate` with the trainer's pair scorer (:meth:`BiEncoder.pair_scorer`: the
+argbench: :func:`argbench.eval.evaluate.evaluate` with the trainer's pair scorer (:meth:`BiEncoder.pair_scorer`: the
 linear classifier split into per-query, per-candidate and per-pair terms; one call for all pairs). Reference: a
 Python loop over queries and over each query's 10 candidates, one classifier call per candidate, as the original
 did, but with its query bug fixed (the point's embedding, not the counter's, is the query; the query is not a
@@ -9,7 +9,7 @@ candidate), so both must report the same accuracy.
 
 Inputs are synthetic and seeded: a pooled vector (width ``hidden``) per argument, each counter its point plus
 noise so the true counter is often in the top 10; retrieval embeddings (width ``proj_dim``) are a random
-:class:`argbench.model.BiEncoder`'s projection of them, and its random classifier (``concatenated`` fusion) reranks.
+:class:`argbench.model.bi_encoder.BiEncoder`'s projection of them, and its random classifier (``concatenated`` fusion) reranks.
 
     python -m argbench.bench.runner eval
 """
@@ -20,10 +20,10 @@ import torch
 from transformers import BertConfig, BertModel
 
 from argbench.bench.mining import _median_time
-from argbench.corpus import load_corpus, resolve_data
-from argbench.evaluate import evaluate
-from argbench.model import BiEncoder, Encoded
-from argbench.tasks import TASKS, SplitData
+from argbench.data.corpus import load_corpus, resolve_data
+from argbench.eval.evaluate import evaluate
+from argbench.model.bi_encoder import BiEncoder, Encoded
+from argbench.data.tasks import TASKS, SplitData
 
 DEPTH = 10
 

@@ -1,8 +1,8 @@
 """Benchmark: load the corpus and build the eight pools of every split, against the original's per-row filtering.
 
-argbench: :func:`argbench.corpus.load_corpus`, then ``corpus.split(s).pools`` for the three splits (one broadcast
-mask per task, :mod:`argbench.tasks`). Reference: the original's way, one pandas filter of the split's rows per
-query per task (``group_and_split`` style), with the same rules as :mod:`argbench.tasks` (same theme and debate
+argbench: :func:`argbench.data.corpus.load_corpus`, then ``corpus.split(s).pools`` for the three splits (one broadcast
+mask per task, :mod:`argbench.data.tasks`). Reference: the original's way, one pandas filter of the split's rows per
+query per task (``group_and_split`` style), with the same rules as :mod:`argbench.data.tasks` (same theme and debate
 folder, the query never a candidate, copies of the true counter's text excluded).
 
 The reference is slow on the real corpus, so it is timed on a seeded subset of queries per split and its time is
@@ -22,8 +22,8 @@ import numpy as np
 import pandas as pd
 
 from argbench.bench.mining import _median_time
-from argbench.corpus import SPLITS, Corpus, load_corpus, resolve_data
-from argbench.tasks import TASKS, SplitData
+from argbench.data.corpus import SPLITS, Corpus, load_corpus, resolve_data
+from argbench.data.tasks import TASKS, SplitData
 
 
 def run_load_bench(data: str | None = None, repeats: int = 3, reference_queries: int = 200,

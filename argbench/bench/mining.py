@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from argbench.negatives import mine, mine_reference
+from argbench.train.negatives import mine, mine_reference
 
 
 def run_mining_bench(

@@ -3,8 +3,8 @@
 Both train the same encoder (loaded from one local folder) on the same (point, counter, random negative) triplets
 of the training split, with the same batch size, maximum length and number of steps, in one process:
 
-* argbench: :class:`argbench.train.Trainer`'s epoch loop (texts tokenised once, length-bucketed batches, BiEncoder
-  forward with projection and classifier, :func:`argbench.loss.combined_loss`, backward, clipping, Adam step);
+* argbench: :class:`argbench.train.trainer.Trainer`'s epoch loop (texts tokenised once, length-bucketed batches, BiEncoder
+  forward with projection and classifier, :func:`argbench.model.loss.combined_loss`, backward, clipping, Adam step);
 * reference: ``SentenceTransformerTrainer`` with ``losses.TripletLoss`` (tokenises each batch in its collator,
   mean pooling, triplet loss only), with the hub, logging integrations, saving and progress bars off.
 
@@ -40,11 +40,11 @@ import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from argbench.config import load_config
-from argbench.corpus import Corpus, load_corpus, resolve_data
-from argbench.distributed import setup
-from argbench.encoders import MINILM, load_encoder
-from argbench.tasks import SplitData
-from argbench.train import Trainer
+from argbench.data.corpus import Corpus, load_corpus, resolve_data
+from argbench.train.distributed import setup
+from argbench.model.encoders import MINILM, load_encoder
+from argbench.data.tasks import SplitData
+from argbench.train.trainer import Trainer
 
 BERT_BASE_RANDOM = "bert-base-random"
 # Dense (no sparsity) bf16 tensor-core peaks, TFLOP/s, from NVIDIA's data sheets; matched on the device name,
@@ -60,7 +60,7 @@ def run_train_bench(data: str | None = None, encoder: str | None = None, steps: 
     "agree": None, "argbench_seq_per_s", "reference_seq_per_s", "argbench_peak_mb", "reference_peak_mb", ...}.
 
     The contenders take turns for ``rounds`` rounds of ``steps`` optimizer steps each. ``encoder``: a name
-    :func:`argbench.encoders.load_encoder` knows, or ``"bert-base-random"``; default MiniLM on CPU, BERT-base on
+    :func:`argbench.model.encoders.load_encoder` knows, or ``"bert-base-random"``; default MiniLM on CPU, BERT-base on
     CUDA. ``steps`` is lowered when the training split has fewer than ``steps · batch_size`` pairs. Without CUDA,
     ``device="cuda"`` returns one row saying it was skipped.
     """

@@ -1,7 +1,7 @@
 """MLflow tracking of one training run, plugged into the trainer's hooks (the trainer never imports mlflow).
 
 ``tracked_run`` opens (or, with ``resume_run_id``, re-opens) an MLflow run and yields an :class:`MlflowTracker`,
-the hook passed to ``argbench.train.fit``. What one run holds:
+the hook passed to ``argbench.train.trainer.fit``. What one run holds:
 
 * params: the flattened resolved config (None -> "none", lists comma-joined), logged once;
 * tags: ablation, group, seed, data.source, data.hash, encoder, device, git.commit, any extra tags; every tag,
@@ -38,8 +38,8 @@ from mlflow.tracking.context.registry import resolve_tags
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from argbench.config import Config, flatten, to_yaml
+from argbench.paths import PACKAGE_DIR, default_tracking_uri
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_EXPERIMENT = "argbench"
 RUN_ID_FILE = "mlflow_run_id"
 MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
@@ -80,7 +80,7 @@ def metric_key(name: str) -> str:
 
 
 def epoch_metrics(metrics: dict) -> dict[str, float]:
-    """The MLflow metrics of one epoch's trainer ``metrics`` dict (see argbench.train), None values left out.
+    """The MLflow metrics of one epoch's trainer ``metrics`` dict (see argbench.train.trainer), None values left out.
 
     Every dict-valued key other than ``loss`` and ``negatives`` is an evaluated split ({task: {metric: value}}).
     """
@@ -109,7 +109,7 @@ def param_values(cfg: Config) -> dict[str, str]:
     return {key: redact(text(value))[:MAX_PARAM_CHARS] for key, value in flatten(cfg).items()}
 
 
-def git_commit(repo: Path = REPO_ROOT) -> str:
+def git_commit(repo: Path = PACKAGE_DIR) -> str:
     """``git rev-parse HEAD`` of ``repo``, or "unknown" when it is not a git checkout (or git is missing)."""
     try:
         done = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
@@ -120,11 +120,6 @@ def git_commit(repo: Path = REPO_ROOT) -> str:
 
 
 # --- where runs are stored ---------------------------------------------------------------------------------------
-
-def default_tracking_uri() -> str:
-    """``$MLFLOW_TRACKING_URI`` if set, else the repo's SQLite store (MLflow >= 3.13 no longer opens ./mlruns)."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{REPO_ROOT / 'mlruns' / 'mlflow.db'}"
-
 
 def _sqlite_file(tracking_uri: str) -> Path | None:
     if not tracking_uri.startswith("sqlite:///") or ":memory:" in tracking_uri:
@@ -248,7 +243,7 @@ class MlflowTracker:
 
     def log_artifacts(self, rows: list[dict]) -> None:
         """config.yaml, metrics.csv, negatives.csv, learning_curve.html, per_query/*.csv (and the model)."""
-        from argbench.report import learning_curve  # plotly is imported only when a run ends; report imports us
+        from argbench.analysis.report import learning_curve  # plotly is imported only when a run ends; report imports us
 
         if self.config is not None:
             self.client.log_text(self.run_id, to_yaml(self.config), "config.yaml")

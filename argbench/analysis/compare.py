@@ -2,11 +2,11 @@
 
 A system is an ablation name (the latest FINISHED top-level run with that run name in the experiment) or a run id.
 A run with child runs is a multi-seed parent: its FINISHED children are the seeds, stacked as ranks [seeds, n].
-Ranks come from the per-query artifact :mod:`argbench.tracking` logs, ``per_query/<split>.csv`` (split key ``val``,
+Ranks come from the per-query artifact :mod:`argbench.track.tracker` logs, ``per_query/<split>.csv`` (split key ``val``,
 ``test`` or ``train``): a long table with columns ``query`` (the query's position in the split, so the same query
 has the same id in every run on the same data), ``task`` and ``rank`` (1-based rank of the true counter), plus
 ``epoch`` (the epoch evaluated last), which is not used here. Runs on different data (``data.hash`` tags that differ)
-are refused. The statistics are :func:`argbench.stats.compare_runs`.
+are refused. The statistics are :func:`argbench.analysis.stats.compare_runs`.
 """
 
 from __future__ import annotations
@@ -23,9 +23,10 @@ from mlflow import MlflowClient
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
-from argbench.stats import compare_runs
-from argbench.tasks import TASKS
-from argbench.tracking import default_tracking_uri, redact
+from argbench.analysis.stats import compare_runs
+from argbench.data.tasks import TASKS
+from argbench.paths import default_tracking_uri
+from argbench.track.tracker import redact
 
 ARTIFACT = "per_query/{split}.csv"
 COLUMNS = ("query", "task", "rank")
@@ -162,9 +163,9 @@ def compare(a: str, b: str, *, split: str = "test", tasks=None, experiment: str 
     Returns ``{"a", "b", "split", "runs": {"a": [run ids], "b": [...]}, "tasks": {task: {"acc@1": {...},
     "mrr": {...}}}}``; each metric dict holds ``a``, ``b``, ``delta`` (= b − a), ``ci`` [lo, hi], ``p_value``,
     ``p_holm`` (Holm over the tasks × metrics shown), ``test`` and ``n``: see
-    :func:`argbench.stats.paired_difference`.
+    :func:`argbench.analysis.stats.paired_difference`.
     `tasks` defaults to every task logged; `stats_kw` (n_boot, n_perm, seed, level) goes to the statistics.
-    `tracking_uri` defaults to :func:`argbench.tracking.default_tracking_uri`.
+    `tracking_uri` defaults to :func:`argbench.paths.default_tracking_uri`.
     """
     client = MlflowClient(tracking_uri or default_tracking_uri())
     runs = {side: resolve_runs(client, ref, experiment) for side, ref in (("a", a), ("b", b))}

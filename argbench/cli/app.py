@@ -76,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--out", type=Path, default=Path("mlruns/runs/train"), help="run folder")
     tr.set_defaults(func=cmd_train)
 
-    from argbench import cli_ablation, search
+    from argbench.cli import ablation as cli_ablation
+    from argbench.search import study as search
 
     cli_ablation.add_commands(sub, _data_args, _run_args)
     sp = sub.add_parser("search", help="Optuna search over an ablation's hyperparameters, tracked in MLflow")
@@ -116,7 +117,7 @@ def shortcut_overrides(args) -> list[str]:
 
 
 def cmd_data_stats(args) -> int:
-    from argbench.corpus import load_corpus, stats
+    from argbench.data.corpus import load_corpus, stats
 
     result = stats(load_corpus(args.data))
     if args.json:
@@ -136,9 +137,9 @@ def cmd_data_stats(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from argbench.baselines import run_baseline
-    from argbench.console import task_table
-    from argbench.corpus import load_corpus
+    from argbench.eval.baselines import run_baseline
+    from argbench.train.console import task_table
+    from argbench.data.corpus import load_corpus
 
     corpus = load_corpus(args.data)
     kwargs = {} if args.encoder == "tfidf" else {
@@ -147,8 +148,8 @@ def cmd_eval(args) -> int:
     evaluation = run_baseline(corpus.split(args.split), args.encoder, **kwargs)
     short = {task: {k: m[k] for k in ("acc@1", "acc@5", "mrr")} for task, m in evaluation.metrics.items()}
     if args.track:
-        from argbench.baselines import log_baseline, run_name
-        from argbench.train import SPLIT_KEYS
+        from argbench.eval.baselines import log_baseline, run_name
+        from argbench.train.trainer import SPLIT_KEYS
 
         params = {"encoder": args.encoder, "split": args.split, **kwargs}
         params.pop("progress", None)
@@ -167,9 +168,9 @@ def cmd_eval(args) -> int:
 
 def cmd_train(args) -> int:
     from argbench.config import load_config
-    from argbench.console import EpochPrinter
-    from argbench.corpus import load_corpus
-    from argbench.train import fit
+    from argbench.train.console import EpochPrinter
+    from argbench.data.corpus import load_corpus
+    from argbench.train.trainer import fit
 
     cfg = load_config(args.config, shortcut_overrides(args))
     corpus = load_corpus(args.data if args.data is not None else cfg.data.path)

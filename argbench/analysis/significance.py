@@ -1,7 +1,7 @@
 """Is an ablation's difference from the baseline real? One table per registry group, Holm-corrected.
 
 :func:`group_table` compares every member of a registry group with the baseline through
-:func:`argbench.compare.compare` (paired by query; a multi-seed run's seeds pooled per query) on one split and one
+:func:`argbench.analysis.compare.compare` (paired by query; a multi-seed run's seeds pooled per query) on one split and one
 metric, then Holm-corrects the raw p-values over *all* comparisons the table shows (members × tasks): a row is
 ``significant`` when its adjusted p is below :data:`ALPHA`, which keeps the chance of even one false positive in
 the table at 5 %. :func:`format_table` renders the result as fixed-width text, :func:`table_figure` and
@@ -20,10 +20,10 @@ import plotly.graph_objects as go
 from mlflow import MlflowClient
 
 from argbench.errors import UserError
-from argbench.compare import compare, resolve_runs
-from argbench.registry import RegistryError, groups, list_ablations
-from argbench.stats import METRICS, holm
-from argbench.tracking import default_tracking_uri
+from argbench.analysis.compare import compare, resolve_runs
+from argbench.experiments.registry import RegistryError, groups, list_ablations
+from argbench.analysis.stats import METRICS, holm
+from argbench.paths import default_tracking_uri
 
 ALPHA = 0.05
 
@@ -49,7 +49,7 @@ def find_runs(ref: str, *, experiment: str = "argbench", tracking_uri: str | Non
 
 def compare_systems(a: str, b: str, *, split: str = "test", tasks=None, experiment: str = "argbench",
                     tracking_uri: str | None = None, **stats_kw) -> dict:
-    """:func:`argbench.compare.compare` of `b` against `a`, with its errors typed: UnknownRun when either has no
+    """:func:`argbench.analysis.compare.compare` of `b` against `a`, with its errors typed: UnknownRun when either has no
     FINISHED run, ComparisonError when the two cannot be compared (message prefixed with both names)."""
     for ref in (a, b):
         find_runs(ref, experiment=experiment, tracking_uri=tracking_uri)
@@ -57,7 +57,7 @@ def compare_systems(a: str, b: str, *, split: str = "test", tasks=None, experime
 
 
 def _compare(a: str, b: str, *, split: str, **kw) -> dict:
-    """:func:`argbench.compare.compare` of two systems known to have runs; its ValueErrors as ComparisonError."""
+    """:func:`argbench.analysis.compare.compare` of two systems known to have runs; its ValueErrors as ComparisonError."""
     try:
         return compare(a, b, split=split, **kw)
     except ValueError as err:
@@ -195,7 +195,7 @@ def format_table(result: dict) -> str:
 
 
 def format_comparison(result: dict) -> str:
-    """A :func:`argbench.compare.compare` result as fixed-width text, one line per (task, metric)."""
+    """A :func:`argbench.analysis.compare.compare` result as fixed-width text, one line per (task, metric)."""
     header = ["task", "metric", result["a"], result["b"], "Δ", "95% CI", "p", "p_holm", "test"]
     rows = [[task, metric, _value(c["a"]), _value(c["b"]), _signed(c["delta"]), _ci(c["ci"]), _p(c["p_value"]),
              _p(c["p_holm"]), c["test"]] for task, cells in result["tasks"].items() for metric, c in cells.items()]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from argbench.tasks import TASKS
+from argbench.data.tasks import TASKS
 
 
 def task_table(metrics: dict[str, dict[str, float]], columns=("acc@1", "acc@5", "mrr"), title: str = "") -> str:

@@ -19,7 +19,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from argbench.encoders import encode, hidden_size, load_encoder
+from argbench.model.encoders import encode, hidden_size, load_encoder
 
 FUSIONS = ("concatenated", "only_cls", "only_embedding")
 SHARINGS = ("shared", "separate")

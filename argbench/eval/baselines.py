@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from sklearn.feature_extraction.text import TfidfVectorizer
 
-from argbench.encoders import embed_texts, load_encoder
-from argbench.evaluate import Evaluation, evaluate
-from argbench.tasks import SplitData
+from argbench.model.encoders import embed_texts, load_encoder
+from argbench.eval.evaluate import Evaluation, evaluate
+from argbench.data.tasks import SplitData
 
 TFIDF = "tfidf"
 
@@ -27,7 +27,7 @@ def zero_shot(split: SplitData, encoder: str, *, pooling: str = "mean", max_leng
 
 
 def run_baseline(split: SplitData, encoder: str, **kwargs) -> Evaluation:
-    """``tfidf`` or an encoder name (see :mod:`argbench.encoders`)."""
+    """``tfidf`` or an encoder name (see :mod:`argbench.model.encoders`)."""
     return tfidf(split) if encoder == TFIDF else zero_shot(split, encoder, **kwargs)
 
 
@@ -41,7 +41,7 @@ def log_baseline(evaluation: Evaluation, *, name: str, split_key: str, params: d
     """Log a baseline's evaluation as a FINISHED MLflow run ``name`` in group ``baselines``: ``params``, the
     split's metrics at step 0 (``<split_key>/<task>/acc_at_1`` ...) and its per-query ranks, so that
     ``argbench compare NAME <ablation>`` tests a trained system against the baseline. Returns the run id."""
-    from argbench.tracking import tracked_run
+    from argbench.track.tracker import tracked_run
 
     metrics = {"epoch": 0, split_key: evaluation.metrics}
     with tracked_run(run_name=name, experiment=experiment, tracking_uri=tracking_uri, system_metrics=False,

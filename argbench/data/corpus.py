@@ -6,7 +6,7 @@ Layout (Wachsmuth, Syed, Stein, ACL 2018)::
 
 A point (``a``) and a counter (``b``) with the same theme, debate, stance and number form a true pair. Arguments
 whose partner is missing are kept in the frame with ``paired=False`` and excluded from queries and pools by
-:mod:`argbench.tasks`. Files that do not match the name pattern, or are empty, are skipped with a warning and listed
+:mod:`argbench.data.tasks`. Files that do not match the name pattern, or are empty, are skipped with a warning and listed
 in :attr:`Corpus.skipped`; nothing is dropped silently.
 """
 
@@ -23,13 +23,12 @@ from pathlib import Path
 import pandas as pd
 
 from argbench.errors import UserError
+from argbench.paths import project_data
 
 SPLITS = ("training", "validation", "test")
 STANCES = ("pro", "con")
 FILE_PATTERN = re.compile(r"^(pro|con)(\d+)([ab])-(point|counter)\.txt$")
 COLUMNS = ("split", "theme", "debate", "stance", "number", "kind", "text", "pair_id", "paired", "path")
-REPO_ROOT = Path(__file__).resolve().parent.parent
-REPO_DATA = REPO_ROOT / "data" / "counterargs-18"
 ENV_VAR = "ARGBENCH_DATA"
 
 
@@ -69,8 +68,8 @@ class Corpus:
     skipped: list[Skipped] = field(default_factory=list)
 
     def split(self, name: str):
-        """The :class:`argbench.tasks.SplitData` of split ``name`` (paired arguments, queries and the eight pools)."""
-        from argbench.tasks import build_split
+        """The :class:`argbench.data.tasks.SplitData` of split ``name`` (paired arguments, queries and the eight pools)."""
+        from argbench.data.tasks import build_split
 
         if name not in SPLITS:
             raise CorpusError(f"unknown split {name!r}: expected one of {', '.join(SPLITS)}")
@@ -86,9 +85,9 @@ def resolve_data(arg: str | os.PathLike | None = None, *, announce: bool = True)
         return DataSource("arg", Path(arg).expanduser())
     if arg is None and os.environ.get(ENV_VAR):
         return DataSource("env", Path(os.environ[ENV_VAR]).expanduser())
-    if arg is None and REPO_DATA.is_dir():
-        return DataSource("repo", REPO_DATA)
-    from argbench.sample import sample_root
+    if arg is None and project_data().is_dir():
+        return DataSource("repo", project_data())
+    from argbench.data.sample import sample_root
 
     if arg is None and announce:
         print(

@@ -27,7 +27,8 @@ from typing import Any, Union, get_args, get_origin
 import optuna
 
 from argbench.errors import UserError
-from argbench import config, registry
+from argbench import config
+from argbench.experiments import registry
 
 PARAM_TYPES = ("float", "int", "categorical")
 SPEC_KEYS = {"float": {"type", "low", "high", "log", "step"}, "int": {"type", "low", "high", "log", "step"},

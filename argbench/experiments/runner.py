@@ -12,14 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from argbench.config import Config, replace
-from argbench.console import EpochPrinter
-from argbench.corpus import REPO_ROOT, Corpus, load_corpus, resolve_data
-from argbench.registry import get, resolve
-from argbench.stats import seed_summary
-from argbench.tracking import epoch_metrics, load_run_id, tracked_run
-from argbench.train import best, fit
+from argbench.train.console import EpochPrinter
+from argbench.data.corpus import Corpus, load_corpus, resolve_data
+from argbench.paths import runs_dir
+from argbench.experiments.registry import get, resolve
+from argbench.analysis.stats import seed_summary
+from argbench.track.tracker import epoch_metrics, load_run_id, tracked_run
+from argbench.train.trainer import best, fit
 
-RUNS_DIR = REPO_ROOT / "mlruns" / "runs"
 
 
 @dataclass
@@ -51,7 +51,7 @@ def run_ablation(name: str, overrides=(), *, data=None, seeds: int = 1, experime
     tags = {"ablation": name, "group": ablation.group, "profile": "embedded" if embedded else "research"}
     if ablation.alias_of:
         tags["alias_of"] = ablation.alias_of
-    base_out = out or RUNS_DIR / name
+    base_out = out or runs_dir() / name
     common = dict(experiment=experiment, tracking_uri=tracking_uri, hooks=hooks, resume=resume,
                   log_model=log_model, progress=progress)
     if seeds == 1:

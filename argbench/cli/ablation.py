@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-SPLITS = ("test", "val", "train")  # split keys of the per-query ranks argbench.tracking logs
+SPLITS = ("test", "val", "train")  # split keys of the per-query ranks argbench.track.tracker logs
 HTML_METRIC = "val/epa/acc_at_1"
 
 def add_commands(sub, data_args, run_args) -> None:
@@ -25,6 +25,9 @@ def add_commands(sub, data_args, run_args) -> None:
     show.add_argument("--embedded", action="store_true", help="as run on the generated sample corpus")
     show.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     show.set_defaults(func=cmd_show)
+    defaults = ab.add_parser("defaults", help="every config default as commented YAML (ablations/base.yaml is "
+                                              "this output)")
+    defaults.set_defaults(func=cmd_defaults)
     run = ab.add_parser("run", help="train an ablation and track it in MLflow")
     run.add_argument("name")
     run_args(run)
@@ -74,7 +77,7 @@ def _comparison_args(p) -> None:
 
 
 def cmd_list(args) -> int:
-    from argbench.registry import RegistryError, list_ablations
+    from argbench.experiments.registry import RegistryError, list_ablations
 
     entries = list_ablations()
     if args.group:
@@ -98,15 +101,23 @@ def cmd_list(args) -> int:
 
 
 def cmd_show(args) -> int:
-    from argbench.registry import resolved_yaml
+    from argbench.experiments.registry import resolved_yaml
 
     print(resolved_yaml(args.name, args.overrides, embedded=args.embedded), end="")
     return 0
 
 
+def cmd_defaults(args) -> int:
+    from argbench.config import defaults_yaml
+    from argbench.experiments.registry import BASE_HEADER
+
+    print(defaults_yaml(BASE_HEADER), end="")
+    return 0
+
+
 def cmd_run(args) -> int:
-    from argbench.cli import shortcut_overrides
-    from argbench.runner import run_ablation
+    from argbench.cli.app import shortcut_overrides
+    from argbench.experiments.runner import run_ablation
 
     result = run_ablation(args.name, shortcut_overrides(args), data=args.data, seeds=args.seeds,
                           experiment=args.experiment, out=args.out, resume=args.resume, log_model=args.log_model)
@@ -127,7 +138,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_import(args) -> int:
-    from argbench.run_import import import_run
+    from argbench.track.run_import import import_run
 
     result = import_run(args.run_dir, name=args.name, experiment=args.experiment, tags=dict(args.tags))
     if args.json:
@@ -152,7 +163,7 @@ def _quiet_downloads() -> None:
 
 
 def cmd_compare(args) -> int:
-    from argbench.significance import compare_systems, format_comparison
+    from argbench.analysis.significance import compare_systems, format_comparison
 
     _quiet_downloads()
     result = compare_systems(args.a, args.b, split=args.split, tasks=args.tasks, experiment=args.experiment)
@@ -164,12 +175,12 @@ def cmd_report(args) -> int:
     _quiet_downloads()
     if args.table:
         return _print_tables(args)
-    from argbench.report import report
+    from argbench.analysis.report import report
 
     metric = args.metric or HTML_METRIC
     extra = None
     if args.group:
-        from argbench import significance
+        from argbench.analysis import significance
 
         result = significance.group_table(args.group, baseline=args.baseline, split=args.split,
                                           metric="mrr" if metric.endswith("mrr") else "acc@1",
@@ -183,7 +194,7 @@ def cmd_report(args) -> int:
 
 def _print_tables(args) -> int:
     """``report --table``: one group's table (JSON: its dict) or every group's with runs (JSON: a list)."""
-    from argbench.significance import format_table, group_table, group_tables
+    from argbench.analysis.significance import format_table, group_table, group_tables
 
     kw = {"baseline": args.baseline, "split": args.split, "experiment": args.experiment,
           "metric": (args.metric or "acc@1").replace("_at_", "@")}

@@ -1,6 +1,6 @@
 """The combined training loss: triplet margin + pair cross-entropy (+ optional in-batch negatives).
 
-Inputs (one row per training triplet, from :class:`argbench.model.TripletOutput`):
+Inputs (one row per training triplet, from :class:`argbench.model.bi_encoder.TripletOutput`):
 
 =============== ========================= =====================================================
 input           shape                     meaning

@@ -19,15 +19,15 @@ from optuna.exceptions import ExperimentalWarning
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 
-from argbench.corpus import REPO_ROOT
+from argbench.paths import default_storage
 
-DEFAULT_STORAGE = f"sqlite:///{REPO_ROOT / 'mlruns' / 'optuna.db'}"
+DEFAULT_STORAGE = "sqlite:///mlruns/optuna.db"  # shown in help; resolved by argbench.paths.default_storage
 JOURNAL_SCHEME = "journal://"
 
 
 def storage_url(url: str | None) -> str:
     """``url`` as SQLAlchemy takes it (default: the repo's ``mlruns/optuna.db``); postgres uses psycopg 3."""
-    url = url or DEFAULT_STORAGE
+    url = url or default_storage()
     for scheme in ("postgresql://", "postgres://"):
         if url.startswith(scheme):
             return "postgresql+psycopg://" + url.removeprefix(scheme)
@@ -76,7 +76,7 @@ class _RetryStaleTrial(RetryHeartbeatStaleTrialCallback):
         from mlflow import MlflowClient
         from mlflow.exceptions import MlflowException
 
-        from argbench.tracking import default_tracking_uri
+        from argbench.paths import default_tracking_uri
 
         client = MlflowClient(self.tracking_uri or default_tracking_uri())
         for attr in ("mlflow_run_id", "mlflow_parent_run_id"):

@@ -1,7 +1,7 @@
 """The registry of named ablations: one short YAML per experiment in ``ablations/``, a delta over ``base.yaml``.
 
-Layout of the registry folder (``ABLATIONS_DIR``; the environment variable ``ARGBENCH_ABLATIONS`` points
-elsewhere, for tests)::
+Layout of the registry folder (:func:`argbench.paths.ablations_dir`: ``$ARGBENCH_ABLATIONS``, else the project's
+``ablations/``, else the registry packaged with argbench)::
 
     base.yaml               every config default, once (a pure config file)
     <name>.yaml             one entry: meta keys + only the config keys it changes
@@ -26,14 +26,20 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from argbench import paths
 from argbench.errors import UserError
 from argbench.config import Config, ConfigError, from_dict, load_config, read_yaml, to_dict, to_yaml
 
-ABLATIONS_DIR = Path(__file__).resolve().parent.parent / "ablations"
-ENV_VAR = "ARGBENCH_ABLATIONS"
+ENV_VAR = paths.ABLATIONS_ENV
 BASE_FILE = "base.yaml"
 EMBEDDED_PROFILE = Path("profiles") / "embedded.yaml"
 META_KEYS = ("group", "question", "extends", "alias_of")
+BASE_HEADER = """\
+# GENERATED from the dataclasses in argbench/config.py, the one source of every default: do not edit by hand.
+# Regenerate with `argbench ablation defaults > ablations/base.yaml` (tests/experiments/test_registry.py checks it).
+# Every config default: the research recipe (docs/research-protocol.md) that the ablations are deltas over.
+# Each ablations/<name>.yaml holds only the keys it changes. Show any entry resolved: `argbench ablation show NAME`.
+"""
 
 
 class RegistryError(UserError):
@@ -58,8 +64,8 @@ class Ablation:
 
 
 def ablations_dir(directory: str | os.PathLike | None = None) -> Path:
-    """`directory` if given, else $ARGBENCH_ABLATIONS if set, else the repository's ``ablations/``."""
-    return Path(directory or os.environ.get(ENV_VAR) or ABLATIONS_DIR)
+    """The registry folder: see :func:`argbench.paths.ablations_dir`."""
+    return paths.ablations_dir(directory)
 
 
 # --- reading entries ---------------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Plotly comparisons of runs, read back from MLflow (never from log files), as one self-contained HTML page.
 
 ``load_runs`` fetches runs by name with their per-epoch metric histories; the figure functions each take those
-runs (or, for :func:`learning_curve`, plain rows as logged by argbench.tracking) and return a ``go.Figure``;
+runs (or, for :func:`learning_curve`, plain rows as logged by argbench.track.tracker) and return a ``go.Figure``;
 ``write_report`` puts them on one page with plotly.js inlined once, so it opens on a machine without internet.
 Metric names are MLflow's (``val/epa/acc_at_1``); argbench names (``val/epa/acc@1``) are converted.
 """
@@ -18,8 +18,9 @@ import plotly.graph_objects as go
 from mlflow import MlflowClient
 from plotly.subplots import make_subplots
 
-from argbench.tasks import TASKS
-from argbench.tracking import REPO_ROOT, default_tracking_uri, metric_key, redact
+from argbench.data.tasks import TASKS
+from argbench.paths import default_tracking_uri, project_dir
+from argbench.track.tracker import metric_key, redact
 
 SOURCES = {"point": "negatives/point_frac", "counter": "negatives/counter_frac", "random": "negatives/random_frac"}
 
@@ -182,7 +183,7 @@ def figures(runs: list[RunData], metric: str) -> dict[str, go.Figure]:
 def write_report(runs: list[RunData], metric: str, path: Path, *, source: str = "",
                  extra_figures: dict[str, go.Figure] | None = None) -> Path:
     """Write one self-contained HTML page comparing ``runs`` on ``metric`` to ``path`` (plotly.js inlined once);
-    ``extra_figures`` (div id -> figure, e.g. argbench.significance's) follow the standard ones."""
+    ``extra_figures`` (div id -> figure, e.g. argbench.analysis.significance's) follow the standard ones."""
     if not runs:
         raise ValueError("no runs to report; expected at least one run")
     key = metric_key(metric)
@@ -224,6 +225,6 @@ def report(experiment: str, runs: list[str] | None = None, metric: str = "val/ep
     (default ``reports/<experiment>.html`` in the repo), with ``extra_figures`` at the end. Returns its path."""
     uri = tracking_uri or default_tracking_uri()
     data = load_runs(experiment, runs, uri)
-    out = Path(out) if out is not None else REPO_ROOT / "reports" / f"{experiment}.html"
+    out = Path(out) if out is not None else project_dir() / "reports" / f"{experiment}.html"
     return write_report(data, metric, out, source=f"MLflow experiment {experiment!r} at {redact(uri)}",
                         extra_figures=extra_figures)

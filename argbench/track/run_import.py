@@ -3,7 +3,7 @@
 ``fit(cfg, corpus, out_dir=DIR)`` (and ``argbench train --out DIR``) writes both files on any machine, including a
 GPU box without MLflow. :func:`import_run` reads and checks them *before* opening a run (so a bad file leaves no
 half-written run), then logs the run exactly as a tracked run is logged, through the same
-:class:`argbench.tracking.MlflowTracker`: the config's params, every epoch's metrics at ``step = epoch``, the
+:class:`argbench.track.tracker.MlflowTracker`: the config's params, every epoch's metrics at ``step = epoch``, the
 artifacts (config, metrics.csv, learning curve), FINISHED. It adds the tag ``imported_from`` (the folder) and any
 ``tags`` given, e.g. ``device=H100``. Per-query ranks are not in those files, so an imported run has none and
 ``argbench compare`` cannot use it; its metrics and curves appear in the MLflow UI and ``argbench report``.
@@ -18,9 +18,9 @@ from pathlib import Path
 
 from argbench.errors import UserError
 from argbench.config import Config, ConfigError, load_config
-from argbench.registry import RegistryError, get
-from argbench.tracking import tracked_run
-from argbench.train import best
+from argbench.experiments.registry import RegistryError, get
+from argbench.track.tracker import tracked_run
+from argbench.train.trainer import best
 
 CONFIG, METRICS = "config.yaml", "metrics.jsonl"
 

@@ -1,7 +1,7 @@
 """Hyperparameter search over one registry ablation: an Optuna study whose trials are tracked MLflow runs.
 
-The space searched is a YAML file of config keys and ranges (:mod:`argbench.space`, checked before any trial runs);
-the study lives in an Optuna storage (:mod:`argbench.studies`: SQLite by default, PostgreSQL for workers on several
+The space searched is a YAML file of config keys and ranges (:mod:`argbench.search.space`, checked before any trial runs);
+the study lives in an Optuna storage (:mod:`argbench.search.storage`: SQLite by default, PostgreSQL for workers on several
 machines, heartbeats and retries of trials whose worker died). :func:`run_search` resolves the ablation, loads the
 corpus once, then per trial: suggest values -> ``config.replace`` -> ``train.fit`` with two hooks, the MLflow tracker
 (so a trial is logged like any ablation run, as a child of the search's parent run) and a pruning hook that reports
@@ -30,9 +30,11 @@ from optuna.exceptions import ExperimentalWarning
 from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
-from argbench import config, registry, train
-from argbench.space import SearchSpace, SearchSpaceError, load_space  # also search's API
-from argbench.studies import DEFAULT_STORAGE, open_storage, retried_trial_number, storage_url
+from argbench import config
+from argbench.experiments import registry
+from argbench.train import trainer as train
+from argbench.search.space import SearchSpace, SearchSpaceError, load_space  # also search's API
+from argbench.search.storage import DEFAULT_STORAGE, open_storage, retried_trial_number, storage_url
 
 PRUNERS = ("median", "hyperband", "none")
 FIGURES = ("optimization_history", "intermediate_values", "param_importances", "parallel_coordinate")
@@ -91,7 +93,7 @@ class _Objective:
     started: list  # numbers of the trials this process ran
 
     def __call__(self, trial: optuna.Trial) -> float:
-        from argbench.tracking import tracked_run
+        from argbench.track.tracker import tracked_run
 
         self.started.append(trial.number)
         cfg = config.replace(self.cfg, **self.space.suggest(trial))
@@ -137,7 +139,7 @@ def run_search(*, ablation: str = "baseline", space: str | os.PathLike = "defaul
     ``<ablation>-<space>``, created or continued), maximising ``eval.primary``; returns the summary (see
     :func:`summary`). ``jobs`` > 1 runs trials in threads sharing the CPU cores (torch threads split between
     them). Ctrl-C: running trials end FAIL, their MLflow runs and the parent KILLED, then KeyboardInterrupt."""
-    from argbench.corpus import load_corpus, resolve_data
+    from argbench.data.corpus import load_corpus, resolve_data
 
     search_space = load_space(space)  # before anything slow
     source = resolve_data(data)
@@ -167,7 +169,7 @@ def run_search(*, ablation: str = "baseline", space: str | os.PathLike = "defaul
 
 def _optimize_tracked(study: optuna.Study, objective: _Objective, storage: str, settings: dict) -> dict:
     """``study.optimize`` inside the parent MLflow run, which ends with the study's best values and figures."""
-    from argbench.tracking import redact, tracked_run
+    from argbench.track.tracker import redact, tracked_run
 
     storage = redact(storage)
     with tracked_run(run_name=f"search-{study.study_name}", experiment=objective.experiment,
@@ -300,7 +302,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from argbench.cli import shortcut_overrides
+    from argbench.cli.app import shortcut_overrides
 
     keys = ("ablation", "space", "trials", "timeout", "study_name", "storage", "jobs", "pruner", "seed", "data",
             "experiment", "tracking_uri", "heartbeat_interval", "grace_period", "max_retry")
@@ -333,7 +335,7 @@ def format_summary(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m argbench.search``: the same options as ``argbench search``."""
+    """``python -m argbench.search.study``: the same options as ``argbench search``."""
     parser = argparse.ArgumentParser(prog="argbench search", description=__doc__.splitlines()[0])
     add_arguments(parser)
     try:

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel, PreTrainedModel
 
 from argbench.errors import UserError
-from argbench.tokens import TokenizedTexts, length_sorted_batches, pad_batch, tokenize_texts
+from argbench.model.tokens import TokenizedTexts, length_sorted_batches, pad_batch, tokenize_texts
 
 POOLINGS = ("pooler", "cls", "mean")
 MINILM = "all-MiniLM-L6-v2"

@@ -79,7 +79,7 @@ class SplitData:
 
 
 def build_split(frame: pd.DataFrame, name: str) -> SplitData:
-    """Queries, positives and pool inputs of one split's rows of :attr:`argbench.corpus.Corpus.frame`."""
+    """Queries, positives and pool inputs of one split's rows of :attr:`argbench.data.corpus.Corpus.frame`."""
     paired = frame[frame["paired"]]
     args = paired.sort_values(["kind", "pair_id"], ascending=[True, True], kind="stable").reset_index(drop=True)
     n_pairs = len(args) // 2

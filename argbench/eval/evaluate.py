@@ -17,7 +17,7 @@ import numpy as np
 import scipy.sparse
 import torch
 
-from argbench.tasks import TASKS, SplitData
+from argbench.data.tasks import TASKS, SplitData
 
 KS = (1, 3, 5, 10)
 METRICS = ("cosine", "euclidean")

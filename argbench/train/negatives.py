@@ -1,7 +1,7 @@
 """Online hard-negative mining (research protocol, "Online hard-negative mining").
 
 Works on plain embedding tensors, so it is tested without a model: the trainer embeds the training points and
-counters with the current model, calls `mine` with the epoch's random rate (`argbench.schedule`), and uses
+counters with the current model, calls `mine` with the epoch's random rate (`argbench.train.schedule`), and uses
 `MiningResult.neg_kind` / `neg_index` to pick the negative text of each pair for the next epoch.
 
 Row i of the point and counter embeddings is true pair i. For each point i the hard negative is the closer of
@@ -21,7 +21,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from argbench.schedule import check_rate
+from argbench.train.schedule import check_rate
 
 BACKENDS = ("torch", "balltree", "faiss")
 POINT, COUNTER, RANDOM = "point", "counter", "random"

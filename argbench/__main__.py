@@ -1,0 +1,7 @@
+"""``python -m argbench``: the same as the ``argbench`` command."""
+
+import sys
+
+from argbench.cli import main
+
+sys.exit(main())
