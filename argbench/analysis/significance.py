@@ -1,8 +1,8 @@
 """Is an ablation's difference from the baseline real? One table per registry group, Holm-corrected.
 
 :func:`group_table` compares every member of a registry group with the baseline through
-:func:`argbench.analysis.compare.compare` (paired by query; a multi-seed run's seeds pooled per query) on one split and one
-metric, then Holm-corrects the raw p-values over *all* comparisons the table shows (members × tasks): a row is
+:func:`argbench.analysis.compare.compare` (paired by query; a multi-seed run's seeds pooled per query) on one split
+and one metric, then Holm-corrects the raw p-values over *all* comparisons the table shows (members × tasks): a row is
 ``significant`` when its adjusted p is below :data:`ALPHA`, which keeps the chance of even one false positive in
 the table at 5 %. :func:`format_table` renders the result as fixed-width text, :func:`table_figure` and
 :func:`figure` as plotly figures for the HTML report, and :func:`format_comparison` renders one ``compare`` result
@@ -19,10 +19,10 @@ from __future__ import annotations
 import plotly.graph_objects as go
 from mlflow import MlflowClient
 
-from argbench.errors import UserError
 from argbench.analysis.compare import compare, resolve_runs
-from argbench.experiments.registry import RegistryError, groups, list_ablations
 from argbench.analysis.stats import METRICS, holm
+from argbench.errors import UserError
+from argbench.experiments.registry import RegistryError, groups, list_ablations
 from argbench.paths import default_tracking_uri
 
 ALPHA = 0.05
@@ -49,15 +49,16 @@ def find_runs(ref: str, *, experiment: str = "argbench", tracking_uri: str | Non
 
 def compare_systems(a: str, b: str, *, split: str = "test", tasks=None, experiment: str = "argbench",
                     tracking_uri: str | None = None, **stats_kw) -> dict:
-    """:func:`argbench.analysis.compare.compare` of `b` against `a`, with its errors typed: UnknownRun when either has no
-    FINISHED run, ComparisonError when the two cannot be compared (message prefixed with both names)."""
+    """:func:`argbench.analysis.compare.compare` of `b` against `a`, with its errors typed: UnknownRun when either
+    has no FINISHED run, ComparisonError when the two cannot be compared (message prefixed with both names)."""
     for ref in (a, b):
         find_runs(ref, experiment=experiment, tracking_uri=tracking_uri)
     return _compare(a, b, split=split, tasks=tasks, experiment=experiment, tracking_uri=tracking_uri, **stats_kw)
 
 
 def _compare(a: str, b: str, *, split: str, **kw) -> dict:
-    """:func:`argbench.analysis.compare.compare` of two systems known to have runs; its ValueErrors as ComparisonError."""
+    """:func:`argbench.analysis.compare.compare` of two systems known to have runs; its ValueErrors as
+    ComparisonError."""
     try:
         return compare(a, b, split=split, **kw)
     except ValueError as err:
@@ -229,7 +230,8 @@ def figure(result: dict) -> go.Figure:
     return fig.update_layout(
         title=f"{result['group']}: Δ {result['metric']} vs {result['baseline']} on {result['split']} "
               f"(95 % CI; ★ = p_holm < {ALPHA})",
-        scattermode="group", showlegend=True, xaxis_title="task", yaxis_title=f"Δ {result['metric']} (ablation − baseline)")
+        scattermode="group", showlegend=True, xaxis_title="task",
+        yaxis_title=f"Δ {result['metric']} (ablation − baseline)")
 
 
 def table_figure(result: dict) -> go.Figure:

@@ -9,7 +9,8 @@ candidate), so both must report the same accuracy.
 
 Inputs are synthetic and seeded: a pooled vector (width ``hidden``) per argument, each counter its point plus
 noise so the true counter is often in the top 10; retrieval embeddings (width ``proj_dim``) are a random
-:class:`argbench.model.bi_encoder.BiEncoder`'s projection of them, and its random classifier (``concatenated`` fusion) reranks.
+:class:`argbench.model.bi_encoder.BiEncoder`'s
+projection of them, and its random classifier (``concatenated`` fusion) reranks.
 
     python -m argbench.bench.runner eval
 """
@@ -21,9 +22,9 @@ from transformers import BertConfig, BertModel
 
 from argbench.bench.mining import _median_time
 from argbench.data.corpus import load_corpus, resolve_data
+from argbench.data.tasks import TASKS, SplitData
 from argbench.eval.evaluate import evaluate
 from argbench.model.bi_encoder import BiEncoder, Encoded
-from argbench.data.tasks import TASKS, SplitData
 
 DEPTH = 10
 

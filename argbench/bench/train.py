@@ -3,8 +3,9 @@
 Both train the same encoder (loaded from one local folder) on the same (point, counter, random negative) triplets
 of the training split, with the same batch size, maximum length and number of steps, in one process:
 
-* argbench: :class:`argbench.train.trainer.Trainer`'s epoch loop (texts tokenised once, length-bucketed batches, BiEncoder
-  forward with projection and classifier, :func:`argbench.model.loss.combined_loss`, backward, clipping, Adam step);
+* argbench: :class:`argbench.train.trainer.Trainer`'s epoch loop (texts tokenised once, length-bucketed batches,
+  BiEncoder forward with projection and classifier, :func:`argbench.model.loss.combined_loss`, backward,
+  clipping, Adam step);
 * reference: ``SentenceTransformerTrainer`` with ``losses.TripletLoss`` (tokenises each batch in its collator,
   mean pooling, triplet loss only), with the hub, logging integrations, saving and progress bars off.
 
@@ -41,9 +42,9 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from argbench.config import load_config
 from argbench.data.corpus import Corpus, load_corpus, resolve_data
-from argbench.train.distributed import setup
-from argbench.model.encoders import MINILM, load_encoder
 from argbench.data.tasks import SplitData
+from argbench.model.encoders import MINILM, load_encoder
+from argbench.train.distributed import setup
 from argbench.train.trainer import Trainer
 
 BERT_BASE_RANDOM = "bert-base-random"
@@ -173,8 +174,11 @@ def _sentence_transformers_run(folder: Path, triplets: dict[str, list[str]], ste
     SentenceTransformerTrainer + TripletLoss on ``triplets``, offline and silent, with a fresh trainer per call."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from datasets import Dataset
-    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, \
-        SentenceTransformerTrainingArguments
+    from sentence_transformers import (
+        SentenceTransformer,
+        SentenceTransformerTrainer,
+        SentenceTransformerTrainingArguments,
+    )
     from sentence_transformers.sentence_transformer.losses import TripletLoss
     from transformers import PrinterCallback
 

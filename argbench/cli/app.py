@@ -137,9 +137,9 @@ def cmd_data_stats(args) -> int:
 
 
 def cmd_eval(args) -> int:
+    from argbench.data.corpus import load_corpus
     from argbench.eval.baselines import run_baseline
     from argbench.train.console import task_table
-    from argbench.data.corpus import load_corpus
 
     corpus = load_corpus(args.data)
     kwargs = {} if args.encoder == "tfidf" else {
@@ -168,8 +168,8 @@ def cmd_eval(args) -> int:
 
 def cmd_train(args) -> int:
     from argbench.config import load_config
-    from argbench.train.console import EpochPrinter
     from argbench.data.corpus import load_corpus
+    from argbench.train.console import EpochPrinter
     from argbench.train.trainer import fit
 
     cfg = load_config(args.config, shortcut_overrides(args))

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from sklearn.feature_extraction.text import TfidfVectorizer
 
-from argbench.model.encoders import embed_texts, load_encoder
-from argbench.eval.evaluate import Evaluation, evaluate
 from argbench.data.tasks import SplitData
+from argbench.eval.evaluate import Evaluation, evaluate
+from argbench.model.encoders import embed_texts, load_encoder
 
 TFIDF = "tfidf"
 

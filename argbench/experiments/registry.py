@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from argbench import paths
-from argbench.errors import UserError
 from argbench.config import Config, ConfigError, from_dict, load_config, read_yaml, to_dict, to_yaml
+from argbench.errors import UserError
 
 ENV_VAR = paths.ABLATIONS_ENV
 BASE_FILE = "base.yaml"

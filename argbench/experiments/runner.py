@@ -11,15 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from argbench.config import Config, replace
-from argbench.train.console import EpochPrinter
-from argbench.data.corpus import Corpus, load_corpus, resolve_data
-from argbench.paths import runs_dir
-from argbench.experiments.registry import get, resolve
 from argbench.analysis.stats import seed_summary
+from argbench.config import Config, replace
+from argbench.data.corpus import Corpus, load_corpus, resolve_data
+from argbench.experiments.registry import get, resolve
+from argbench.paths import runs_dir
 from argbench.track.tracker import epoch_metrics, load_run_id, tracked_run
+from argbench.train.console import EpochPrinter
 from argbench.train.trainer import best, fit
-
 
 
 @dataclass

@@ -26,8 +26,8 @@ from typing import Any, Union, get_args, get_origin
 
 import optuna
 
-from argbench.errors import UserError
 from argbench import config
+from argbench.errors import UserError
 from argbench.experiments import registry
 
 PARAM_TYPES = ("float", "int", "categorical")

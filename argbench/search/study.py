@@ -1,8 +1,9 @@
 """Hyperparameter search over one registry ablation: an Optuna study whose trials are tracked MLflow runs.
 
-The space searched is a YAML file of config keys and ranges (:mod:`argbench.search.space`, checked before any trial runs);
-the study lives in an Optuna storage (:mod:`argbench.search.storage`: SQLite by default, PostgreSQL for workers on several
-machines, heartbeats and retries of trials whose worker died). :func:`run_search` resolves the ablation, loads the
+The space searched is a YAML file of config keys and ranges (:mod:`argbench.search.space`, checked before any trial
+runs); the study lives in an Optuna storage (:mod:`argbench.search.storage`: SQLite by default, PostgreSQL for workers
+on several machines, heartbeats and retries of trials whose worker died). :func:`run_search` resolves the ablation,
+loads the
 corpus once, then per trial: suggest values -> ``config.replace`` -> ``train.fit`` with two hooks, the MLflow tracker
 (so a trial is logged like any ablation run, as a child of the search's parent run) and a pruning hook that reports
 the primary metric from epoch 1 on (epoch 0 is the untrained model, the same for every trial) and stops pruned
@@ -32,9 +33,9 @@ from optuna.trial import TrialState
 
 from argbench import config
 from argbench.experiments import registry
-from argbench.train import trainer as train
 from argbench.search.space import SearchSpace, SearchSpaceError, load_space  # also search's API
 from argbench.search.storage import DEFAULT_STORAGE, open_storage, retried_trial_number, storage_url
+from argbench.train import trainer as train
 
 PRUNERS = ("median", "hyperband", "none")
 FIGURES = ("optimization_history", "intermediate_values", "param_importances", "parallel_coordinate")

@@ -16,8 +16,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from argbench.errors import UserError
 from argbench.config import Config, ConfigError, load_config
+from argbench.errors import UserError
 from argbench.experiments.registry import RegistryError, get
 from argbench.track.tracker import tracked_run
 from argbench.train.trainer import best

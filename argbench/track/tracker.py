@@ -19,7 +19,6 @@ global tracking URI) is read or changed, so runs on different stores can coexist
 from __future__ import annotations
 
 import contextvars
-import os
 import re
 import subprocess
 import tempfile
@@ -243,7 +242,9 @@ class MlflowTracker:
 
     def log_artifacts(self, rows: list[dict]) -> None:
         """config.yaml, metrics.csv, negatives.csv, learning_curve.html, per_query/*.csv (and the model)."""
-        from argbench.analysis.report import learning_curve  # plotly is imported only when a run ends; report imports us
+        from argbench.analysis.report import (
+            learning_curve,  # plotly is imported only when a run ends; report imports us
+        )
 
         if self.config is not None:
             self.client.log_text(self.run_id, to_yaml(self.config), "config.yaml")

@@ -31,18 +31,18 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from argbench.train import checkpoint
 from argbench.config import Config, to_yaml
 from argbench.data.corpus import Corpus
-from argbench.train.distributed import Runtime, broadcast_flag, mean_over_ranks, setup, shard, teardown
-from argbench.model.encoders import embed
+from argbench.data.tasks import SplitData
 from argbench.eval.evaluate import evaluate
-from argbench.model.loss import combined_loss
 from argbench.model.bi_encoder import BiEncoder, Encoded, build_model
+from argbench.model.encoders import embed
+from argbench.model.loss import combined_loss
+from argbench.model.tokens import TokenizedTexts, bucketed_batches, pad_batch, tokenize_texts
+from argbench.train import checkpoint
+from argbench.train.distributed import Runtime, broadcast_flag, mean_over_ranks, setup, shard, teardown
 from argbench.train.negatives import mine
 from argbench.train.schedule import schedule_from_config
-from argbench.data.tasks import SplitData
-from argbench.model.tokens import TokenizedTexts, bucketed_batches, pad_batch, tokenize_texts
 
 SPLIT_KEYS = {"training": "train", "validation": "val", "test": "test"}
 

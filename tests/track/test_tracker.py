@@ -6,12 +6,13 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from argbench.track import tracker as tracking
-from argbench.config import flatten, load_config
+from argbench.config import flatten
 from argbench.data.corpus import load_corpus
 from argbench.data.tasks import TASKS
+from argbench.track import tracker as tracking
 from argbench.track.tracker import epoch_metrics, load_run_id, redact, save_run_id, tracked_run
 from argbench.train.trainer import fit
+from tests.factories import tiny_config, trainer_metrics
 
 KS = (1, 3, 5, 10)
 LOSS = ("train/loss", "train/loss_triplet", "train/loss_ce_pos", "train/loss_ce_neg", "train/loss_in_batch")
@@ -21,23 +22,6 @@ NEGATIVES = ("negatives/point_frac", "negatives/counter_frac", "negatives/random
 TRAINED_KEYS = (*LOSS, *NEGATIVES, "schedule/random_rate", "perf/train_seq_per_s")
 EVAL_KEYS = (*(f"val/{t}/acc_at_{k}" for t in TASKS for k in KS), *(f"val/{t}/mrr" for t in TASKS),
              "val/rerank/acc_at_1", "perf/epoch_seconds")
-
-
-def tiny_config(epochs: int):
-    return load_config(overrides=["model.encoder=tiny-random-bert", f"train.epochs={epochs}",
-                                  "model.max_length=32", "train.batch_size=16", "data.max_train_pairs=32"])
-
-
-def trainer_metrics(epoch: int, acc: float = 0.5) -> dict:
-    """A metrics dict shaped like the trainer's (argbench.train.trainer docstring), values chosen by hand."""
-    trained = epoch > 0
-    return {"epoch": epoch,
-            "loss": {"total": 3.0, "triplet": 1.0, "ce_pos": 0.5, "ce_neg": 1.5, "in_batch": 0.0} if trained else None,
-            "negatives": {"point": 0.25, "counter": 0.25, "random": 0.5, "same_debate": 0.1, "same_theme": 0.2,
-                          "mean_distance": 1.25} if trained else None,
-            "random_rate": 0.8 if trained else None, "train_seq_per_s": 10.0 if trained else None,
-            "val": {t: {"acc@1": acc, "acc@3": 0.6, "acc@5": 0.7, "acc@10": 0.8, "mrr": 0.55} for t in TASKS},
-            "val_rerank_acc@1": None, "epoch_seconds": 2.0}
 
 
 def steps(client: MlflowClient, run_id: str, key: str) -> list[int]:

@@ -24,10 +24,10 @@ from mlflow import MlflowClient
 from mlflow.entities import ViewType
 
 from argbench import cli
-from argbench.train import trainer as train
-from argbench.search.study import format_summary, run_search
 from argbench.search.space import SearchSpaceError, load_space
 from argbench.search.storage import DEFAULT_STORAGE, storage_url
+from argbench.search.study import format_summary, run_search
+from argbench.train import trainer as train
 
 OVERRIDES = ["model.encoder=tiny-random-bert", "data.max_train_pairs=16", "model.max_length=32", "train.epochs=2",
              "data.eval_splits=[validation]"]
@@ -403,7 +403,7 @@ def postgres_url():
 def worker(url: str, study: str, tracking_uri: str, trials: int, *extra: str) -> subprocess.Popen:
     """``python -m argbench.search.study`` adding ``trials`` trials to ``study``; the summary JSON comes on stdout."""
     sets = [arg for item in OVERRIDES for arg in ("--set", item)]
-    return subprocess.Popen([sys.executable, "-m", "argbench.search.study", "--json", "--data", "sample", "--storage", url,
+    return subprocess.Popen([sys.executable, "-m", "argbench", "search", "--json", "--data", "sample", "--storage", url,
                              "--study", study, "--trials", str(trials), "--tracking-uri", tracking_uri,
                              "--experiment", EXPERIMENT, *sets, *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

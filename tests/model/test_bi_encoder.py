@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from argbench.config import LossConfig, ModelConfig, TrainConfig
-from argbench.model.loss import combined_loss
 from argbench.model.bi_encoder import BiEncoder, TripletOutput, build_model, classifier_width
+from argbench.model.loss import combined_loss
 from argbench.model.tokens import pad_batch, tokenize_texts
 from argbench.train.trainer import _optimizer
 from tests.conftest import single_torch_thread

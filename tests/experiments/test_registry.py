@@ -7,8 +7,8 @@ import shutil
 import pytest
 
 from argbench import paths
+from argbench.config import Config, ConfigError, defaults_yaml, load_config, read_yaml, to_dict
 from argbench.experiments import registry
-from argbench.config import defaults_yaml, Config, ConfigError, load_config, read_yaml, to_dict
 from argbench.experiments.registry import RegistryError, get, groups, list_ablations, resolve, resolved_yaml
 
 REQUIRED = {

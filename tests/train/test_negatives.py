@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from argbench.train import negatives
 from argbench.bench.mining import run_mining_bench
+from argbench.train import negatives
 from argbench.train.negatives import BACKENDS, mine, mine_reference, nearest
 from argbench.train.schedule import Schedule, schedule_from_config
 

@@ -8,12 +8,12 @@ import json
 from types import SimpleNamespace
 
 import numpy as np
-import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from argbench.analysis.compare import ARTIFACT, compare, load_ranks
+from argbench.analysis.compare import compare, load_ranks
 from argbench.track.tracker import tracked_run
+from tests.factories import log_run
 
 N = 200
 STATS = {"n_boot": 300, "n_perm": 1_000}
@@ -34,29 +34,6 @@ def tracking(store, request):
     name = request.node.name
     client.create_experiment(name, artifact_location=(artifacts / name).as_uri())
     return client, name
-
-
-_clock = iter(range(1_000_000_000_000, 2_000_000_000_000, 1_000))
-
-
-def log_run(client, experiment, name, ranks, *, split="test", parent=None, status="FINISHED", data="h0", tmp_dir):
-    """One run named `name` with ranks {task: [n]} logged as ARTIFACT (rows shuffled; query id = position);
-    ranks None logs no artifact (a multi-seed parent)."""
-    exp_id = client.get_experiment_by_name(experiment).experiment_id
-    tags = {"data.hash": data, **({"mlflow.parentRunId": parent} if parent else {})}
-    run_id = client.create_run(exp_id, start_time=next(_clock), tags=tags, run_name=name).info.run_id
-    if ranks is None:
-        client.set_terminated(run_id, status)
-        return run_id
-    rows = [{"epoch": 5, "query": i, "task": task, "rank": int(r)} for task, rs in ranks.items()
-            for i, r in enumerate(rs)]
-    frame = pd.DataFrame(rows).sample(frac=1.0, random_state=0)  # readers must not rely on row order
-    path = tmp_dir / run_id / ARTIFACT.format(split=split)
-    path.parent.mkdir(parents=True)
-    frame.to_csv(path, index=False)
-    client.log_artifact(run_id, str(path), artifact_path=str(path.parent.relative_to(tmp_dir / run_id)))
-    client.set_terminated(run_id, status)
-    return run_id
 
 
 def planted(extra=30):

@@ -3,7 +3,7 @@ import torch
 
 from argbench.data.corpus import load_corpus
 from argbench.data.tasks import TASKS
-from tests.corpus_factory import write_argument, write_small_corpus
+from tests.factories import write_argument, write_small_corpus
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from argbench.data.corpus import load_corpus
 from argbench.track.run_import import RunFolderError, import_run, read_run_folder
 from argbench.track.tracker import param_values
 from argbench.train.trainer import best, fit
-from tests.test_tracking import tiny_config
+from tests.factories import tiny_config
 
 PRIMARY = "val/epa/acc_at_1"
 

@@ -2,8 +2,8 @@
 
 Two private SQLite stores: ``planted`` holds hand-logged per-query ranks for the registry group ``norm`` with known
 differences (so the p-values, the Holm correction and the significance marks are known by construction); ``trained``
-holds real runs of tiny-random-bert on the sample corpus made by argbench.experiments.runner (about 40 s, built once), checked
-against what the tracker logged and against properties every table must have.
+holds real runs of tiny-random-bert on the sample corpus made by argbench.experiments.runner (about 40 s, built
+once), checked against what the tracker logged and against properties every table must have.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from argbench.analysis import report, significance
 from argbench.analysis.compare import compare
 from argbench.data.corpus import load_corpus
 from argbench.data.tasks import TASKS
-from tests.test_compare import log_run
+from tests.factories import log_run
 
 N = 200
 STATS = {"n_boot": 300, "n_perm": 1_000}

@@ -3,9 +3,9 @@ import pytest
 import torch
 
 from argbench.data.corpus import load_corpus
-from argbench.eval.evaluate import evaluate, ranks_from_scores, summarise
 from argbench.data.tasks import TASKS
-from tests.corpus_factory import write_pairs, write_small_corpus
+from argbench.eval.evaluate import evaluate, ranks_from_scores, summarise
+from tests.factories import write_pairs, write_small_corpus
 
 
 def test_rank_counts_ties_against_the_true_candidate():
@@ -26,7 +26,8 @@ def test_ranks_match_a_brute_force_count_per_pool():
     pool = torch.rand(30, 12, generator=gen) > 0.4
     positive = torch.randint(0, 12, (30,), generator=gen)
     pool[torch.arange(15), positive[:15]] = True  # half the rows hold their positive, half may not
-    expected = [1 + sum(1 for j in range(12) if pool[i, j] and j != positive[i] and score[i, j] >= score[i, positive[i]])
+    expected = [1 + sum(1 for j in range(12)
+                        if pool[i, j] and j != positive[i] and score[i, j] >= score[i, positive[i]])
                 for i in range(30)]
     assert ranks_from_scores(score, pool, positive).tolist() == expected
 

@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from argbench.train import checkpoint
 from argbench.config import load_config
 from argbench.data.corpus import load_corpus
-from argbench.model.loss import COMPONENTS
-from argbench.model.bi_encoder import BiEncoder
 from argbench.data.tasks import TASKS
+from argbench.model.bi_encoder import BiEncoder
+from argbench.model.loss import COMPONENTS
+from argbench.train import checkpoint
 from argbench.train.trainer import NonFiniteLoss, best, fit
 from tests.conftest import single_torch_thread
 

@@ -13,7 +13,7 @@ import pytest
 from argbench.analysis import report
 from argbench.data.tasks import TASKS
 from argbench.track.tracker import tracked_run
-from tests.test_tracking import trainer_metrics
+from tests.factories import trainer_metrics
 
 CHROMIUM = Path("/usr/bin/chromium")
 FIGURE_IDS = ["fig-metric", "fig-loss", "fig-tasks", "fig-negatives", "fig-table"]

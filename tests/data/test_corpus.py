@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from argbench.data.corpus import CorpusError, load_corpus, resolve_data, stats
-from tests.corpus_factory import write_argument, write_small_corpus
+from tests.factories import write_argument, write_small_corpus
 
 REAL = os.environ.get("ARGBENCH_DATA")
 needs_real = pytest.mark.skipif(not REAL, reason="set ARGBENCH_DATA to the real counterargs-18 corpus")

@@ -3,8 +3,16 @@
 import numpy as np
 import pytest
 
-from argbench.analysis.stats import (bootstrap_ci, compare_runs, holm, mcnemar_exact, outcome, paired_difference,
-                            seed_summary, sign_flip_p)
+from argbench.analysis.stats import (
+    bootstrap_ci,
+    compare_runs,
+    holm,
+    mcnemar_exact,
+    outcome,
+    paired_difference,
+    seed_summary,
+    sign_flip_p,
+)
 
 N_PERM = 10_000
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from argbench.config import LossConfig
-from argbench.model.loss import COMPONENTS, combined_loss, in_batch, pair_ce, triplet
 from argbench.model.bi_encoder import Encoded, TripletOutput
+from argbench.model.loss import COMPONENTS, combined_loss, in_batch, pair_ce, triplet
 
 # F.triplet_margin_loss adds eps=1e-6 to each coordinate difference before taking the norm.
 EPS = 1e-5
