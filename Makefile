@@ -19,7 +19,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-fast stats baselines ablation ablations ablation-list report ui search dashboard bench clean
+.PHONY: help install lint test test-fast stats baselines ablation ablations ablation-list report ui search dashboard bench clean
 
 help: ## list every target with one line each
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
@@ -32,6 +32,9 @@ $(STAMP): pyproject.toml
 	touch $@
 
 install: $(STAMP) ## create .venv and install argbench with its dev extra (CPU torch without an NVIDIA GPU)
+
+lint: $(STAMP) ## ruff (configured in pyproject.toml) over argbench/ and tests/
+	$(BIN)/ruff check argbench tests
 
 test: $(STAMP) ## run the whole test suite (real-corpus tests too when ARGBENCH_DATA is set); what CI runs
 	$(BIN)/pytest -q

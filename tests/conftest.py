@@ -10,6 +10,19 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def project_folder(tmp_path_factory):
+    """Every test runs with a private project folder (argbench.paths): nothing a test writes by default (MLflow
+    store, Optuna storage, run folders) lands in this checkout's mlruns/."""
+    previous = os.environ.get("ARGBENCH_PROJECT")
+    os.environ["ARGBENCH_PROJECT"] = str(tmp_path_factory.mktemp("project"))
+    yield
+    if previous is None:
+        os.environ.pop("ARGBENCH_PROJECT", None)
+    else:
+        os.environ["ARGBENCH_PROJECT"] = previous
+
+
 @pytest.fixture(scope="session")
 def tiny_encoder():
     """(model, tokenizer) of "tiny-random-bert", loaded once per session, in eval mode. Do not modify it in a test;
