@@ -137,7 +137,7 @@ def cmd_data_stats(args) -> int:
 
 def cmd_eval(args) -> int:
     from argbench.baselines import run_baseline
-    from argbench.console import task_table
+    from argbench.console import view_table
     from argbench.corpus import load_corpus
 
     corpus = load_corpus(args.data)
@@ -145,7 +145,9 @@ def cmd_eval(args) -> int:
         "pooling": args.pooling, "max_length": args.max_length, "batch_size": args.batch_size,
         "progress": sys.stderr.isatty()}
     evaluation = run_baseline(corpus.split(args.split), args.encoder, **kwargs)
-    short = {task: {k: m[k] for k in ("acc@1", "acc@5", "mrr")} for task, m in evaluation.metrics.items()}
+    views = evaluation.views()
+    short = {view: {task: {k: m[k] for k in ("acc@1", "acc@5", "mrr")} for task, m in metrics.items()}
+             for view, metrics in views.items()}
     if args.track:
         from argbench.baselines import log_baseline, run_name
         from argbench.train import SPLIT_KEYS
@@ -156,13 +158,23 @@ def cmd_eval(args) -> int:
                               params=params, experiment=args.experiment,
                               tags={"data.source": corpus.source.describe(), "data.hash": corpus.hash})
         print(f"argbench eval: logged MLflow run {run_id} ({run_name(args.encoder)})", file=sys.stderr)
-    if args.json:
-        print(json.dumps({args.split: short}, indent=2))
+    if args.json:  # the official view under the split's name, the others beside it: {"test", "test_dedup", ...}
+        print(json.dumps({args.split if view == "official" else f"{args.split}_{view}": metrics
+                          for view, metrics in short.items()}, indent=2))
     else:
-        print(task_table(evaluation.metrics, title=f"{args.encoder} on {args.split} ({corpus.source.describe()})"))
+        print(view_table(views, title=f"{args.encoder} on {args.split} ({corpus.source.describe()})",
+                         queries=_view_queries(evaluation)))
     if not sys.stderr.isatty():
-        print(f"argbench eval: {args.encoder} {args.split} epa acc@1 {short['epa']['acc@1']:.3f}", file=sys.stderr)
+        print(f"argbench eval: {args.encoder} {args.split} epa acc@1 "
+              + ", ".join(f"{view} {m['epa']['acc@1']:.3f}" for view, m in short.items()), file=sys.stderr)
     return 0
+
+
+def _view_queries(evaluation) -> dict[str, int]:
+    """How many queries each view of an Evaluation ranks."""
+    n = len(next(iter(evaluation.ranks.values())))
+    unseen = int(evaluation.unseen.sum()) if evaluation.unseen is not None else 0
+    return {"official": n, "dedup": n, "unseen": unseen}
 
 
 def cmd_train(args) -> int:

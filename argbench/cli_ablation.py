@@ -9,6 +9,8 @@ import os
 import sys
 from pathlib import Path
 
+from argbench.copies import VIEWS
+
 SPLITS = ("test", "val", "train")  # split keys of the per-query ranks argbench.tracking logs
 HTML_METRIC = "val/epa/acc_at_1"
 
@@ -51,6 +53,9 @@ def add_commands(sub, data_args, run_args) -> None:
     _comparison_args(cmp)
     cmp.add_argument("--task", dest="tasks", action="extend", nargs="+", metavar="T",
                      help="only these tasks (repeatable; default: every task logged)")
+    cmp.add_argument("--view", default="official", choices=VIEWS,
+                     help="which ranks are paired: official pools; dedup = pools without copies of the query; "
+                          "unseen = only queries whose texts do not occur in training (default: official)")
     cmp.set_defaults(func=cmd_compare)
 
     rep = sub.add_parser("report", help="one HTML page of plotly comparisons, or (--table) significance tables")
@@ -155,7 +160,8 @@ def cmd_compare(args) -> int:
     from argbench.significance import compare_systems, format_comparison
 
     _quiet_downloads()
-    result = compare_systems(args.a, args.b, split=args.split, tasks=args.tasks, experiment=args.experiment)
+    result = compare_systems(args.a, args.b, split=args.split, tasks=args.tasks, experiment=args.experiment,
+                             view=args.view)
     print(json.dumps(result, indent=2) if args.json else format_comparison(result))
     return 0
 

@@ -201,7 +201,8 @@ def format_comparison(result: dict) -> str:
              _p(c["p_holm"]), c["test"]] for task, cells in result["tasks"].items() for metric, c in cells.items()]
     seeds = {side: len(ids) for side, ids in result["runs"].items()}
     n = ", ".join(dict.fromkeys(str(c["n"]) for cells in result["tasks"].values() for c in cells.values()))
-    return "\n".join([f"{result['b']} vs {result['a']} on {result['split']}: Δ = {result['b']} − {result['a']}, "
+    view = "" if result.get("view", "official") == "official" else f" ({result['view']} view)"
+    return "\n".join([f"{result['b']} vs {result['a']} on {result['split']}{view}: Δ = {result['b']} − {result['a']}, "
                       f"paired by query (n = {n}); seeds {seeds['a']} vs {seeds['b']}; p_holm over the "
                       f"{len(rows)} lines", _render(header, rows, left=2)])
 
