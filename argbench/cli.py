@@ -132,7 +132,29 @@ def cmd_data_stats(args) -> int:
     print(f"{'split':<11}" + "".join(f"{t:>9}" for t in tasks))
     for split, row in result["splits"].items():
         print(f"{split:<11}" + "".join(f"{row['pools'][t]:>9.2f}" for t in tasks))
+    print("\ncopies (whitespace-normalised texts of paired arguments)")
+    print(_copies_table(result["splits"], tasks))
     return 0
+
+
+def _copies_table(splits: dict, tasks: list[str]) -> str:
+    """The copies part of ``data stats``: one line per statistic, one column per split ("–" where it does not
+    apply)."""
+    lines = [("pairs", lambda row: row["pairs"]),
+             ("points with a twin among the split's points", lambda row: row["copies"]["points_with_twin"]),
+             ("counters with a twin among the split's counters", lambda row: row["copies"]["counters_with_twin"]),
+             ("pairs whose point and counter both occur in training", lambda row: row["copies"]["pairs_in_training"]),
+             ("training pairs whose point or counter occurs in validation or test",
+              lambda row: row["copies"].get("pairs_in_heldout")),
+             ("distinct training pairs (by text)", lambda row: row["copies"].get("distinct_pairs"))]
+    lines += [(f"queries with a copy of themselves in the {task} pool",
+               lambda row, task=task: row["copies"]["query_copy_in_pool"][task]) for task in tasks]
+    width = max(len(label) for label, _ in lines) + 2
+    out = [f"{'':<{width}}" + "".join(f"{split:>12}" for split in splits)]
+    for label, value in lines:
+        cells = [value(row) for row in splits.values()]
+        out.append(f"{label:<{width}}" + "".join(f"{'–' if v is None else f'{v:,}':>12}" for v in cells))
+    return "\n".join(out)
 
 
 def cmd_eval(args) -> int:

@@ -7,13 +7,6 @@ import sys
 from argbench.tasks import TASKS
 
 
-def task_table(metrics: dict[str, dict[str, float]], columns=("acc@1", "acc@5", "mrr"), title: str = "") -> str:
-    """A fixed-width table: one row per task, one column per metric."""
-    head = f"{'task':<6}" + "".join(f"{c:>9}" for c in columns)
-    rows = [f"{task:<6}" + "".join(f"{metrics[task][c]:>9.3f}" for c in columns) for task in TASKS if task in metrics]
-    return "\n".join(([title] if title else []) + [head, *rows])
-
-
 def view_table(views: dict[str, dict[str, dict[str, float]]], columns=("acc@1", "mrr"), title: str = "",
                queries: dict[str, int] | None = None) -> str:
     """A fixed-width table of the views of one evaluation (official, dedup, unseen; see :mod:`argbench.copies`):

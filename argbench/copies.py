@@ -124,12 +124,13 @@ def unseen_in_training(split: SplitData, frame: pd.DataFrame) -> np.ndarray:
 
 
 def query_copy_mask(split: SplitData, rows: slice = slice(None)) -> torch.Tensor:
-    """bool [q, n] for the queries ``rows``: which of the split's arguments are a copy of the query's text. The
-    query's own true counter is never marked (the dedup view never takes the answer out of a pool)."""
+    """bool [q, n] for the queries ``rows``: which of the split's other arguments are a copy of the query's text.
+    Neither the query itself nor its true counter is marked (the dedup view never takes the answer out of a pool)."""
     groups = torch.from_numpy(split.args["copy_group"].to_numpy(copy=True))
     query = torch.from_numpy(split.query_idx[rows])
     positive = torch.from_numpy(split.positive_idx[rows])
     same = groups[None, :] == groups[query][:, None]
+    same[torch.arange(len(query)), query] = False
     same[torch.arange(len(query)), positive] = False
     return same
 
