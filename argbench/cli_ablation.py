@@ -53,9 +53,6 @@ def add_commands(sub, data_args, run_args) -> None:
     _comparison_args(cmp)
     cmp.add_argument("--task", dest="tasks", action="extend", nargs="+", metavar="T",
                      help="only these tasks (repeatable; default: every task logged)")
-    cmp.add_argument("--view", default="official", choices=VIEWS,
-                     help="which ranks are paired: official pools; dedup = pools without copies of the query; "
-                          "unseen = only queries whose texts do not occur in training (default: official)")
     cmp.set_defaults(func=cmd_compare)
 
     rep = sub.add_parser("report", help="one HTML page of plotly comparisons, or (--table) significance tables")
@@ -74,6 +71,9 @@ def add_commands(sub, data_args, run_args) -> None:
 
 def _comparison_args(p) -> None:
     p.add_argument("--split", default="test", choices=SPLITS, help="evaluated split (val = validation)")
+    p.add_argument("--view", default="official", choices=VIEWS,
+                   help="which ranks are paired: official pools; dedup = pools without copies of the query; "
+                        "unseen = only queries whose texts do not occur in training (default: official)")
     p.add_argument("--experiment", default="argbench", help="MLflow experiment (default: argbench)")
     p.add_argument("--json", action="store_true", help="print JSON on stdout")
 
@@ -179,7 +179,7 @@ def cmd_report(args) -> int:
 
         result = significance.group_table(args.group, baseline=args.baseline, split=args.split,
                                           metric="mrr" if metric.endswith("mrr") else "acc@1",
-                                          experiment=args.experiment)
+                                          experiment=args.experiment, view=args.view)
         extra = {"fig-significance": significance.figure(result),
                  "fig-significance-table": significance.table_figure(result)}
     path = report(args.experiment, args.runs, metric, args.out, extra_figures=extra)
@@ -191,7 +191,7 @@ def _print_tables(args) -> int:
     """``report --table``: one group's table (JSON: its dict) or every group's with runs (JSON: a list)."""
     from argbench.significance import format_table, group_table, group_tables
 
-    kw = {"baseline": args.baseline, "split": args.split, "experiment": args.experiment,
+    kw = {"baseline": args.baseline, "split": args.split, "experiment": args.experiment, "view": args.view,
           "metric": (args.metric or "acc@1").replace("_at_", "@")}
     results = [group_table(args.group, **kw)] if args.group else group_tables(**kw)
     if args.json:
