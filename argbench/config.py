@@ -75,6 +75,9 @@ class DataConfig(_Section):
                                          min=1)
     eval_splits: list[str] = option(["validation"], "splits evaluated after each epoch",
                                     choices=SPLITS, min_items=1)
+    decontaminate: bool = option(True, "drop training pairs whose point or counter text occurs in validation or "
+                                       "test (argbench.data.copies)")
+    dedupe_pairs: bool = option(True, "keep one of text-identical training pairs")
 
 
 @dataclass(frozen=True)
@@ -132,6 +135,8 @@ class NegativesConfig(_Section):
                           choices=("torch", "balltree", "faiss"))
     k: int = option(3, "neighbours retrieved per query when mining", min=1)
     examples: int = option(5, "mined negatives shown per epoch for inspection", min=0)
+    exclude_copies: bool = option(True, "never mine a copy of the anchor's or its positive's text as a negative "
+                                        "(false = exclude by index only, as the original)")
 
 
 @dataclass(frozen=True)

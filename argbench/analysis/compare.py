@@ -7,6 +7,11 @@ Ranks come from the per-query artifact :mod:`argbench.track.tracker` logs, ``per
 has the same id in every run on the same data), ``task`` and ``rank`` (1-based rank of the true counter), plus
 ``epoch`` (the epoch evaluated last), which is not used here. Runs on different data (``data.hash`` tags that differ)
 are refused. The statistics are :func:`argbench.analysis.stats.compare_runs`.
+
+A *view* (:data:`argbench.data.copies.VIEWS`) picks what is paired: ``official`` the ``rank`` column; ``dedup`` the
+``rank_dedup`` column (pools without copies of the query); ``unseen`` the ``rank`` of only the rows flagged
+``unseen`` (queries whose texts do not occur in training). Artifacts logged before the views existed hold only the
+official ranks.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
 from argbench.analysis.stats import compare_runs
+from argbench.data.copies import VIEWS
 from argbench.data.tasks import TASKS
 from argbench.paths import default_tracking_uri
 from argbench.track.tracker import redact
@@ -37,8 +43,9 @@ _RUN_ID = re.compile(r"[0-9a-f]{32}")
 
 # --- reading one run's ranks ---------------------------------------------------------------------------------------
 
-def _read_table(client: MlflowClient, run_id: str, split: str) -> pd.DataFrame:
-    """The per-query table of `run_id` for `split`, checked: the columns of COLUMNS, one row per (task, query)."""
+def _read_table(client: MlflowClient, run_id: str, split: str, view: str = "official") -> pd.DataFrame:
+    """The per-query table of `run_id` for `split` in `view`, checked: the columns of COLUMNS (``rank`` holding the
+    view's rank, rows only of the view's queries), one row per (task, query)."""
     artifact = ARTIFACT.format(split=split)
     with tempfile.TemporaryDirectory() as tmp:
         try:
@@ -57,6 +64,21 @@ def _read_table(client: MlflowClient, run_id: str, split: str) -> pd.DataFrame:
     if duplicated.any():
         task, query = frame.loc[duplicated, ["task", "query"]].iloc[0]
         raise ValueError(f"run {run_id}: {artifact} has more than one row for task {task!r}, query {query!r}")
+    return _in_view(frame, view, f"run {run_id}: {artifact}")
+
+
+def _in_view(frame: pd.DataFrame, view: str, name: str) -> pd.DataFrame:
+    """The rows and ``rank`` of `view` of a checked per-query table."""
+    if view not in VIEWS:
+        raise ValueError(f"unknown view {view!r}: expected one of {', '.join(VIEWS)}")
+    needed = {"official": None, "dedup": "rank_dedup", "unseen": "unseen"}[view]
+    if needed and needed not in frame.columns:
+        raise ValueError(f"{name} has no column {needed!r} (logged before the {view} view existed); "
+                         "compare it with --view official or re-evaluate it")
+    if view == "dedup":
+        return frame.assign(rank=frame["rank_dedup"])
+    if view == "unseen":
+        return frame[frame["unseen"].astype(bool)]
     return frame
 
 
@@ -74,10 +96,12 @@ def _ranks_by_task(frame: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarra
     return out
 
 
-def load_ranks(run: str | Run, split: str, tracking_uri: str | None = None) -> dict[str, np.ndarray]:
-    """{task: ranks [n]} of one run (a run id or a Run) on `split`, ordered by query id (the same in every run)."""
+def load_ranks(run: str | Run, split: str, tracking_uri: str | None = None, view: str = "official"
+               ) -> dict[str, np.ndarray]:
+    """{task: ranks [n]} of one run (a run id or a Run) on `split` in `view`, ordered by query id (the same in
+    every run)."""
     run_id = run.info.run_id if isinstance(run, Run) else run
-    table = _read_table(MlflowClient(tracking_uri or default_tracking_uri()), run_id, split)
+    table = _read_table(MlflowClient(tracking_uri or default_tracking_uri()), run_id, split, view)
     return {task: ranks for task, (_, ranks) in _ranks_by_task(table).items()}
 
 
@@ -124,9 +148,10 @@ def resolve_runs(client: MlflowClient, ref: str, experiment: str) -> list[Run]:
     return finished
 
 
-def _system_ranks(client: MlflowClient, runs: list[Run], split: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """{task: (query ids, ranks [seeds, n])} over `runs`, which must hold the same tasks and queries."""
-    per_run = [_ranks_by_task(_read_table(client, r.info.run_id, split)) for r in runs]
+def _system_ranks(client: MlflowClient, runs: list[Run], split: str, view: str = "official"
+                  ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{task: (query ids, ranks [seeds, n])} over `runs` in `view`, which must hold the same tasks and queries."""
+    per_run = [_ranks_by_task(_read_table(client, r.info.run_id, split, view)) for r in runs]
     first = per_run[0]
     for run, ranks in zip(runs[1:], per_run[1:]):
         _check_same_queries(first, ranks, f"run {runs[0].info.run_id}", f"run {run.info.run_id}")
@@ -157,10 +182,10 @@ def _check_same_queries(x: dict, y: dict, x_name: str, y_name: str) -> None:
 # --- the comparison ------------------------------------------------------------------------------------------------
 
 def compare(a: str, b: str, *, split: str = "test", tasks=None, experiment: str = "argbench",
-            tracking_uri: str | None = None, **stats_kw) -> dict:
-    """Compare system `b` against system `a` (ablation names or run ids) on `split`, paired by query.
+            tracking_uri: str | None = None, view: str = "official", **stats_kw) -> dict:
+    """Compare system `b` against system `a` (ablation names or run ids) on `split` in `view`, paired by query.
 
-    Returns ``{"a", "b", "split", "runs": {"a": [run ids], "b": [...]}, "tasks": {task: {"acc@1": {...},
+    Returns ``{"a", "b", "split", "view", "runs": {"a": [run ids], "b": [...]}, "tasks": {task: {"acc@1": {...},
     "mrr": {...}}}}``; each metric dict holds ``a``, ``b``, ``delta`` (= b − a), ``ci`` [lo, hi], ``p_value``,
     ``p_holm`` (Holm over the tasks × metrics shown), ``test`` and ``n``: see
     :func:`argbench.analysis.stats.paired_difference`.
@@ -170,13 +195,13 @@ def compare(a: str, b: str, *, split: str = "test", tasks=None, experiment: str 
     client = MlflowClient(tracking_uri or default_tracking_uri())
     runs = {side: resolve_runs(client, ref, experiment) for side, ref in (("a", a), ("b", b))}
     _check_same_data(runs["a"] + runs["b"])
-    ranks = {side: _system_ranks(client, side_runs, split) for side, side_runs in runs.items()}
+    ranks = {side: _system_ranks(client, side_runs, split, view) for side, side_runs in runs.items()}
     _check_same_queries(ranks["a"], ranks["b"], f"a ({a!r})", f"b ({b!r})")
     shown = _task_order(ranks["a"]) if tasks is None else list(tasks)
     unknown = [t for t in shown if t not in ranks["a"]]
     if unknown:
         raise ValueError(f"tasks {unknown} were not logged for split {split!r}; logged: {_task_order(ranks['a'])}")
     result = compare_runs({t: ranks["a"][t][1] for t in shown}, {t: ranks["b"][t][1] for t in shown}, **stats_kw)
-    return {"a": a, "b": b, "split": split,
+    return {"a": a, "b": b, "split": split, "view": view,
             "runs": {side: [r.info.run_id for r in side_runs] for side, side_runs in runs.items()},
             "tasks": result["tasks"]}

@@ -156,9 +156,11 @@ def _epoch_ticks(figure: go.Figure, epochs: list[int]) -> None:
 
 
 def final_table(runs: list[RunData], metrics: list[str] | None = None) -> go.Figure:
-    """A table of the runs' final metrics: ``metrics`` (default: val acc@1 per task and rerank acc@1)."""
+    """A table of the runs' final metrics: ``metrics``, then val acc@1 per task, rerank acc@1 and epa acc@1 in the
+    dedup and unseen views (argbench.data.copies)."""
     keys = list(dict.fromkeys(metric_key(m) for m in (metrics or [])))
     keys += [k for k in [f"val/{t}/acc_at_1" for t in TASKS] + ["val/rerank/acc_at_1"] if k not in keys]
+    keys += [k for k in [f"val/{view}/epa/acc_at_1" for view in ("dedup", "unseen")] if k not in keys]
     cells = [[r.name for r in runs], [r.run_id for r in runs], [r.status for r in runs],
              [max((s for h in r.history.values() for s, _ in h), default="-") for r in runs]]
     cells += [[_number(r.final.get(k)) for r in runs] for k in keys]

@@ -76,10 +76,12 @@ def _members(group: str, baseline: str) -> list[str]:
 # --- the group table -----------------------------------------------------------------------------------------------
 
 def group_table(group: str, *, baseline: str = "baseline", split: str = "test", tasks=None, metric: str = "acc@1",
-                experiment: str = "argbench", tracking_uri: str | None = None, **stats_kw) -> dict:
+                experiment: str = "argbench", tracking_uri: str | None = None, view: str = "official",
+                **stats_kw) -> dict:
     """Every member of registry `group` against `baseline` on `split`, one row per (member, task), JSON-ready.
 
-    Returns ``{"group", "baseline", "split", "metric", "rows", "missing"}``; each row is ``{"ablation", "task",
+    `view` (official, dedup, unseen; see :func:`argbench.analysis.compare.compare`) picks the ranks that are paired.
+    Returns ``{"group", "baseline", "split", "view", "metric", "rows", "missing"}``; each row is ``{"ablation", "task",
     "a", "b", "delta", "ci", "p_value", "p_holm", "significant", "seeds_a", "seeds_b", "n"}``: `metric` (``acc@1``
     or ``mrr``, a mean over the ``n`` queries) of the baseline (a) and the member (b), delta = b − a, its 95 %
     bootstrap CI, the raw two-sided p, the Holm-adjusted p over all rows, significant = p_holm < ALPHA, and the
@@ -98,11 +100,12 @@ def group_table(group: str, *, baseline: str = "baseline", split: str = "test", 
             missing.append(name)
             continue
         result = _compare(reference, name, split=split, tasks=tasks, experiment=experiment,
-                          tracking_uri=tracking_uri, **stats_kw)
+                          tracking_uri=tracking_uri, view=view, **stats_kw)
         rows += [_row(name, task, cells[metric], result["runs"]) for task, cells in result["tasks"].items()]
     for row, p_holm in zip(rows, holm([row["p_value"] for row in rows])):
         row["p_holm"], row["significant"] = p_holm, p_holm < ALPHA
-    return {"group": group, "baseline": baseline, "baseline_run": reference, "split": split, "metric": metric,
+    return {"group": group, "baseline": baseline, "baseline_run": reference, "split": split, "view": view,
+            "metric": metric,
             "rows": rows, "missing": missing}
 
 
@@ -184,7 +187,8 @@ def format_table(result: dict) -> str:
     reference = result["baseline"]
     if result.get("baseline_run", reference) != reference:
         reference += f" (its alias {result['baseline_run']}'s runs)"
-    title = (f"{result['group']}: {result['metric']} on {result['split']}, each ablation vs {reference} "
+    title = (f"{result['group']}: {result['metric']} on {result['split']}{_view_note(result)}, each ablation vs "
+             f"{reference} "
              f"(paired by query; * = p_holm < {ALPHA}, Holm over the {len(rows)} comparisons shown)")
     lines = [title, _render(*_table_cells(result), left=2) if rows else "(no ablation of this group has a run)"]
     if rows:
@@ -195,6 +199,11 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _view_note(result: dict) -> str:
+    """The view in words, e.g. " (dedup view)"; "" for the official view."""
+    return "" if result.get("view", "official") == "official" else f" ({result['view']} view)"
+
+
 def format_comparison(result: dict) -> str:
     """A :func:`argbench.analysis.compare.compare` result as fixed-width text, one line per (task, metric)."""
     header = ["task", "metric", result["a"], result["b"], "Δ", "95% CI", "p", "p_holm", "test"]
@@ -202,7 +211,8 @@ def format_comparison(result: dict) -> str:
              _p(c["p_holm"]), c["test"]] for task, cells in result["tasks"].items() for metric, c in cells.items()]
     seeds = {side: len(ids) for side, ids in result["runs"].items()}
     n = ", ".join(dict.fromkeys(str(c["n"]) for cells in result["tasks"].values() for c in cells.values()))
-    return "\n".join([f"{result['b']} vs {result['a']} on {result['split']}: Δ = {result['b']} − {result['a']}, "
+    return "\n".join([f"{result['b']} vs {result['a']} on {result['split']}{_view_note(result)}: "
+                      f"Δ = {result['b']} − {result['a']}, "
                       f"paired by query (n = {n}); seeds {seeds['a']} vs {seeds['b']}; p_holm over the "
                       f"{len(rows)} lines", _render(header, rows, left=2)])
 

@@ -9,6 +9,8 @@ import os
 import sys
 from pathlib import Path
 
+from argbench.data.copies import VIEWS
+
 SPLITS = ("test", "val", "train")  # split keys of the per-query ranks argbench.track.tracker logs
 HTML_METRIC = "val/epa/acc_at_1"
 
@@ -72,6 +74,9 @@ def add_commands(sub, data_args, run_args) -> None:
 
 def _comparison_args(p) -> None:
     p.add_argument("--split", default="test", choices=SPLITS, help="evaluated split (val = validation)")
+    p.add_argument("--view", default="official", choices=VIEWS,
+                   help="which ranks are paired: official pools; dedup = pools without copies of the query; "
+                        "unseen = only queries whose texts do not occur in training (default: official)")
     p.add_argument("--experiment", default="argbench", help="MLflow experiment (default: argbench)")
     p.add_argument("--json", action="store_true", help="print JSON on stdout")
 
@@ -166,7 +171,8 @@ def cmd_compare(args) -> int:
     from argbench.analysis.significance import compare_systems, format_comparison
 
     _quiet_downloads()
-    result = compare_systems(args.a, args.b, split=args.split, tasks=args.tasks, experiment=args.experiment)
+    result = compare_systems(args.a, args.b, split=args.split, tasks=args.tasks, experiment=args.experiment,
+                             view=args.view)
     print(json.dumps(result, indent=2) if args.json else format_comparison(result))
     return 0
 
@@ -184,7 +190,7 @@ def cmd_report(args) -> int:
 
         result = significance.group_table(args.group, baseline=args.baseline, split=args.split,
                                           metric="mrr" if metric.endswith("mrr") else "acc@1",
-                                          experiment=args.experiment)
+                                          experiment=args.experiment, view=args.view)
         extra = {"fig-significance": significance.figure(result),
                  "fig-significance-table": significance.table_figure(result)}
     path = report(args.experiment, args.runs, metric, args.out, extra_figures=extra)
@@ -196,7 +202,7 @@ def _print_tables(args) -> int:
     """``report --table``: one group's table (JSON: its dict) or every group's with runs (JSON: a list)."""
     from argbench.analysis.significance import format_table, group_table, group_tables
 
-    kw = {"baseline": args.baseline, "split": args.split, "experiment": args.experiment,
+    kw = {"baseline": args.baseline, "split": args.split, "experiment": args.experiment, "view": args.view,
           "metric": (args.metric or "acc@1").replace("_at_", "@")}
     results = [group_table(args.group, **kw)] if args.group else group_tables(**kw)
     if args.json:

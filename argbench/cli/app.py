@@ -133,20 +133,44 @@ def cmd_data_stats(args) -> int:
     print(f"{'split':<11}" + "".join(f"{t:>9}" for t in tasks))
     for split, row in result["splits"].items():
         print(f"{split:<11}" + "".join(f"{row['pools'][t]:>9.2f}" for t in tasks))
+    print("\ncopies (whitespace-normalised texts of paired arguments)")
+    print(_copies_table(result["splits"], tasks))
     return 0
+
+
+def _copies_table(splits: dict, tasks: list[str]) -> str:
+    """The copies part of ``data stats``: one line per statistic, one column per split ("–" where it does not
+    apply)."""
+    lines = [("pairs", lambda row: row["pairs"]),
+             ("points with a twin among the split's points", lambda row: row["copies"]["points_with_twin"]),
+             ("counters with a twin among the split's counters", lambda row: row["copies"]["counters_with_twin"]),
+             ("pairs whose point and counter both occur in training", lambda row: row["copies"]["pairs_in_training"]),
+             ("training pairs whose point or counter occurs in validation or test",
+              lambda row: row["copies"].get("pairs_in_heldout")),
+             ("distinct training pairs (by text)", lambda row: row["copies"].get("distinct_pairs"))]
+    lines += [(f"queries with a copy of themselves in the {task} pool",
+               lambda row, task=task: row["copies"]["query_copy_in_pool"][task]) for task in tasks]
+    width = max(len(label) for label, _ in lines) + 2
+    out = [f"{'':<{width}}" + "".join(f"{split:>12}" for split in splits)]
+    for label, value in lines:
+        cells = [value(row) for row in splits.values()]
+        out.append(f"{label:<{width}}" + "".join(f"{'–' if v is None else f'{v:,}':>12}" for v in cells))
+    return "\n".join(out)
 
 
 def cmd_eval(args) -> int:
     from argbench.data.corpus import load_corpus
     from argbench.eval.baselines import run_baseline
-    from argbench.train.console import task_table
+    from argbench.train.console import view_table
 
     corpus = load_corpus(args.data)
     kwargs = {} if args.encoder == "tfidf" else {
         "pooling": args.pooling, "max_length": args.max_length, "batch_size": args.batch_size,
         "progress": sys.stderr.isatty()}
     evaluation = run_baseline(corpus.split(args.split), args.encoder, **kwargs)
-    short = {task: {k: m[k] for k in ("acc@1", "acc@5", "mrr")} for task, m in evaluation.metrics.items()}
+    views = evaluation.views()
+    short = {view: {task: {k: m[k] for k in ("acc@1", "acc@5", "mrr")} for task, m in metrics.items()}
+             for view, metrics in views.items()}
     if args.track:
         from argbench.eval.baselines import log_baseline, run_name
         from argbench.train.trainer import SPLIT_KEYS
@@ -157,13 +181,23 @@ def cmd_eval(args) -> int:
                               params=params, experiment=args.experiment,
                               tags={"data.source": corpus.source.describe(), "data.hash": corpus.hash})
         print(f"argbench eval: logged MLflow run {run_id} ({run_name(args.encoder)})", file=sys.stderr)
-    if args.json:
-        print(json.dumps({args.split: short}, indent=2))
+    if args.json:  # the official view under the split's name, the others beside it: {"test", "test_dedup", ...}
+        print(json.dumps({args.split if view == "official" else f"{args.split}_{view}": metrics
+                          for view, metrics in short.items()}, indent=2))
     else:
-        print(task_table(evaluation.metrics, title=f"{args.encoder} on {args.split} ({corpus.source.describe()})"))
+        print(view_table(views, title=f"{args.encoder} on {args.split} ({corpus.source.describe()})",
+                         queries=_view_queries(evaluation)))
     if not sys.stderr.isatty():
-        print(f"argbench eval: {args.encoder} {args.split} epa acc@1 {short['epa']['acc@1']:.3f}", file=sys.stderr)
+        print(f"argbench eval: {args.encoder} {args.split} epa acc@1 "
+              + ", ".join(f"{view} {m['epa']['acc@1']:.3f}" for view, m in short.items()), file=sys.stderr)
     return 0
+
+
+def _view_queries(evaluation) -> dict[str, int]:
+    """How many queries each view of an Evaluation ranks."""
+    n = len(next(iter(evaluation.ranks.values())))
+    unseen = int(evaluation.unseen.sum()) if evaluation.unseen is not None else 0
+    return {"official": n, "dedup": n, "unseen": unseen}
 
 
 def cmd_train(args) -> int:

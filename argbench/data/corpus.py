@@ -56,7 +56,8 @@ class Skipped:
 
 @dataclass
 class Corpus:
-    """All arguments of all splits (``frame``, columns :data:`COLUMNS`), where they came from, and what was skipped.
+    """All arguments of all splits (``frame``, columns :data:`COLUMNS` and ``copy_group``, the id of the text's
+    copy group, see :mod:`argbench.data.copies`), where they came from, and what was skipped.
 
     ``hash`` is a SHA-256 (first 16 hex digits) over every loaded file's relative path and bytes, so two runs that
     report the same hash saw the same data.
@@ -68,12 +69,16 @@ class Corpus:
     skipped: list[Skipped] = field(default_factory=list)
 
     def split(self, name: str):
-        """The :class:`argbench.data.tasks.SplitData` of split ``name`` (paired arguments, queries and the eight pools)."""
+        """The :class:`argbench.data.tasks.SplitData` of split ``name`` (paired arguments, queries and the eight pools),
+        with ``unseen`` set: which queries' texts do not occur in this corpus's training split."""
+        from argbench.data.copies import unseen_in_training
         from argbench.data.tasks import build_split
 
         if name not in SPLITS:
             raise CorpusError(f"unknown split {name!r}: expected one of {', '.join(SPLITS)}")
-        return build_split(self.frame[self.frame["split"] == name], name)
+        data = build_split(self.frame[self.frame["split"] == name], name)
+        data.unseen = unseen_in_training(data, self.frame)
+        return data
 
 
 def resolve_data(arg: str | os.PathLike | None = None, *, announce: bool = True) -> DataSource:
@@ -159,7 +164,10 @@ def _read_argument(path: Path, rel: str, split: str, skipped: list[Skipped]) -> 
 
 
 def _to_frame(rows: list[tuple]) -> pd.DataFrame:
+    from argbench.data.copies import copy_group_ids
+
     frame = pd.DataFrame(rows, columns=list(COLUMNS))
+    frame["copy_group"] = copy_group_ids(frame["text"])
     key = frame["split"] + "/" + frame["pair_id"]
     kinds = frame.groupby(key)["kind"].transform("nunique")
     frame["paired"] = (kinds == 2).to_numpy()
@@ -167,12 +175,16 @@ def _to_frame(rows: list[tuple]) -> pd.DataFrame:
 
 
 def stats(corpus: Corpus) -> dict:
-    """Per split: arguments, pairs, debates, themes, skipped files and mean pool size per task (JSON-ready)."""
+    """Per split: arguments, pairs, debates, themes, skipped files, mean pool size per task and ``copies`` (see
+    :func:`argbench.data.copies.copy_stats`) (JSON-ready)."""
+    from argbench.data.copies import copy_stats
 
     out = {"source": corpus.source.describe(), "hash": corpus.hash, "splits": {}}
+    splits = {split: corpus.split(split) for split in SPLITS}
+    copies = copy_stats(corpus, splits)
     for split in SPLITS:
         part = corpus.frame[corpus.frame["split"] == split]
-        data = corpus.split(split)
+        data = splits[split]
         out["splits"][split] = {
             "arguments": int(len(part)),
             "pairs": int(len(data.query_idx)),
@@ -181,5 +193,6 @@ def stats(corpus: Corpus) -> dict:
             "themes": int(part["theme"].nunique()),
             "skipped": [s.path for s in corpus.skipped if s.path.startswith(split + "/")],
             "pools": {task: round(float(mask.sum(1).float().mean()), 2) for task, mask in data.pools.items()},
+            "copies": copies[split],
         }
     return out

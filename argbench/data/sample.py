@@ -12,6 +12,16 @@ Sizes (seed 0): 3 themes; 20 training, 6 validation and 6 test debates spread ro
 debate has both stances with 3-5 pairs per stance (the real corpus's ~3.9 counters per stance), about 165
 training pairs. Training alone holds exactly one point without a counter, so loaders exercise that rule.
 
+Copies, as counterargs-18 has them (see argbench.data.copies), so that decontamination, copy-aware mining and the
+dedup and unseen views have something to do:
+
+* one training debate (the first without the unpaired point) is also filed in test, under the next theme and with
+  its folder name prefixed ``p-`` (the real corpus's ``training/science/censorship-…`` and
+  ``test/digital-freedoms/p-…``): test gets a 7th debate whose every pair also occurs in training;
+* in training and in test, one argument pair (the first pro pair of one debate) is reused in a second debate of
+  the same theme, replacing that debate's last pro pair: each of the two splits holds one pair of text-identical
+  pairs (a point and a counter with a twin, and a query with a copy of itself in its sta and epa pools).
+
 The signal is learnable but not trivial. A vocabulary of made-up pronounceable words holds *concepts*, each with
 two synonymous surface forms. A point is about 4 aspect concepts (distinct from every other pair's within its
 debate); its counter reuses 2-3 of them in rebuttal phrasing ("This ignores that...", "On the contrary, ...", "The
@@ -33,7 +43,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-SAMPLE_VERSION = 1
+SAMPLE_VERSION = 2
 SPLIT_DEBATES = {"training": 20, "validation": 6, "test": 6}
 THEMES = ("civics", "ecology", "commerce")
 PAIRS_PER_STANCE = (3, 5)  # inclusive range
@@ -139,6 +149,7 @@ def corpus_files(seed: int = 0) -> dict[str, str]:
     topic_words = iter(rest[len(THEMES) * THEME_WORDS:])
     unpaired_debate = rng.randrange(SPLIT_DEBATES["training"])
     files: dict[str, str] = {}
+    folders: dict[str, list[str]] = {}  # split -> "<theme>/<debate>" of each generated debate, in order
     for split, count in SPLIT_DEBATES.items():
         for d in range(count):
             theme = THEMES[d % len(THEMES)]
@@ -147,7 +158,28 @@ def corpus_files(seed: int = 0) -> dict[str, str]:
             unpaired = split == "training" and d == unpaired_debate
             debate = _debate(rng, concepts, " ".join(topic), theme_words[theme], unpaired)
             files.update({f"{split}/{theme}/{name}/{rel}": text for rel, text in debate.items()})
-    return files
+            folders.setdefault(split, []).append(f"{theme}/{name}")
+    return {**files, **_copies(files, folders, unpaired_debate)}
+
+
+def _copies(files: dict[str, str], folders: dict[str, list[str]], unpaired_debate: int) -> dict[str, str]:
+    """The copied files (see the module docstring); no randomness, so the generated debates stay as they were."""
+    out: dict[str, str] = {}
+    leaked = next(d for d in range(len(folders["training"])) if d != unpaired_debate)
+    theme, name = folders["training"][leaked].split("/")
+    refiled = f"test/{THEMES[(THEMES.index(theme) + 1) % len(THEMES)]}/p-{name}"
+    prefix = f"training/{theme}/{name}/"
+    out.update({refiled + "/" + rel.removeprefix(prefix): text for rel, text in files.items()
+                if rel.startswith(prefix)})
+    for split, skip in (("training", {leaked, unpaired_debate}), ("test", set())):
+        eligible = [d for d in range(len(folders[split])) if d not in skip]
+        source = eligible[0]
+        target = next(d for d in eligible if d != source and d % len(THEMES) == source % len(THEMES))
+        source_dir, target_dir = (f"{split}/{folders[split][d]}/pro" for d in (source, target))
+        last = max(int(rel[len(target_dir) + 4:][:2]) for rel in files if rel.startswith(target_dir + "/"))
+        for letter, kind in (("a", "point"), ("b", "counter")):
+            out[f"{target_dir}/pro{last:02d}{letter}-{kind}.txt"] = files[f"{source_dir}/pro01{letter}-{kind}.txt"]
+    return out
 
 
 def _made_up_words(rng: random.Random, n: int) -> list[str]:

@@ -44,6 +44,8 @@ class SplitData:
     all counters first, then all points, both in pair order, so pair i is ``(points_idx[i], counters_idx[i])``.
     Queries are the points: ``query_idx == points_idx`` and ``positive_idx == counters_idx``.
     ``pool(task)`` is a ``torch.bool`` mask of shape [Q, n]; it is built on first use and cached.
+    ``unseen`` (bool [Q], set by :meth:`argbench.data.corpus.Corpus.split`; None when unknown) marks the queries whose
+    point and counter texts do not occur in the corpus's training split (:mod:`argbench.data.copies`).
     """
 
     name: str
@@ -52,6 +54,7 @@ class SplitData:
     counters_idx: np.ndarray
     _codes: dict[str, torch.Tensor]
     _pools: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    unseen: np.ndarray | None = None
 
     @property
     def query_idx(self) -> np.ndarray:

@@ -39,11 +39,13 @@ def run_name(encoder: str) -> str:
 def log_baseline(evaluation: Evaluation, *, name: str, split_key: str, params: dict, tags: dict | None = None,
                  experiment: str = "argbench", tracking_uri: str | None = None) -> str:
     """Log a baseline's evaluation as a FINISHED MLflow run ``name`` in group ``baselines``: ``params``, the
-    split's metrics at step 0 (``<split_key>/<task>/acc_at_1`` ...) and its per-query ranks, so that
-    ``argbench compare NAME <ablation>`` tests a trained system against the baseline. Returns the run id."""
+    split's metrics at step 0 in every view (``<split_key>/<task>/acc_at_1``, ``<split_key>/dedup/<task>/...``,
+    ``<split_key>/unseen/<task>/...``) and its per-query ranks, so that ``argbench compare NAME <ablation>`` tests a
+    trained system against the baseline. Returns the run id."""
+    from argbench.data.copies import view_key
     from argbench.track.tracker import tracked_run
 
-    metrics = {"epoch": 0, split_key: evaluation.metrics}
+    metrics = {"epoch": 0, **{view_key(split_key, view): values for view, values in evaluation.views().items()}}
     with tracked_run(run_name=name, experiment=experiment, tracking_uri=tracking_uri, system_metrics=False,
                      tags={"group": "baselines", **(tags or {})}) as tracker:
         tracker.log(params=params)

@@ -3,6 +3,10 @@
 Everything is batched tensor work: one score matrix per chunk of queries, masked per pool; no Python loop over
 candidates or pairs.
 
+Every split is reported in three views (:data:`argbench.data.copies.VIEWS`): *official* (the pools of
+:mod:`argbench.data.tasks` over all queries: ``metrics`` and ``ranks``), *dedup* (the same pools without copies of the
+query's text: ``dedup_ranks``) and *unseen* (the official ranks of only the queries flagged ``unseen``).
+
 Ties are broken *against* the true counter: its rank is 1 + the number of other candidates that score at least as
 well. A constant scorer therefore gets accuracy 0 rather than an optimistic 1, and a lexical baseline gets no credit
 for candidates it cannot tell apart; a NaN score for the true counter ranks it last.
@@ -17,6 +21,7 @@ import numpy as np
 import scipy.sparse
 import torch
 
+from argbench.data.copies import query_copy_mask
 from argbench.data.tasks import TASKS, SplitData
 
 KS = (1, 3, 5, 10)
@@ -32,8 +37,9 @@ candidates. Called once per chunk of queries (see :func:`evaluate`'s ``chunk``).
 class Evaluation:
     """Per-task metrics (``acc@k`` for k in :data:`KS`, ``mrr``), per-query ranks, and the rerank accuracy.
 
-    ``ranks[task][i]`` is the 1-based rank of query i's true counter in that task's pool.
-    ``rerank_acc1`` is ``None`` when no scorer was given.
+    ``ranks[task][i]`` is the 1-based rank of query i's true counter in that task's pool; ``dedup_ranks[task][i]``
+    its rank in that pool without the copies of query i's text (never larger). ``unseen`` (bool [Q] or None) flags
+    the queries of the unseen view. ``rerank_acc1`` is ``None`` when no scorer was given.
     """
 
     metrics: dict[str, dict[str, float]]
@@ -41,6 +47,17 @@ class Evaluation:
     rerank_acc1: float | None = None
     pool_sizes: dict[str, float] = field(default_factory=dict)
     primary: str = PRIMARY
+    dedup_ranks: dict[str, np.ndarray] = field(default_factory=dict)
+    unseen: np.ndarray | None = None
+
+    def views(self) -> dict[str, dict[str, dict[str, float]]]:
+        """``{view: {task: metrics}}`` for "official", "dedup" and, when some query is flagged unseen, "unseen"."""
+        out = {"official": self.metrics}
+        if self.dedup_ranks:
+            out["dedup"] = {task: summarise(r) for task, r in self.dedup_ranks.items()}
+        if self.unseen is not None and self.unseen.any():
+            out["unseen"] = {task: summarise(r[self.unseen]) for task, r in self.ranks.items()}
+        return out
 
     @property
     def primary_value(self) -> float:
@@ -129,8 +146,10 @@ def evaluate(
 
     ``query_emb`` [Q, d] embeds the split's queries (row i = query i), ``cand_emb`` [n, d] every argument (row j =
     ``split.args`` row j); separate encoders give different matrices, a shared one gives ``cand_emb[query_idx]`` for
-    the queries. With a ``scorer``, also the original protocol: take the top ``rerank_depth`` of ``rerank_task``'s pool
-    by embedding score, rerank them by the scorer, and count how often the top one is the true counter.
+    the queries. Ranks are also computed without the copies of each query (``dedup_ranks``), and ``split.unseen``
+    is carried over (see :class:`Evaluation`). With a ``scorer``, also the original protocol: take the top
+    ``rerank_depth`` of ``rerank_task``'s pool by embedding score, rerank them by the scorer, and count how often
+    the top one is the true counter.
     """
     n_queries = len(split.query_idx)
     if query_emb.shape[0] != n_queries or cand_emb.shape[0] != len(split.args):
@@ -138,13 +157,20 @@ def evaluate(
                          f"split {split.name} has {n_queries} queries and {len(split.args)} arguments")
     positive = torch.from_numpy(split.positive_idx)
     ranks = {task: [] for task in tasks}
+    dedup = {task: [] for task in tasks}
     reranked_right = []
     for start in range(0, n_queries, chunk):
         rows = slice(start, start + chunk)
         score = scores(query_emb[rows], cand_emb, metric)
         at_least = at_least_true(score, positive[rows]) if tasks else None
+        copies = query_copy_mask(split, rows)
+        with_copies = copies.any(1).nonzero().squeeze(1)  # few rows: only they can rank differently
         for task in tasks:
-            ranks[task].append(_ranks(at_least, split.pool(task)[rows], positive[rows]))
+            pool = split.pool(task)[rows]
+            official = _ranks(at_least, pool, positive[rows])
+            ranks[task].append(official)
+            dedup[task].append(official.index_put((with_copies,), official[with_copies] - row_counts(
+                at_least[with_copies] & pool[with_copies] & copies[with_copies])))
         if scorer is not None:
             reranked_right.append(_rerank(score, split.pool(rerank_task)[rows], positive[rows], start, scorer,
                                           rerank_depth))
@@ -154,6 +180,8 @@ def evaluate(
         ranks=rank_arrays,
         rerank_acc1=float(torch.cat(reranked_right).float().mean()) if scorer is not None else None,
         pool_sizes={task: float(row_counts(split.pool(task)).float().mean()) for task in tasks},
+        dedup_ranks={task: torch.cat(r).numpy() for task, r in dedup.items()},
+        unseen=split.unseen,
     )
 
 

@@ -13,7 +13,9 @@ logits_pos/neg  [b, 2] or None            classifier logits for (point, counter)
 
 ``total = w_t · TripletMarginLoss(margin, p)(a, p, n) + w_pos · CE(logits_pos, 1) + w_neg · CE(logits_neg, 0)
 + w_ib · InfoNCE(a, positives of the batch)``. The components come back separately (unweighted) so that they can be
-logged; ``total`` is what is optimised. Without a classifier the CE terms are 0.
+logged; ``total`` is what is optimised. Without a classifier the CE terms are 0. ``copies`` ([b, b] bool, optional;
+:func:`argbench.data.copies.in_batch_copies`) takes the in-batch candidates that are copies of a row's positive or
+anchor out of that row's InfoNCE denominator: a copy of the right answer is not a wrong answer.
 """
 
 from __future__ import annotations
@@ -34,21 +36,26 @@ def pair_ce(logits: torch.Tensor, label: int) -> torch.Tensor:
     return F.cross_entropy(logits.float(), torch.full((len(logits),), label, device=logits.device))
 
 
-def in_batch(anchor: torch.Tensor, positive: torch.Tensor, temperature: float) -> torch.Tensor:
-    """InfoNCE over the batch: each point's own counter against the other rows' counters (cosine / temperature)."""
+def in_batch(anchor: torch.Tensor, positive: torch.Tensor, temperature: float,
+             copies: torch.Tensor | None = None) -> torch.Tensor:
+    """InfoNCE over the batch: each point's own counter against the other rows' counters (cosine / temperature).
+    ``copies[i, j]`` True leaves row j's counter out of row i's candidates (the diagonal must be False)."""
     sim = F.normalize(anchor.float(), dim=-1) @ F.normalize(positive.float(), dim=-1).T / temperature
+    if copies is not None:
+        sim = sim.masked_fill(copies.to(sim.device), float("-inf"))
     return F.cross_entropy(sim, torch.arange(len(sim), device=sim.device))
 
 
-def combined_loss(out, loss_cfg) -> dict[str, torch.Tensor]:
-    """``{"total", "triplet", "ce_pos", "ce_neg", "in_batch"}`` for a :class:`TripletOutput` and a ``LossConfig``."""
+def combined_loss(out, loss_cfg, copies: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """``{"total", "triplet", "ce_pos", "ce_neg", "in_batch"}`` for a :class:`TripletOutput` and a ``LossConfig``;
+    ``copies``: the in-batch mask of :func:`in_batch`."""
     zero = out.anchor.emb.new_zeros(())
     parts = {
         "triplet": triplet(out.anchor.emb.float(), out.positive.emb.float(), out.negative.emb.float(),
                            loss_cfg.margin, loss_cfg.p),
         "ce_pos": pair_ce(out.logits_pos, 1) if out.logits_pos is not None else zero,
         "ce_neg": pair_ce(out.logits_neg, 0) if out.logits_neg is not None else zero,
-        "in_batch": in_batch(out.anchor.emb, out.positive.emb, loss_cfg.in_batch_temperature)
+        "in_batch": in_batch(out.anchor.emb, out.positive.emb, loss_cfg.in_batch_temperature, copies)
         if loss_cfg.in_batch_weight > 0 else zero,
     }
     weights = {"triplet": loss_cfg.triplet_weight, "ce_pos": loss_cfg.ce_pos_weight,

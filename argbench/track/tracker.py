@@ -7,10 +7,12 @@ the hook passed to ``argbench.train.trainer.fit``. What one run holds:
 * tags: ablation, group, seed, data.source, data.hash, encoder, device, git.commit, any extra tags; every tag,
   param and error message goes through :func:`redact`, so a password in a URL is never stored;
 * metrics, ``step = epoch`` (0 = untrained model), names from :func:`epoch_metrics`: ``train/loss*``,
-  ``{split}/{task}/acc_at_{1,3,5,10}``, ``{split}/{task}/mrr``, ``{split}/rerank/acc_at_1``, ``negatives/*``,
+  ``{split}/{task}/acc_at_{1,3,5,10}``, ``{split}/{task}/mrr``, ``{split}/rerank/acc_at_1``, the same per task
+  under ``{split}/dedup/`` and ``{split}/unseen/`` (the views of argbench.data.copies), ``negatives/*``,
   ``schedule/random_rate``, ``perf/*``; plus MLflow's own ``system/*`` metrics when psutil is installed;
 * artifacts: config.yaml, metrics.csv (one row per epoch), negatives.csv, learning_curve.html,
-  per_query/{split}.csv (long format: epoch, query, task, rank) and, with ``log_model``, model/model.safetensors.
+  per_query/{split}.csv (long format: epoch, query, task, rank, rank_dedup, unseen) and, with ``log_model``,
+  model/model.safetensors.
 
 Every call goes through one ``MlflowClient`` bound to the run's tracking URI; no global MLflow state (active run,
 global tracking URI) is read or changed, so runs on different stores can coexist in one process.
@@ -29,6 +31,7 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
@@ -48,7 +51,8 @@ LOSS_KEYS = {"total": "train/loss", "triplet": "train/loss_triplet", "ce_pos": "
              "ce_neg": "train/loss_ce_neg", "in_batch": "train/loss_in_batch"}
 NEGATIVE_KEYS = {"point": "negatives/point_frac", "counter": "negatives/counter_frac",
                  "random": "negatives/random_frac", "same_debate": "negatives/same_debate_frac",
-                 "same_theme": "negatives/same_theme_frac", "mean_distance": "negatives/mean_distance"}
+                 "same_theme": "negatives/same_theme_frac", "mean_distance": "negatives/mean_distance",
+                 "copy": "negatives/copy_frac"}
 SCALAR_KEYS = {"random_rate": "schedule/random_rate", "epoch_seconds": "perf/epoch_seconds",
                "train_seq_per_s": "perf/train_seq_per_s"}
 EPOCH_MARKER = "perf/epoch_seconds"  # logged at every epoch, so its steps are the epochs already logged
@@ -184,7 +188,7 @@ class MlflowTracker:
         self.out_dir, self.log_model = (None if out_dir is None else Path(out_dir)), log_model
         self.rows: list[dict] = []  # one flat row per epoch logged by this process
         self.negatives: list[dict] = []
-        self.ranks: dict[str, tuple[int, dict]] = {}  # split -> (epoch, {task: ranks [Q]})
+        self.ranks: dict[str, tuple[int, object]] = {}  # split -> (epoch, its last Evaluation)
         self.logged_steps = self._steps_in_run()
         self.resumed_from: int | None = None
         self.finished = False
@@ -202,7 +206,8 @@ class MlflowTracker:
         self.config = info.get("config", self.config)
         self.resumed_from = info.get("resumed_from")
         tags = {key: info[key] for key in ("data.source", "data.hash", "device", "world_size", "train_pairs",
-                                           "params_trainable", "params_total") if key in info}
+                                           "train_pairs_before", "train_pairs_cleaned", "params_trainable",
+                                           "params_total") if key in info}
         tags["git.commit"] = git_commit()
         if self.resumed_from is not None:
             tags["resumed_from"] = self.resumed_from
@@ -225,7 +230,7 @@ class MlflowTracker:
                                "source": e["source"]} for e in examples)
 
     def on_evaluation(self, epoch: int, split: str, evaluation) -> None:
-        self.ranks[split] = (epoch, dict(evaluation.ranks))
+        self.ranks[split] = (epoch, evaluation)
 
     # end of run -------------------------------------------------------------------------------------------------
     def finish(self, history: list[dict] | None = None, config: Config | None = None) -> None:
@@ -256,10 +261,9 @@ class MlflowTracker:
         negatives = self._all_negatives()
         if len(negatives):
             self.client.log_text(self.run_id, negatives.to_csv(index=False), "negatives.csv")
-        for split, (epoch, ranks) in self.ranks.items():
-            table = pd.DataFrame([{"epoch": epoch, "query": q, "task": task, "rank": int(r)}
-                                  for task, values in ranks.items() for q, r in enumerate(values)])
-            self.client.log_text(self.run_id, table.to_csv(index=False), f"per_query/{split}.csv")
+        for split, (epoch, evaluation) in self.ranks.items():
+            self.client.log_text(self.run_id, per_query_table(epoch, evaluation).to_csv(index=False),
+                                 f"per_query/{split}.csv")
         model = None if self.out_dir is None else self.out_dir / "checkpoint" / "model.safetensors"
         if self.log_model and model is not None and model.is_file():
             self.client.log_artifact(self.run_id, str(model), "model")
@@ -300,6 +304,20 @@ class MlflowTracker:
             chunk = entries[start:start + BATCH]
             self.client.log_batch(self.run_id, params=[e for e in chunk if isinstance(e, Param)],
                                   tags=[e for e in chunk if isinstance(e, RunTag)])
+
+
+def per_query_table(epoch: int, evaluation) -> pd.DataFrame:
+    """The long per-query table of an Evaluation (anything with ``ranks``; ``dedup_ranks`` and ``unseen`` are
+    optional): epoch, query, task, rank (official), rank_dedup (the dedup view; the official rank where the
+    evaluation has none) and unseen (the query is in the unseen view; False where unknown)."""
+    dedup = getattr(evaluation, "dedup_ranks", None) or {}
+    flags = getattr(evaluation, "unseen", None)
+    frames = []
+    for task, ranks in evaluation.ranks.items():
+        unseen = flags if flags is not None else np.zeros(len(ranks), dtype=bool)
+        frames.append(pd.DataFrame({"epoch": epoch, "query": np.arange(len(ranks)), "task": task, "rank": ranks,
+                                    "rank_dedup": dedup.get(task, ranks), "unseen": unseen}))
+    return pd.concat(frames, ignore_index=True)
 
 
 # --- the run -----------------------------------------------------------------------------------------------------

@@ -7,11 +7,17 @@ import sys
 from argbench.data.tasks import TASKS
 
 
-def task_table(metrics: dict[str, dict[str, float]], columns=("acc@1", "acc@5", "mrr"), title: str = "") -> str:
-    """A fixed-width table: one row per task, one column per metric."""
-    head = f"{'task':<6}" + "".join(f"{c:>9}" for c in columns)
-    rows = [f"{task:<6}" + "".join(f"{metrics[task][c]:>9.3f}" for c in columns) for task in TASKS if task in metrics]
-    return "\n".join(([title] if title else []) + [head, *rows])
+def view_table(views: dict[str, dict[str, dict[str, float]]], columns=("acc@1", "mrr"), title: str = "",
+               queries: dict[str, int] | None = None) -> str:
+    """A fixed-width table of the views of one evaluation (official, dedup, unseen; see :mod:`argbench.data.copies`):
+    one row per task, each metric once per view, so the views read side by side; ``queries``: queries per view."""
+    names, width = list(views), 10
+    head = [" " * 6 + "".join(f"{c:^{width * len(names)}}" for c in columns),
+            f"{'task':<6}" + "".join(f"{v:>{width}}" for _ in columns for v in names)]
+    rows = [f"{task:<6}" + "".join(f"{views[v][task][c]:>{width}.3f}" for c in columns for v in names)
+            for task in TASKS if task in views[names[0]]]
+    note = [] if not queries else ["queries: " + ", ".join(f"{v} {queries[v]}" for v in names)]
+    return "\n".join(([title] if title else []) + head + rows + note)
 
 
 def epoch_line(metrics: dict, primary: str) -> str:
@@ -19,7 +25,7 @@ def epoch_line(metrics: dict, primary: str) -> str:
     parts = [f"epoch {metrics['epoch']:>3}"]
     if metrics.get("loss"):
         parts.append(f"loss {metrics['loss']['total']:.4f}")
-    key, task, metric = primary.split("/")
+    key, task, metric = primary.rsplit("/", 2)
     if key in metrics:
         parts.append(f"{primary} {metrics[key][task][metric]:.3f}")
         if metrics.get(f"{key}_rerank_acc@1") is not None:

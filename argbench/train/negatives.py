@@ -7,7 +7,9 @@ counters with the current model, calls `mine` with the epoch's random rate (`arg
 Row i of the point and counter embeddings is true pair i. For each point i the hard negative is the closer of
 its nearest *other* point and its nearest counter that is *not its own*; with probability r it is replaced by a
 uniformly random argument (any of the 2N points and counters except point i and counter i). The positive is
-never returned, whatever the embeddings (duplicates included).
+never returned, whatever the embeddings (duplicates included). Given the arguments' copy groups
+(`argbench.data.copies`), "other" means *another text*: no copy of point i's or counter i's text is returned, hard or
+random (`exclude_copies`), and each result says which negatives are such copies (its `copy` statistic).
 
 Nearest neighbours are exact Euclidean with one deterministic order — ascending float64 distance, then lower
 index — whichever backend ("torch", "balltree", "faiss") found the candidates; see `nearest`.
@@ -172,7 +174,8 @@ class MiningResult:
 
     neg_kind: "point"|"counter" — which array the negative text comes from; neg_index: row in that array;
     source: "point"|"counter" (hard) or "random"; distance: Euclidean distance (float64) from point i's
-    embedding to the negative's; rate: the random rate used.
+    embedding to the negative's; rate: the random rate used; copy: whether the negative's text is that of point i
+    or of counter i (None when mined without copy groups).
     """
 
     neg_kind: np.ndarray
@@ -180,6 +183,7 @@ class MiningResult:
     source: np.ndarray
     distance: np.ndarray
     rate: float
+    copy: np.ndarray | None = None
 
     def stats(self, debate: np.ndarray, theme: np.ndarray) -> dict:
         """Summary for logging. `debate` / `theme`: per-pair labels [N] (a pair's point and counter share them;
@@ -187,7 +191,8 @@ class MiningResult:
 
         Keys: "point", "counter", "random" (fractions of sources, sum to 1), "same_debate", "same_theme"
         (fraction of negatives from the query's own debate / theme), "mean_distance" (mean over the hard
-        negatives; None when every negative is random), "rate".
+        negatives; None when every negative is random), "copy" (fraction of negatives that are a copy of the
+        query's point or counter; None without copy groups), "rate".
         """
         debate, theme = np.asarray(debate), np.asarray(theme)
         for name, labels in (("debate", debate), ("theme", theme)):
@@ -201,6 +206,7 @@ class MiningResult:
             "same_debate": float(np.mean(debate[self.neg_index] == debate)),
             "same_theme": float(np.mean(theme[self.neg_index] == theme)),
             "mean_distance": float(self.distance[hard].mean()) if hard.any() else None,
+            "copy": float(np.mean(self.copy)) if self.copy is not None else None,
             "rate": float(self.rate),
         }
 
@@ -225,6 +231,8 @@ def mine(
     backend: str = "torch",
     k: int = 3,
     candidate_pool_size: int | None = None,
+    copy_groups: tuple[np.ndarray, np.ndarray] | None = None,
+    exclude_copies: bool = True,
 ) -> MiningResult:
     """Mine one negative per true pair from `point_emb` / `counter_emb` [N, d] (row i of each = pair i).
 
@@ -234,15 +242,27 @@ def mine(
     reproducible and resumable from the generator's state. `k` is the first number of neighbours asked for (more
     are asked where the first k are all excluded); `candidate_pool_size` is how many candidates the backend
     proposes before the exact re-rank (see `nearest`). Embeddings may be on any device; results are numpy.
+
+    `copy_groups` = (point groups [N], counter groups [N]): the copy group of each pair's point and counter
+    (`argbench.data.copies.copy_group_ids`). With them the result's `copy` flags the negatives that are copies of point
+    i's or counter i's text, and with `exclude_copies` no such copy is returned, hard or random (without groups,
+    or with `exclude_copies` False, only point i and counter i themselves are excluded, as in the original).
+    ValueError when a row has no allowed argument left.
     """
     n = _check_pairs(point_emb, counter_emb)
     point_emb, counter_emb = point_emb.detach(), counter_emb.detach()
     check_rate(rate, "rate")
     if not isinstance(generator, torch.Generator) or generator.device.type != "cpu":
         raise ValueError(f"generator must be a CPU torch.Generator; got {generator!r}")
-    own = torch.arange(n, device=point_emb.device)
-    p_dist, p_idx = _nearest_excluding(point_emb, point_emb, own, k, backend, candidate_pool_size)
-    c_dist, c_idx = _nearest_excluding(counter_emb, point_emb, own, k, backend, candidate_pool_size)
+    groups = _checked_groups(copy_groups, n)
+    # Exclusion works on groups: index groups (every argument its own pair number) exclude point i and counter i.
+    own = np.arange(n, dtype=np.int64)
+    point_ex, counter_ex = groups if groups is not None and exclude_copies else (own, own)
+    point_ex_t, counter_ex_t = (torch.from_numpy(g).to(point_emb.device) for g in (point_ex, counter_ex))
+    forbidden = torch.stack([point_ex_t, counter_ex_t], dim=1)
+    p_dist, p_idx = _nearest_excluding(point_emb, point_emb, point_ex_t, forbidden, k, backend, candidate_pool_size)
+    c_dist, c_idx = _nearest_excluding(counter_emb, point_emb, counter_ex_t, forbidden, k, backend,
+                                       candidate_pool_size)
     is_point = (p_dist <= c_dist).cpu().numpy()
     neg_kind = np.where(is_point, POINT, COUNTER)
     neg_index = np.where(is_point, p_idx.cpu().numpy(), c_idx.cpu().numpy())
@@ -250,13 +270,27 @@ def mine(
 
     is_random = torch.rand(n, generator=generator) < rate  # one draw per row, whatever the rate
     rows = torch.nonzero(is_random).squeeze(1)
-    argument = _draw_arguments(rows, n, generator).numpy()
+    argument = _draw_arguments(rows, np.concatenate([point_ex, counter_ex]), forbidden.cpu(), generator).numpy()
     rows = rows.numpy()
     neg_kind[rows] = np.where(argument < n, POINT, COUNTER)
     neg_index[rows] = argument % n
     source[rows] = RANDOM
     distance = _distances_to(point_emb, counter_emb, neg_kind, neg_index)
-    return MiningResult(neg_kind, neg_index.astype(np.int64), source, distance, float(rate))
+    copy = None
+    if groups is not None:
+        negative = np.where(neg_kind == POINT, groups[0][neg_index], groups[1][neg_index])
+        copy = (negative == groups[0]) | (negative == groups[1])
+    return MiningResult(neg_kind, neg_index.astype(np.int64), source, distance, float(rate), copy)
+
+
+def _checked_groups(copy_groups, n: int) -> tuple[np.ndarray, np.ndarray] | None:
+    if copy_groups is None:
+        return None
+    point_groups, counter_groups = (np.asarray(g, dtype=np.int64) for g in copy_groups)
+    if point_groups.shape != (n,) or counter_groups.shape != (n,):
+        raise ValueError(f"copy_groups have shapes {point_groups.shape} and {counter_groups.shape}; expected "
+                         f"({n},) each: the copy group of each pair's point and counter")
+    return point_groups, counter_groups
 
 
 def _check_pairs(point_emb: torch.Tensor, counter_emb: torch.Tensor) -> int:
@@ -274,16 +308,18 @@ def _check_pairs(point_emb: torch.Tensor, counter_emb: torch.Tensor) -> int:
 
 
 def _nearest_excluding(
-    index_emb: torch.Tensor, query_emb: torch.Tensor, excluded: torch.Tensor, k: int, backend: str,
-    candidates: int | None,
+    index_emb: torch.Tensor, query_emb: torch.Tensor, index_groups: torch.Tensor, forbidden: torch.Tensor, k: int,
+    backend: str, candidates: int | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Distance and index [q] of each query's nearest index row other than `excluded[query]`."""
-    dist = torch.empty(len(excluded), dtype=torch.float64, device=query_emb.device)
-    idx = torch.empty(len(excluded), dtype=torch.int64, device=query_emb.device)
-    pending = torch.arange(len(excluded), device=query_emb.device)
+    """Distance and index [q] of each query's nearest index row whose group (`index_groups` [m]) is not one of
+    the query's `forbidden` groups [q, 2]."""
+    dist = torch.empty(len(forbidden), dtype=torch.float64, device=query_emb.device)
+    idx = torch.empty(len(forbidden), dtype=torch.int64, device=query_emb.device)
+    pending = torch.arange(len(forbidden), device=query_emb.device)
     while pending.numel():
         d, i = nearest(index_emb, query_emb[pending], k, backend, candidates=candidates)
-        allowed = i != excluded[pending, None]
+        group = index_groups[i]
+        allowed = (group != forbidden[pending, 0, None]) & (group != forbidden[pending, 1, None])
         found = allowed.any(1)
         first = allowed.int().argmax(1, keepdim=True)  # first allowed column in (distance, index) order
         dist[pending[found]] = d.gather(1, first).squeeze(1)[found]
@@ -296,14 +332,18 @@ def _nearest_excluding(
     return dist, idx
 
 
-def _draw_arguments(rows: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
-    """A uniform argument id in [0, 2N) for each query row (ids < N are points, N + j is counter j),
-    never the row's own point or counter: masked draws are redrawn until none is left."""
+def _draw_arguments(rows: torch.Tensor, groups: np.ndarray, forbidden: torch.Tensor,
+                    generator: torch.Generator) -> torch.Tensor:
+    """A uniform argument id in [0, 2N) for each query row (ids < N are points, N + j is counter j) whose group
+    (`groups` [2N]) is not one of the row's `forbidden` groups [N, 2]: masked draws are redrawn until none is
+    left. Every row has an allowed argument: `mine` found it a hard negative first (or raised)."""
+    n2 = len(groups)
+    groups = torch.from_numpy(groups)
     chosen = torch.empty(len(rows), dtype=torch.int64)
     todo = torch.arange(len(rows))
     while todo.numel():
-        draw = torch.randint(0, 2 * n, (len(todo),), generator=generator)
-        ok = (draw != rows[todo]) & (draw != rows[todo] + n)
+        draw = torch.randint(0, n2, (len(todo),), generator=generator)
+        ok = (groups[draw] != forbidden[rows[todo], 0]) & (groups[draw] != forbidden[rows[todo], 1])
         chosen[todo[ok]] = draw[ok]
         todo = todo[~ok]
     return chosen

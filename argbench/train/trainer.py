@@ -7,15 +7,23 @@ trains one pass over the training pairs, evaluates, checkpoints, and calls the h
 The trainer knows nothing of MLflow or Optuna. A hook is any object with some of these methods (all optional):
 
 * ``on_train_start(info: dict)`` — ``config`` (the resolved :class:`Config`), data source and hash, device,
-  parameter counts, ``resumed_from`` (the checkpoint's epoch, or ``None``);
+  parameter counts, training pairs (``train_pairs_before`` in the corpus, ``train_pairs_cleaned`` after
+  ``data.decontaminate`` / ``data.dedupe_pairs``, ``train_pairs`` trained on, after ``data.max_train_pairs``),
+  ``resumed_from`` (the checkpoint's epoch, or ``None``);
 * ``on_epoch_end(epoch: int, metrics: dict) -> bool | None`` — return ``True`` to stop (pruning);
 * ``on_evaluation(epoch: int, split: str, evaluation: Evaluation)`` — per-query ranks, for paired comparisons;
 * ``on_negatives(epoch: int, examples: list[dict])`` — a few mined (point, negative, source) texts.
 
 ``metrics`` per epoch: ``epoch``; ``loss`` {total, triplet, ce_pos, ce_neg, in_batch} (``None`` at epoch 0);
 per evaluated split key (``val``, ``test``, ``train``) {task: {"acc@1", "acc@3", "acc@5", "acc@10", "mrr"}} and
-``<key>_rerank_acc@1``; ``negatives`` {point, counter, random, same_debate, same_theme, mean_distance} of the
-negatives trained on (``None`` at epoch 0); ``random_rate``; ``epoch_seconds``; ``train_seq_per_s``.
+``<key>_rerank_acc@1``, and the same task dicts under ``<key>/dedup`` and ``<key>/unseen`` (the views of
+:mod:`argbench.data.copies`; unseen only where a query is unseen in training); ``negatives`` {point, counter, random,
+same_debate, same_theme, mean_distance, copy} of the negatives trained on (``None`` at epoch 0); ``random_rate``;
+``epoch_seconds``; ``train_seq_per_s``.
+
+Training pairs are the corpus's, less (by default) those whose texts occur in validation or test and the
+text-identical repeats (:mod:`argbench.data.copies`); a training split in ``data.eval_splits`` is evaluated on the pairs
+trained on.
 """
 
 from __future__ import annotations
@@ -31,9 +39,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from argbench.config import Config, to_yaml
+from argbench.config import Config, ConfigError, to_yaml
+from argbench.data.copies import in_batch_copies, training_frame, view_key
 from argbench.data.corpus import Corpus
-from argbench.data.tasks import SplitData
+from argbench.data.tasks import SplitData, build_split
 from argbench.eval.evaluate import evaluate
 from argbench.model.bi_encoder import BiEncoder, Encoded, build_model
 from argbench.model.encoders import embed
@@ -79,9 +88,10 @@ class Trainer:
                                              cfg.negatives.floor, cfg.negatives.rate)
         self.model, tokenizer = build_model(cfg.model)
         self.model.to(runtime.device)
-        self.train_split = corpus.split("training")
+        self.train_split, pair_counts = _clean_training_split(corpus, cfg)
         self.pairs = _training_pairs(self.train_split, cfg.data.max_train_pairs, self.np_rng)
-        self.eval_splits = {SPLIT_KEYS[s]: corpus.split(s) for s in cfg.data.eval_splits}
+        self.eval_splits = {SPLIT_KEYS[s]: self.train_split if s == "training" else corpus.split(s)
+                            for s in cfg.data.eval_splits}
         self.tokens = {key: tokenize_texts(tokenizer, split.texts, cfg.model.max_length)
                        for key, split in [("train", self.train_split), *self.eval_splits.items()]}
         self.optimizer = _optimizer(self.model, cfg.train)
@@ -89,6 +99,8 @@ class Trainer:
         self.history: list[dict] = []
         self.info = {"config": cfg, "data.source": corpus.source.describe(), "data.hash": corpus.hash,
                      "device": str(runtime.device), "world_size": runtime.world_size,
+                     "train_pairs_before": pair_counts["corpus"],
+                     "train_pairs_cleaned": len(self.train_split.query_idx),
                      "train_pairs": len(self.pairs), "params_trainable": _count(self.model, trainable=True),
                      "params_total": _count(self.model, trainable=False)}
 
@@ -136,7 +148,7 @@ class Trainer:
         if self.runtime.is_main and (epoch % self.cfg.eval.every == 0 or epoch == self.cfg.train.epochs):
             for key, split in self.eval_splits.items():
                 evaluation = self._evaluate(key, split)
-                metrics[key] = evaluation.metrics
+                metrics.update({view_key(key, view): values for view, values in evaluation.views().items()})
                 metrics[f"{key}_rerank_acc@1"] = evaluation.rerank_acc1
                 self._call("on_evaluation", epoch, key, evaluation)
         metrics["epoch_seconds"] = time.perf_counter() - t0
@@ -160,8 +172,11 @@ class Trainer:
         split, tok = self.train_split, self.tokens["train"]
         points = self._embed(tok, split.points_idx[self.pairs], "point").emb
         counters = self._embed(tok, split.counters_idx[self.pairs], "candidate").emb
+        groups = split.args["copy_group"].to_numpy()
         result = mine(points.to(self.runtime.device), counters.to(self.runtime.device), rate=rate,
-                      generator=self.miner_rng, backend=self.cfg.negatives.backend, k=self.cfg.negatives.k)
+                      generator=self.miner_rng, backend=self.cfg.negatives.backend, k=self.cfg.negatives.k,
+                      copy_groups=(groups[split.points_idx[self.pairs]], groups[split.counters_idx[self.pairs]]),
+                      exclude_copies=self.cfg.negatives.exclude_copies)
         labels = split.args.loc[split.points_idx[self.pairs]]
         stats = result.stats((labels["theme"] + "/" + labels["debate"]).to_numpy(), labels["theme"].to_numpy())
         negative_rows = _negative_rows(split, self.pairs, result)
@@ -181,6 +196,7 @@ class Trainer:
         rank (each rank has the same number of batches, so the mean of the ranks' means)."""
         split, tok, device = self.train_split, self.tokens["train"], self.runtime.device
         anchors, positives = split.points_idx[self.pairs], split.counters_idx[self.pairs]
+        groups = split.args["copy_group"].to_numpy()
         batches = shard(bucketed_batches(tok.lengths[anchors], self.cfg.train.batch_size, self.np_rng), self.runtime)
         self.ddp_model.train()
         sums: dict[str, float] = {}
@@ -189,7 +205,9 @@ class Trainer:
             with self._autocast():
                 out = self.ddp_model(pad_batch(tok, anchors[rows], device), pad_batch(tok, positives[rows], device),
                                      pad_batch(tok, negative_rows[rows], device))
-                parts = combined_loss(out, self.cfg.loss)
+                copies = torch.from_numpy(in_batch_copies(groups[anchors[rows]], groups[positives[rows]])) \
+                    if self.cfg.loss.in_batch_weight > 0 else None
+                parts = combined_loss(out, self.cfg.loss, copies)
             if not torch.isfinite(parts["total"]):
                 raise NonFiniteLoss(f"non-finite loss {parts['total'].item()} at epoch {epoch}, step {step} "
                                     f"(components: { {k: round(v.item(), 4) for k, v in parts.items()} }); "
@@ -242,6 +260,19 @@ def _negative_rows(split: SplitData, pairs: np.ndarray, result) -> np.ndarray:
     return np.where(result.neg_kind == "point", points[result.neg_index], counters[result.neg_index])
 
 
+def _clean_training_split(corpus: Corpus, cfg: Config) -> tuple[SplitData, dict]:
+    """The training split after ``data.decontaminate`` / ``data.dedupe_pairs``, and the pair counts of each step.
+    ConfigError when fewer than 2 pairs are left (mining needs another pair's arguments)."""
+    rows, counts = training_frame(corpus.frame, decontaminate_pairs=cfg.data.decontaminate,
+                                  dedupe=cfg.data.dedupe_pairs)
+    split = build_split(rows, "training")
+    if len(split.query_idx) < 2:
+        raise ConfigError("data.decontaminate", f"cleaning left {len(split.query_idx)} of the corpus's "
+                          f"{counts['corpus']} training pairs ({counts}); expected at least 2: set "
+                          "data.decontaminate=false or data.dedupe_pairs=false")
+    return split, counts
+
+
 def _training_pairs(split: SplitData, limit: int | None, rng: np.random.Generator) -> np.ndarray:
     """Pair numbers used for training: all, or a seeded sample of ``limit`` (sorted)."""
     n = len(split.points_idx)
@@ -290,6 +321,6 @@ def _count(model: torch.nn.Module, trainable: bool) -> int:
 
 def best(history: list[dict], primary: str) -> float:
     """Best value of ``primary`` (e.g. ``val/epa/acc@1``) over the epochs that evaluated it; NaN if none did."""
-    key, task, metric = primary.split("/")
+    key, task, metric = primary.rsplit("/", 2)  # the key of a view has a slash itself: val/dedup/epa/acc@1
     values = [m[key][task][metric] for m in history if key in m]
     return max(values) if values else math.nan

@@ -159,3 +159,31 @@ def test_reads_what_tracking_writes(tracking):
     assert res["tasks"]["epa"]["acc@1"]["b"] == pytest.approx(70 / N)
     assert res["tasks"]["sdoc"]["mrr"]["delta"] == 0.0
     assert load_ranks(single.run_id, "test", client.tracking_uri)["epa"].tolist() == b.tolist()
+
+
+def test_views_pair_the_dedup_ranks_or_only_the_unseen_queries(tracking):
+    """Through argbench.track.tracker's format: b beats a in the official ranks only on the queries a ranks behind a
+    copy of the query (dedup removes the difference) and only on seen queries (unseen removes it too)."""
+    client, exp = tracking
+    track = {"experiment": exp, "tracking_uri": client.tracking_uri, "system_metrics": False}
+    a = np.where(np.arange(N) < 50, 2, 1)  # queries 0-49: a copy of the query outranks the counter
+    unseen = np.arange(N) >= 50
+    for name, ranks in (("a", a), ("b", np.ones(N, dtype=int))):
+        with tracked_run(run_name=name, **track) as run:
+            run.on_evaluation(1, "test", SimpleNamespace(ranks={"epa": ranks}, dedup_ranks={"epa": np.ones(N)},
+                                                         unseen=unseen))
+    official = compare("a", "b", experiment=exp, tracking_uri=client.tracking_uri, **STATS)["tasks"]["epa"]["acc@1"]
+    assert (official["a"], official["b"], official["n"]) == (pytest.approx(150 / N), 1.0, N)
+    dedup = compare("a", "b", experiment=exp, tracking_uri=client.tracking_uri, view="dedup", **STATS)
+    assert dedup["view"] == "dedup" and dedup["tasks"]["epa"]["acc@1"]["delta"] == 0.0
+    only_unseen = compare("a", "b", experiment=exp, tracking_uri=client.tracking_uri, view="unseen", **STATS)
+    cells = only_unseen["tasks"]["epa"]["acc@1"]
+    assert (cells["a"], cells["b"], cells["n"]) == (1.0, 1.0, N - 50)
+
+
+def test_a_view_the_artifact_lacks_is_named(tracking, tmp_path):
+    client, exp = tracking
+    for name in ("a", "b"):
+        log_run(client, exp, name, {"epa": np.ones(N)}, tmp_dir=tmp_path)  # official ranks only (older runs)
+    with pytest.raises(ValueError, match="no column 'rank_dedup'.*--view official"):
+        compare("a", "b", experiment=exp, tracking_uri=client.tracking_uri, view="dedup", **STATS)

@@ -201,8 +201,8 @@ def test_cli_compare_json(trained, monkeypatch, capsys):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", trained)
     assert cli.main(["compare", "baseline", "with_relu", "--experiment", TRAINED, "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert set(result) == {"a", "b", "split", "runs", "tasks"}
-    assert (result["a"], result["b"], result["split"]) == ("baseline", "with_relu", "test")
+    assert set(result) == {"a", "b", "split", "view", "runs", "tasks"}
+    assert (result["a"], result["b"], result["split"], result["view"]) == ("baseline", "with_relu", "test", "official")
     assert [len(result["runs"]["a"]), len(result["runs"]["b"])] == [2, 1]
     assert list(result["tasks"]) == list(TASKS)
     for cells in result["tasks"].values():
@@ -210,6 +210,15 @@ def test_cli_compare_json(trained, monkeypatch, capsys):
         for cell in cells.values():
             assert set(cell) == {"a", "b", "delta", "ci", "p_value", "p_holm", "test", "n"}
             assert cell["ci"][0] <= cell["delta"] <= cell["ci"][1]
+
+
+def test_cli_compare_pairs_only_the_unseen_queries_with_view_unseen(trained, monkeypatch, capsys):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", trained)
+    assert cli.main(["compare", "baseline", "with_relu", "--experiment", TRAINED, "--view", "unseen", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    unseen = int(load_corpus("sample").split("test").unseen.sum())  # the sample's test split has leaked pairs
+    assert result["view"] == "unseen" and 0 < unseen < len(load_corpus("sample").split("test").query_idx)
+    assert {cell["n"] for cells in result["tasks"].values() for cell in cells.values()} == {unseen}
     assert cli.main(["compare", "baseline", "with_relu", "--experiment", TRAINED, "--task", "epa", "sdoc"]) == 0
     lines = capsys.readouterr().out.splitlines()  # a title, a header, then the tasks in the order asked for
     assert [line.split()[:2] for line in lines[2:]] == [["epa", "acc@1"], ["epa", "mrr"], ["sdoc", "acc@1"],

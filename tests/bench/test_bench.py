@@ -52,8 +52,10 @@ def test_reference_pool_sizes_follow_the_task_definitions(sample_corpus):
     pools = {task: paths[0] for task, paths in load.reference_pools(frame, query).items()}
     debate = frame[(frame["theme"] == q["theme"]) & (frame["debate"] == q["debate"])]
 
-    assert len(pools["epa"]) == len(frame) - 1  # the sample has no copied texts
-    assert len(pools["epc"]) == (frame["kind"] == "counter").sum()
+    counter = frame[(frame["kind"] == "counter") & (frame["pair_id"] == q["pair_id"])].iloc[0]
+    counter_copies = int((frame["norm_text"] == counter["norm_text"]).sum()) - 1  # not candidates (the rule)
+    assert len(pools["epa"]) == len(frame) - 1 - counter_copies
+    assert len(pools["epc"]) == (frame["kind"] == "counter").sum() - counter_copies
     assert len(pools["sda"]) == len(debate) - 1
     assert set(pools["sdoc"]) == set(debate[(debate["stance"] == q["stance"]) & (debate["kind"] == "counter")]["path"])
     assert q["path"] not in set().union(*map(set, pools.values()))

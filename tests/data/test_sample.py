@@ -103,6 +103,37 @@ def test_splits_have_pairs_both_stances_and_one_unpaired_point(root):
             assert unpaired == []
 
 
+def test_one_training_debate_is_filed_again_in_test_under_another_theme(root):
+    rows = _arguments(root)
+    refiled = {(r["theme"], r["debate"]) for r in rows if r["split"] == "test" and r["debate"].startswith("p-")}
+    assert len(refiled) == 1
+    (theme, debate), = refiled
+    original = {r["theme"] for r in rows if r["split"] == "training" and r["debate"] == debate.removeprefix("p-")}
+    assert len(original) == 1 and theme not in original
+
+    def files(split, theme, debate):
+        return {(r["stance"], r["nn"], r["kind"]): r["text"] for r in rows
+                if (r["split"], r["theme"], r["debate"]) == (split, theme, debate)}
+    assert files("test", theme, debate) == files("training", original.pop(), debate.removeprefix("p-"))
+
+
+def test_one_pair_is_reused_in_a_second_debate_of_the_same_theme_in_training_and_test(root):
+    rows = _arguments(root)
+    for split in ("training", "test"):
+        here = [r for r in rows if r["split"] == split and not r["debate"].startswith("p-")]
+        texts: dict[tuple[str, str], list[dict]] = {}
+        for point in (r for r in here if r["kind"] == "point"):
+            counter = next((r for r in here if r["pair"] == point["pair"] and r["kind"] == "counter"), None)
+            if counter is not None:
+                texts.setdefault((point["text"], counter["text"]), []).append(point)
+        repeated = [points for points in texts.values() if len(points) > 1]
+        assert len(repeated) == 1 and len(repeated[0]) == 2, split
+        first, second = repeated[0]
+        assert first["theme"] == second["theme"] and first["debate"] != second["debate"], split
+    validation = [r["text"] for r in rows if r["split"] == "validation"]
+    assert len(set(validation)) == len(validation)  # no copies there
+
+
 def _tfidf_acc1(rows: list[dict], same_debate: bool) -> tuple[float, float]:
     """acc@1 of TF-IDF cosine nearest counter for each paired point, and the chance rate mean(1 / pool size)."""
     counters = [r for r in rows if r["kind"] == "counter"]

@@ -22,6 +22,7 @@ REQUIRED = {
     "no_proj": "projection",
     "frozen_encoder": "training", "no_classifier": "training",
     "learning_recipe": "recipe", "learning_recipe_in_batch": "recipe",
+    "leaky_training": "data", "mining_keeps_copies": "data",
 }
 ALIASES = {"shared_encoder", "concatenated", "proj_128", "without_layernorm_relu"}
 NAMES = [e.name for e in list_ablations(paths.packaged_ablations())]

@@ -17,11 +17,15 @@ from tests.factories import tiny_config, trainer_metrics
 KS = (1, 3, 5, 10)
 LOSS = ("train/loss", "train/loss_triplet", "train/loss_ce_pos", "train/loss_ce_neg", "train/loss_in_batch")
 NEGATIVES = ("negatives/point_frac", "negatives/counter_frac", "negatives/random_frac",
-             "negatives/same_debate_frac", "negatives/same_theme_frac", "negatives/mean_distance")
+             "negatives/same_debate_frac", "negatives/same_theme_frac", "negatives/mean_distance",
+             "negatives/copy_frac")
 # Keys the trainer leaves None at epoch 0 (nothing trained yet) and keys logged at every epoch.
 TRAINED_KEYS = (*LOSS, *NEGATIVES, "schedule/random_rate", "perf/train_seq_per_s")
 EVAL_KEYS = (*(f"val/{t}/acc_at_{k}" for t in TASKS for k in KS), *(f"val/{t}/mrr" for t in TASKS),
              "val/rerank/acc_at_1", "perf/epoch_seconds")
+# The dedup and unseen views of the trained run's validation split (argbench.data.copies; the sample's validation texts
+# occur nowhere else, so every query is unseen).
+VIEW_KEYS = tuple(f"val/{view}/{t}/{m}" for view in ("dedup", "unseen") for t in TASKS for m in ("acc_at_1", "mrr"))
 
 
 def steps(client: MlflowClient, run_id: str, key: str) -> list[int]:
@@ -60,7 +64,7 @@ def trained(store, corpus, tmp_path_factory):
 def test_trained_run_is_finished_with_every_metric_once_per_epoch(trained):
     client, run_id, _, history, _ = trained
     assert client.get_run(run_id).info.status == "FINISHED"
-    for key in EVAL_KEYS:
+    for key in (*EVAL_KEYS, *VIEW_KEYS):
         assert steps(client, run_id, key) == [0, 1, 2], key
     for key in TRAINED_KEYS:
         assert steps(client, run_id, key) == [1, 2], key
@@ -104,6 +108,7 @@ def test_trained_run_artifacts(trained, tmp_path, store, corpus):
     queries = len(corpus.split("validation").query_idx)
     assert len(ranks) == len(TASKS) * queries and set(ranks["task"]) == set(TASKS)
     assert ranks["rank"].min() >= 1 and set(ranks["epoch"]) == {2}
+    assert (ranks["rank_dedup"] <= ranks["rank"]).all() and ranks["unseen"].all()
     # acc@1 recomputed from the per-query ranks equals the logged metric
     epa = ranks[ranks["task"] == "epa"]
     assert (epa["rank"] == 1).mean() == pytest.approx(history[-1]["val"]["epa"]["acc@1"])

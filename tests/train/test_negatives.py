@@ -210,6 +210,7 @@ def test_stats_on_the_layout():
         "point": pytest.approx(2 / 6), "counter": pytest.approx(4 / 6), "random": 0.0,
         "same_debate": pytest.approx(4 / 6), "same_theme": pytest.approx(5 / 6),
         "mean_distance": pytest.approx((1 + 1 + 5 + math.sqrt(200) + 10 + 10) / 6), "rate": 0.0,
+        "copy": None,  # mined without copy groups
     }
 
 

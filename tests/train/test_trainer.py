@@ -95,8 +95,8 @@ def test_history_has_every_epoch_with_the_documented_keys(three_epochs):
     assert [m["epoch"] for m in history] == [0, 1, 2, 3]
     for m in history:
         assert set(m) == {"epoch", "loss", "negatives", "random_rate", "train_seq_per_s", "epoch_seconds",
-                          "val", "val_rerank_acc@1"}
-        assert set(m["val"]) == set(TASKS)
+                          "val", "val_rerank_acc@1", "val/dedup", "val/unseen"}
+        assert set(m["val"]) == set(m["val/dedup"]) == set(m["val/unseen"]) == set(TASKS)
         assert all(set(task) == METRICS and all(0 <= v <= 1 for v in task.values()) for task in m["val"].values())
         assert 0 <= m["val_rerank_acc@1"] <= 1 and m["epoch_seconds"] > 0
     untrained, trained = history[0], history[1:]
@@ -107,7 +107,8 @@ def test_history_has_every_epoch_with_the_documented_keys(three_epochs):
         assert all(torch.isfinite(torch.tensor(v)) for v in m["loss"].values())
         assert m["loss"]["in_batch"] == 0.0  # off by default
         fractions = m["negatives"]
-        assert set(fractions) == {"point", "counter", "random", "same_debate", "same_theme", "mean_distance"}
+        assert set(fractions) == {"point", "counter", "random", "same_debate", "same_theme", "mean_distance", "copy"}
+        assert fractions["copy"] == 0.0  # negatives.exclude_copies is on by default
         assert fractions["point"] + fractions["counter"] + fractions["random"] == pytest.approx(1.0)
         assert m["train_seq_per_s"] > 0
 
@@ -138,6 +139,8 @@ def test_hooks_are_called_as_documented(three_epochs, corpus):
     cfg, history, _, hook = three_epochs
     (info,), = hook.named("on_train_start")
     assert info["config"] == cfg and info["resumed_from"] is None and info["train_pairs"] == 32
+    # the sample's training split has copies and leaked pairs (argbench.data.sample), dropped by default
+    assert 32 < info["train_pairs_cleaned"] < info["train_pairs_before"] == len(corpus.split("training").query_idx)
     assert info["device"] == "cpu" and info["world_size"] == 1
     assert 0 < info["params_trainable"] == info["params_total"]
 
@@ -146,6 +149,7 @@ def test_hooks_are_called_as_documented(three_epochs, corpus):
     assert [(e, split) for e, split, _ in evaluations] == [(e, "val") for e in range(4)]
     for epoch, _, evaluation in evaluations:
         assert evaluation.metrics == history[epoch]["val"]
+        assert evaluation.views()["dedup"] == history[epoch]["val/dedup"]
         assert evaluation.rerank_acc1 == history[epoch]["val_rerank_acc@1"]
 
     train = corpus.split("training")
@@ -307,8 +311,8 @@ DDP_SCRIPT = """
     train.shard = recording_shard
     real_loss = train.combined_loss
 
-    def recording_loss(out, loss_cfg):  # every step's loss on every rank
-        parts = real_loss(out, loss_cfg)
+    def recording_loss(out, loss_cfg, copies=None):  # every step's loss on every rank
+        parts = real_loss(out, loss_cfg, copies)
         with open(record / f"loss-{os.environ['RANK']}.jsonl", "a") as f:
             f.write(json.dumps(parts["total"].item()) + "\\n")
         return parts
