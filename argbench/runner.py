@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from argbench import checkpoint
 from argbench.config import Config, replace
 from argbench.console import EpochPrinter
 from argbench.corpus import REPO_ROOT, Corpus, load_corpus, resolve_data
@@ -73,6 +74,8 @@ def _one_seed(name, cfg: Config, corpus: Corpus, tags: dict, out: Path, *, exper
     if resume and resume_id is None:
         raise FileNotFoundError(f"--resume: {out}/mlflow_run_id is missing: nothing to resume for {name} "
                                 f"seed {cfg.train.seed} (run it once without --resume)")
+    if resume:  # before the run is reopened: a damaged checkpoint leaves the run as it was, not FAILED
+        checkpoint.verify(out, cfg)
     printer = [EpochPrinter(cfg.eval.primary)] if progress else []
     with tracked_run(run_name=name, experiment=experiment, tracking_uri=tracking_uri,
                      tags={**tags, "seed": str(cfg.train.seed)}, resume_run_id=resume_id,

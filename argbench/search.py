@@ -30,7 +30,7 @@ from optuna.exceptions import ExperimentalWarning
 from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
-from argbench import config, registry, train
+from argbench import config, registry, stale, train
 from argbench.space import SearchSpace, SearchSpaceError, load_space  # also search's API
 from argbench.studies import DEFAULT_STORAGE, open_storage, retried_trial_number, storage_url
 
@@ -94,6 +94,7 @@ class _Objective:
         from argbench.tracking import tracked_run
 
         self.started.append(trial.number)
+        stale.record_trial(trial)
         cfg = config.replace(self.cfg, **self.space.suggest(trial))
         retry_of = retried_trial_number(trial)
         tags = {**self.tags, "study": self.study_name, "trial.number": trial.number,
@@ -155,6 +156,9 @@ def run_search(*, ablation: str = "baseline", space: str | os.PathLike = "defaul
     try:
         study = optuna.create_study(storage=backend, study_name=name, direction="maximize", load_if_exists=True,
                                     pruner=chosen_pruner)
+        from argbench.tracking import default_tracking_uri
+
+        stale.sweep(tracking_uri or default_tracking_uri(), study=study, storage=backend)
         # Offset by the trials already there, so a continued study does not replay the first run's random draws.
         study.sampler = optuna.samplers.TPESampler(seed=seed + len(study.trials))
         settings = {"trials": trials, "timeout": timeout, "jobs": jobs, "seed": seed,
@@ -334,13 +338,13 @@ def format_summary(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m argbench.search``: the same options as ``argbench search``."""
+    from argbench.cli import run_command
+
     parser = argparse.ArgumentParser(prog="argbench search", description=__doc__.splitlines()[0])
     add_arguments(parser)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     try:
-        return cmd_search(parser.parse_args(argv))
-    except (SearchSpaceError, config.ConfigError, registry.RegistryError) as err:
-        print(f"argbench search: error: {err}", file=sys.stderr)
-        return 2
+        return run_command(cmd_search, parser.parse_args(argv), prog="argbench search")
     except KeyboardInterrupt:
         print("argbench search: interrupted (running trials marked FAIL; rerun to continue the study)",
               file=sys.stderr)

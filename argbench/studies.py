@@ -20,6 +20,7 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 
 from argbench.corpus import REPO_ROOT
+from argbench.errors import UserError
 
 DEFAULT_STORAGE = f"sqlite:///{REPO_ROOT / 'mlruns' / 'optuna.db'}"
 JOURNAL_SCHEME = "journal://"
@@ -45,10 +46,19 @@ def open_storage(url: str | None, *, heartbeat_interval: int = 10, grace_period:
         return JournalStorage(JournalFileBackend(str(path)))
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///").split("?")[0]).parent.mkdir(parents=True, exist_ok=True)
+    from sqlalchemy.exc import ArgumentError, DBAPIError
+
     with warnings.catch_warnings():  # heartbeats and the retry callback are "experimental" in Optuna
         warnings.simplefilter("ignore", ExperimentalWarning)
-        return _rdb_storage(url, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
-                            heartbeat_stale_trial_callback=_RetryStaleTrial(max_retry, tracking_uri))
+        try:
+            return _rdb_storage(url, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+                                heartbeat_stale_trial_callback=_RetryStaleTrial(max_retry, tracking_uri))
+        except (DBAPIError, ArgumentError, ImportError) as err:  # unreachable server, bad URL, missing driver
+            from argbench.tracking import redact
+
+            reason = " ".join(str(getattr(err, "orig", None) or err).split())
+            raise UserError(f"cannot open the Optuna storage {redact(url)}: {redact(reason)}; expected a "
+                            "reachable database (--storage)") from err
 
 
 def _rdb_storage(url: str, attempts: int = 5, **kwargs) -> RDBStorage:

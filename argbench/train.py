@@ -7,7 +7,8 @@ trains one pass over the training pairs, evaluates, checkpoints, and calls the h
 The trainer knows nothing of MLflow or Optuna. A hook is any object with some of these methods (all optional):
 
 * ``on_train_start(info: dict)`` — ``config`` (the resolved :class:`Config`), data source and hash, device,
-  parameter counts, ``resumed_from`` (the checkpoint's epoch, or ``None``);
+  parameter counts, ``resumed_from`` (the checkpoint's epoch, or ``None``) and, when resumed, ``history`` (the
+  metrics of the epochs up to the checkpoint's);
 * ``on_epoch_end(epoch: int, metrics: dict) -> bool | None`` — return ``True`` to stop (pruning);
 * ``on_evaluation(epoch: int, split: str, evaluation: Evaluation)`` — per-query ranks, for paired comparisons;
 * ``on_negatives(epoch: int, examples: list[dict])`` — a few mined (point, negative, source) texts.
@@ -36,6 +37,7 @@ from argbench.config import Config, to_yaml
 from argbench.corpus import Corpus
 from argbench.distributed import Runtime, broadcast_flag, mean_over_ranks, setup, shard, teardown
 from argbench.encoders import embed
+from argbench.errors import RunError
 from argbench.evaluate import evaluate
 from argbench.loss import combined_loss
 from argbench.model import BiEncoder, Encoded, build_model
@@ -47,8 +49,8 @@ from argbench.tokens import TokenizedTexts, bucketed_batches, pad_batch, tokeniz
 SPLIT_KEYS = {"training": "train", "validation": "val", "test": "test"}
 
 
-class NonFiniteLoss(FloatingPointError):
-    """The loss became NaN or infinite; the message names epoch and step."""
+class NonFiniteLoss(RunError, FloatingPointError):
+    """The loss became NaN or infinite; the message names epoch, step, the loss components and what to try."""
 
 
 def fit(cfg: Config, corpus: Corpus, hooks=(), *, out_dir: Path | None = None, resume: bool = False,
@@ -112,13 +114,13 @@ class Trainer:
     def _resume(self) -> int:
         if self.out_dir is None:
             raise ValueError("resume needs the run folder (out_dir) that holds the checkpoint")
-        state = checkpoint.load(self.out_dir, self.model, self.runtime.device)
+        state = checkpoint.load(self.out_dir, self.model, self.runtime.device, self.cfg)
         self.optimizer.load_state_dict(state["optimizer"])
         checkpoint.restore_rng(state["rng"], self.np_rng, self.miner_rng)
         self.history = [json.loads(row) for row in state["history"]]
         if self.runtime.is_main:
             (self.out_dir / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in self.history))
-        self._call("on_train_start", {**self.info, "resumed_from": state["epoch"]})
+        self._call("on_train_start", {**self.info, "resumed_from": state["epoch"], "history": list(self.history)})
         return state["epoch"] + 1
 
     def _epoch(self, epoch: int) -> dict:
@@ -148,7 +150,7 @@ class Trainer:
             state = {"epoch": epoch, "optimizer": self.optimizer.state_dict(),
                      "rng": checkpoint.rng_state(self.np_rng, self.miner_rng),
                      "history": [json.dumps(m) for m in self.history]}
-            checkpoint.save(self.out_dir, self.model, state)
+            checkpoint.save(self.out_dir, self.model, state, self.cfg)
             with open(self.out_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(metrics) + "\n")
         stop = any(self._call("on_epoch_end", epoch, metrics)) if self.runtime.is_main else False
@@ -193,7 +195,8 @@ class Trainer:
             if not torch.isfinite(parts["total"]):
                 raise NonFiniteLoss(f"non-finite loss {parts['total'].item()} at epoch {epoch}, step {step} "
                                     f"(components: { {k: round(v.item(), 4) for k, v in parts.items()} }); "
-                                    "try a smaller train.lr or loss weights")
+                                    f"the checkpoint of epoch {epoch - 1} is kept; try a smaller train.lr or loss "
+                                    "weights in a new run")
             self.optimizer.zero_grad(set_to_none=True)
             parts["total"].backward()
             if self.cfg.train.grad_clip:
