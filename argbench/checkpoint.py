@@ -78,12 +78,13 @@ def save(run_dir: Path, model: torch.nn.Module, state: dict, config: Config | No
         if config is not None:
             (tmp / CONFIG).write_text(to_yaml(config))
         _write_checksums(tmp)  # last: a folder with this file was written whole
-    except OSError as err:
+    except Exception as err:
+        full = _disk_full(err, tmp)
         shutil.rmtree(tmp, ignore_errors=True)  # give the space back
-        if err.errno in DISK_FULL:
+        if full:
             raise DiskFull(f"no space left on the device of {run_dir} while writing the checkpoint of epoch "
-                           f"{state.get('epoch')} ({err.strerror}); the previous checkpoint is kept in "
-                           f"{final}: free some space, then --resume") from err
+                           f"{state.get('epoch')}; the previous checkpoint is kept in {final}: free some space, "
+                           "then --resume") from err
         raise
     old = run_dir / (DIRNAME + ".old")
     if final.exists():  # else an interrupted save left the last complete checkpoint in `old`: keep it till the end
@@ -92,6 +93,18 @@ def save(run_dir: Path, model: torch.nn.Module, state: dict, config: Config | No
     tmp.rename(final)
     shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _disk_full(err: Exception, folder: Path) -> bool:
+    """Whether writing into ``folder`` failed for want of space. The writers do not all say so: Python's raise
+    OSError(ENOSPC), safetensors a SafetensorError "...(os error 28)", torch.save a RuntimeError "unexpected pos";
+    so less than 1 MiB left where the write stopped counts as full too."""
+    if getattr(err, "errno", None) in DISK_FULL or "os error 28" in str(err):
+        return True
+    try:
+        return shutil.disk_usage(folder if folder.exists() else folder.parent).free < 1 << 20
+    except OSError:
+        return False
 
 
 def _write_checksums(folder: Path) -> None:
