@@ -375,6 +375,9 @@ def read_yaml(path: Path) -> Any:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as err:
         raise ConfigError("<file>", f"cannot read config file ({err.strerror})", str(path)) from None
+    except UnicodeDecodeError as err:
+        raise ConfigError("<file>", f"not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset {err.start}); "
+                                    "expected a UTF-8 YAML file", str(path)) from None
     try:
         loaded = yaml.safe_load(text)
     except yaml.YAMLError as err:

@@ -1,11 +1,17 @@
-"""The one base class of errors that mean "your input is wrong".
+"""The base classes of errors that are not bugs: :class:`UserError` (your input is wrong) and :class:`RunError`
+(the run stopped for a known reason outside argbench's code).
 
-The CLI catches :class:`UserError` once and prints its message as one line, exit status 2, no traceback. Raise a
-subclass (or :class:`UserError` itself) wherever a file, key, value or flag supplied by the user is wrong; the
-message names what is wrong, where (file, key, value) and what is expected. Anything else is a bug and keeps its
-traceback.
+The CLI catches both once and prints the message as one line, no traceback (``argbench --debug`` shows it): exit
+status 2 for a :class:`UserError`, 1 for a :class:`RunError`. Raise a subclass (or the class itself) wherever a
+file, key, value or flag supplied by the user is wrong (:class:`UserError`), or where the run cannot go on and the
+user has to act (the disk is full, the loss diverged: :class:`RunError`); the message names what is wrong, where
+(file, key, value, epoch) and what is expected or what to do. Anything else is a bug and keeps its traceback.
 """
 
 
 class UserError(ValueError):
     """Bad user input: one line for the user, exit 2. A ``ValueError`` too, so callers that catch that still do."""
+
+
+class RunError(RuntimeError):
+    """The run stopped for a known reason that is neither bad input nor a bug: one line for the user, exit 1."""

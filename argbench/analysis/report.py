@@ -19,6 +19,7 @@ from mlflow import MlflowClient
 from plotly.subplots import make_subplots
 
 from argbench.data.tasks import TASKS
+from argbench.errors import UserError
 from argbench.paths import default_tracking_uri, project_dir
 from argbench.track.tracker import metric_key, redact
 
@@ -51,14 +52,15 @@ def load_runs(experiment: str, run_names: list[str] | None = None, tracking_uri:
     """Runs of ``experiment`` named ``run_names`` (in that order; all, oldest first, when None).
 
     Where several runs share a name, the latest FINISHED one is taken (the latest of any status if none
-    finished). ``system/*`` metrics are left out. Raises ValueError naming a missing experiment or run name.
+    finished). ``system/*`` metrics are left out. Raises UserError (a ValueError) naming a missing experiment or run.
     """
     uri = tracking_uri or default_tracking_uri()
     client = MlflowClient(uri)
     found = client.get_experiment_by_name(experiment)
     if found is None:
         known = ", ".join(e.name for e in client.search_experiments()) or "none"
-        raise ValueError(f"no MLflow experiment {experiment!r} at {redact(uri)}; experiments there: {known}")
+        raise UserError(f"no MLflow experiment {experiment!r} at {redact(uri)}; experiments there: {known} "
+                        "(--experiment names another)")
     by_name: dict[str, list] = {}
     for run in _all_runs(client, found.experiment_id):
         by_name.setdefault(run.info.run_name, []).append(run)
@@ -66,7 +68,7 @@ def load_runs(experiment: str, run_names: list[str] | None = None, tracking_uri:
         run_names = sorted(by_name, key=lambda n: min(r.info.start_time for r in by_name[n]))
     missing = [n for n in run_names if n not in by_name]
     if missing:
-        raise ValueError(f"experiment {experiment!r} at {redact(uri)} has no run named {', '.join(missing)}; "
+        raise UserError(f"experiment {experiment!r} at {redact(uri)} has no run named {', '.join(missing)}; "
                          f"its runs: {', '.join(sorted(by_name)) or 'none'}")
     return [_run_data(client, _pick(by_name[n]), len(by_name[n]) - 1) for n in run_names]
 

@@ -124,6 +124,7 @@ def cmd_run(args) -> int:
     from argbench.cli.app import shortcut_overrides
     from argbench.experiments.runner import run_ablation
 
+    open_store()
     result = run_ablation(args.name, shortcut_overrides(args), data=args.data, seeds=args.seeds,
                           experiment=args.experiment, out=args.out, resume=args.resume, log_model=args.log_model)
     if args.json:
@@ -145,6 +146,7 @@ def cmd_run(args) -> int:
 def cmd_import(args) -> int:
     from argbench.track.run_import import import_run
 
+    open_store()
     result = import_run(args.run_dir, name=args.name, experiment=args.experiment, tags=dict(args.tags))
     if args.json:
         print(json.dumps(result, indent=2))
@@ -162,6 +164,15 @@ def _key_value(item: str) -> tuple[str, str]:
     return key, value
 
 
+def open_store(must_exist: bool = False) -> None:
+    """What a command does first with the MLflow store: close the runs whose process is gone
+    (:func:`argbench.track.stale.sweep`); ``must_exist``: a missing store is an error, not created."""
+    from argbench.track.stale import sweep
+    from argbench.track.tracker import default_tracking_uri
+
+    sweep(default_tracking_uri(), must_exist=must_exist)
+
+
 def _quiet_downloads() -> None:
     """MLflow draws a progress bar for every per-query file it fetches: dozens of lines, no information."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -171,6 +182,7 @@ def cmd_compare(args) -> int:
     from argbench.analysis.significance import compare_systems, format_comparison
 
     _quiet_downloads()
+    open_store(must_exist=True)
     result = compare_systems(args.a, args.b, split=args.split, tasks=args.tasks, experiment=args.experiment,
                              view=args.view)
     print(json.dumps(result, indent=2) if args.json else format_comparison(result))
@@ -179,6 +191,7 @@ def cmd_compare(args) -> int:
 
 def cmd_report(args) -> int:
     _quiet_downloads()
+    open_store(must_exist=True)
     if args.table:
         return _print_tables(args)
     from argbench.analysis.report import report

@@ -1,12 +1,15 @@
 """``argbench`` command line: data stats, zero-shot eval, train, ablations, reports.
 
 Every command takes ``--json`` for machine-readable output on stdout; human-readable text goes to stdout, progress
-and notices to stderr. Errors in user input exit with status 2 and one message naming what is wrong.
+and notices to stderr. Errors in user input exit with status 2 and one message naming what is wrong; a run stopped
+for a known reason (diverged loss, full disk) exits with status 1 and one line; ``argbench --debug ...`` shows the
+traceback of either.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -15,9 +18,10 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from argbench.errors import UserError  # noqa: E402
+from argbench.errors import RunError, UserError  # noqa: E402
 
 USER_ERRORS = (UserError, FileNotFoundError)
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 def _quiet_libraries() -> None:
@@ -37,10 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return args.func(args) or 0
-    except USER_ERRORS as err:
-        print(f"argbench: error: {err}", file=sys.stderr)
-        return 2
+        return run_command(args.func, args)
     except BrokenPipeError:  # `argbench ... | head`: the reader left; that is not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
@@ -49,8 +50,29 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def run_command(func, args, prog: str = "argbench") -> int:
+    """``func(args)``, with every known failure as one line on stderr: exit 2 for bad input (:class:`UserError`,
+    a missing file), 1 for a run stopped for a known reason (:class:`RunError`, a full disk); with ``args.debug``
+    the exception propagates with its traceback. Anything else is a bug and always keeps its traceback."""
+    try:
+        return func(args) or 0
+    except (*USER_ERRORS, RunError, OSError) as err:
+        user = isinstance(err, USER_ERRORS)
+        if getattr(args, "debug", False) or not (user or isinstance(err, RunError) or err.errno in DISK_FULL):
+            raise
+        print(f"{prog}: error: {_one_line(err)}", file=sys.stderr)
+        return 2 if user else 1
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return text if isinstance(err, (*USER_ERRORS, RunError)) else f"{type(err).__name__}: {text}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="argbench", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an error instead of its one-line message")
     sub = parser.add_subparsers(title="commands")
 
     data = sub.add_parser("data", help="corpus information").add_subparsers(title="data commands")
@@ -172,8 +194,11 @@ def cmd_eval(args) -> int:
     short = {view: {task: {k: m[k] for k in ("acc@1", "acc@5", "mrr")} for task, m in metrics.items()}
              for view, metrics in views.items()}
     if args.track:
+        from argbench.cli.ablation import open_store
         from argbench.eval.baselines import log_baseline, run_name
         from argbench.train.trainer import SPLIT_KEYS
+
+        open_store()
 
         params = {"encoder": args.encoder, "split": args.split, **kwargs}
         params.pop("progress", None)

@@ -17,6 +17,7 @@ from argbench.data.corpus import Corpus, load_corpus, resolve_data
 from argbench.experiments.registry import get, resolve
 from argbench.paths import runs_dir
 from argbench.track.tracker import epoch_metrics, load_run_id, tracked_run
+from argbench.train import checkpoint
 from argbench.train.console import EpochPrinter
 from argbench.train.trainer import best, fit
 
@@ -72,6 +73,8 @@ def _one_seed(name, cfg: Config, corpus: Corpus, tags: dict, out: Path, *, exper
     if resume and resume_id is None:
         raise FileNotFoundError(f"--resume: {out}/mlflow_run_id is missing: nothing to resume for {name} "
                                 f"seed {cfg.train.seed} (run it once without --resume)")
+    if resume:  # before the run is reopened: a damaged checkpoint leaves the run as it was, not FAILED
+        checkpoint.verify(out, cfg)
     printer = [EpochPrinter(cfg.eval.primary)] if progress else []
     with tracked_run(run_name=name, experiment=experiment, tracking_uri=tracking_uri,
                      tags={**tags, "seed": str(cfg.train.seed)}, resume_run_id=resume_id,

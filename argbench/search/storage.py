@@ -10,6 +10,8 @@ it is retried (system attr ``failed_trial`` = the number of the trial it repeats
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 import warnings
 from pathlib import Path
@@ -18,8 +20,11 @@ import optuna
 from optuna.exceptions import ExperimentalWarning
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend, JournalStorage
+from optuna.trial import TrialState
 
+from argbench.errors import UserError
 from argbench.paths import default_storage
+from argbench.track.stale import HOST_TAG, PID_TAG, pid_alive
 
 DEFAULT_STORAGE = "sqlite:///mlruns/optuna.db"  # shown in help; resolved by argbench.paths.default_storage
 JOURNAL_SCHEME = "journal://"
@@ -45,10 +50,19 @@ def open_storage(url: str | None, *, heartbeat_interval: int = 10, grace_period:
         return JournalStorage(JournalFileBackend(str(path)))
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///").split("?")[0]).parent.mkdir(parents=True, exist_ok=True)
+    from sqlalchemy.exc import ArgumentError, DBAPIError
+
     with warnings.catch_warnings():  # heartbeats and the retry callback are "experimental" in Optuna
         warnings.simplefilter("ignore", ExperimentalWarning)
-        return _rdb_storage(url, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
-                            heartbeat_stale_trial_callback=_RetryStaleTrial(max_retry, tracking_uri))
+        try:
+            return _rdb_storage(url, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+                                heartbeat_stale_trial_callback=_RetryStaleTrial(max_retry, tracking_uri))
+        except (DBAPIError, ArgumentError, ImportError) as err:  # unreachable server, bad URL, missing driver
+            from argbench.track.tracker import redact
+
+            reason = " ".join(str(getattr(err, "orig", None) or err).split())
+            raise UserError(f"cannot open the Optuna storage {redact(url)}: {redact(reason)}; expected a "
+                            "reachable database (--storage)") from err
 
 
 def _rdb_storage(url: str, attempts: int = 5, **kwargs) -> RDBStorage:
@@ -98,3 +112,32 @@ def retried_trial_number(trial: optuna.Trial) -> int | None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ExperimentalWarning)
         return RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
+
+
+# --- stale trials (the process rule of argbench.track.stale, for Optuna trials) ------------------------------------
+
+def record_trial(trial) -> None:
+    """Store where ``trial`` (an ``optuna.Trial``) runs, so that a dead worker's trial is found on this host."""
+    trial.set_user_attr(HOST_TAG, socket.gethostname())
+    trial.set_user_attr(PID_TAG, os.getpid())
+
+
+def close_stale_trials(study, storage) -> list[int]:
+    """Fail the RUNNING trials of ``study`` whose process on this host is gone, run ``storage``'s stale-trial
+    callback for each (RDB storages; journal storages have none), then Optuna's heartbeat rule; returns the
+    numbers of the trials failed by the process rule."""
+    failed = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        host, pid = trial.user_attrs.get(HOST_TAG), trial.user_attrs.get(PID_TAG)
+        if host == socket.gethostname() and isinstance(pid, int) and not pid_alive(pid):
+            study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+            failed.append(trial.number)
+    callback = getattr(storage, "get_heartbeat_stale_trial_callback", lambda: None)()
+    if callback is not None and failed:
+        for trial in study.get_trials(deepcopy=True):
+            if trial.number in failed:
+                callback(study, trial)
+    with warnings.catch_warnings():  # "experimental" in Optuna
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    return failed

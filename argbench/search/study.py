@@ -33,8 +33,16 @@ from optuna.trial import TrialState
 
 from argbench import config
 from argbench.experiments import registry
-from argbench.search.space import SearchSpace, SearchSpaceError, load_space  # also search's API
-from argbench.search.storage import DEFAULT_STORAGE, open_storage, retried_trial_number, storage_url
+from argbench.search.space import SearchSpace, load_space  # also search's API
+from argbench.search.storage import (
+    DEFAULT_STORAGE,
+    close_stale_trials,
+    open_storage,
+    record_trial,
+    retried_trial_number,
+    storage_url,
+)
+from argbench.track import stale
 from argbench.train import trainer as train
 
 PRUNERS = ("median", "hyperband", "none")
@@ -97,6 +105,7 @@ class _Objective:
         from argbench.track.tracker import tracked_run
 
         self.started.append(trial.number)
+        record_trial(trial)
         cfg = config.replace(self.cfg, **self.space.suggest(trial))
         retry_of = retried_trial_number(trial)
         tags = {**self.tags, "study": self.study_name, "trial.number": trial.number,
@@ -158,6 +167,13 @@ def run_search(*, ablation: str = "baseline", space: str | os.PathLike = "defaul
     try:
         study = optuna.create_study(storage=backend, study_name=name, direction="maximize", load_if_exists=True,
                                     pruner=chosen_pruner)
+        from argbench.track.tracker import default_tracking_uri
+
+        # first the trials: their callback closes the trials' MLflow runs with the trial's state
+        for number in close_stale_trials(study, backend):
+            print(f"argbench: failed stale Optuna trial {number} of study {study.study_name}: its process on this "
+                  "host is gone", file=sys.stderr)
+        stale.sweep(tracking_uri or default_tracking_uri())
         # Offset by the trials already there, so a continued study does not replay the first run's random draws.
         study.sampler = optuna.samplers.TPESampler(seed=seed + len(study.trials))
         settings = {"trials": trials, "timeout": timeout, "jobs": jobs, "seed": seed,
@@ -337,13 +353,13 @@ def format_summary(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m argbench.search.study``: the same options as ``argbench search``."""
+    from argbench.cli.app import run_command
+
     parser = argparse.ArgumentParser(prog="argbench search", description=__doc__.splitlines()[0])
     add_arguments(parser)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     try:
-        return cmd_search(parser.parse_args(argv))
-    except (SearchSpaceError, config.ConfigError, registry.RegistryError) as err:
-        print(f"argbench search: error: {err}", file=sys.stderr)
-        return 2
+        return run_command(cmd_search, parser.parse_args(argv), prog="argbench search")
     except KeyboardInterrupt:
         print("argbench search: interrupted (running trials marked FAIL; rerun to continue the study)",
               file=sys.stderr)

@@ -42,7 +42,15 @@ def read_run_folder(run_dir: Path) -> tuple[Config, list[dict]]:
     except ConfigError as err:
         raise RunFolderError(str(err)) from None
     history: list[dict] = []
-    for number, line in enumerate((run_dir / METRICS).read_text().splitlines(), start=1):
+    data = (run_dir / METRICS).read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        bad_line = data.count(b"\n", 0, err.start) + 1
+        raise RunFolderError(f"{run_dir / METRICS}, line {bad_line}: not UTF-8 (byte "
+                             f"0x{data[err.start]:02x} at offset {err.start}); expected the UTF-8 JSON lines that "
+                             "fit writes") from None
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         where = f"{run_dir / METRICS}, line {number}"
@@ -90,8 +98,6 @@ def import_run(run_dir: Path, *, name: str, experiment: str = "argbench", tracki
     with tracked_run(run_name=name, experiment=experiment, tracking_uri=tracking_uri, tags=run_tags,
                      system_metrics=False, config=cfg) as tracker:
         tracker.on_train_start({"config": cfg})
-        for row in history:
-            tracker.on_epoch_end(row["epoch"], row)
-        tracker.finish(history, cfg)
+        tracker.finish(history, cfg)  # logs every epoch of the history, then the artifacts once
     return {"run_id": tracker.run_id, "ablation": name, "epochs": len(history),
             "best": {cfg.eval.primary: best(history, cfg.eval.primary)}}

@@ -11,8 +11,10 @@ the hook passed to ``argbench.train.trainer.fit``. What one run holds:
   under ``{split}/dedup/`` and ``{split}/unseen/`` (the views of argbench.data.copies), ``negatives/*``,
   ``schedule/random_rate``, ``perf/*``; plus MLflow's own ``system/*`` metrics when psutil is installed;
 * artifacts: config.yaml, metrics.csv (one row per epoch), negatives.csv, learning_curve.html,
-  per_query/{split}.csv (long format: epoch, query, task, rank, rank_dedup, unseen) and, with ``log_model``,
-  model/model.safetensors.
+  per_query/{split}.csv (long format: epoch, query, task, rank, rank_dedup, unseen), rewritten at the end of every
+  epoch (a kill loses at most the running epoch), and, with ``log_model``, model/model.safetensors at the end;
+* where it runs: tags ``process.host``, ``process.pid`` and a ``process.heartbeat`` refreshed by a thread and
+  every epoch, so that :mod:`argbench.track.stale` can close it as KILLED once its process is gone.
 
 Every call goes through one ``MlflowClient`` bound to the run's tracking URI; no global MLflow state (active run,
 global tracking URI) is read or changed, so runs on different stores can coexist in one process.
@@ -41,6 +43,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from argbench.config import Config, flatten, to_yaml
 from argbench.paths import PACKAGE_DIR, default_tracking_uri
+from argbench.track import stale
 
 DEFAULT_EXPERIMENT = "argbench"
 RUN_ID_FILE = "mlflow_run_id"
@@ -192,6 +195,7 @@ class MlflowTracker:
         self.logged_steps = self._steps_in_run()
         self.resumed_from: int | None = None
         self.finished = False
+        self.heartbeat: stale.Heartbeat | None = None  # set by tracked_run; beats at every epoch's end
 
     @property
     def primary_key(self) -> str:
@@ -211,6 +215,7 @@ class MlflowTracker:
         tags["git.commit"] = git_commit()
         if self.resumed_from is not None:
             tags["resumed_from"] = self.resumed_from
+            self._restore(info.get("history") or [])
         params = {}
         if self.config is None:
             warnings.warn(f"MLflow run {self.run_id}: no config, so no params, seed or encoder tags; "
@@ -221,9 +226,13 @@ class MlflowTracker:
         self.log(params=params, tags={**tags, **self.extra_tags})
 
     def on_epoch_end(self, epoch: int, metrics: dict) -> None:
-        """Log the epoch's metrics at ``step=epoch`` in one batch, unless the run already has that step."""
+        """Log the epoch's metrics at ``step=epoch`` in one batch, unless the run already has that step, then the
+        artifacts so far (all but the model), and beat the heartbeat."""
         if not self.logged_steps or epoch > max(self.logged_steps):
             self._log_epoch(epoch, epoch_metrics(metrics))
+            self.log_artifacts(self.rows, with_model=False)
+        if self.heartbeat is not None:
+            self.heartbeat.beat()
 
     def on_negatives(self, epoch: int, examples: list[dict]) -> None:
         self.negatives.extend({"epoch": epoch, "point": e["point"], "negative": e["negative"],
@@ -239,13 +248,13 @@ class MlflowTracker:
         Called by :func:`tracked_run` on exit if the caller did not."""
         self.config = config or self.config
         rows = self.rows if history is None else [{"epoch": m["epoch"], **epoch_metrics(m)} for m in history]
-        for row in rows:
+        for row in list(rows):
             if row["epoch"] not in self.logged_steps:
                 self._log_epoch(row["epoch"], {k: v for k, v in row.items() if k != "epoch"})
         self.log_artifacts(rows)
         self.finished = True
 
-    def log_artifacts(self, rows: list[dict]) -> None:
+    def log_artifacts(self, rows: list[dict], with_model: bool = True) -> None:
         """config.yaml, metrics.csv, negatives.csv, learning_curve.html, per_query/*.csv (and the model)."""
         from argbench.analysis.report import (
             learning_curve,  # plotly is imported only when a run ends; report imports us
@@ -258,34 +267,34 @@ class MlflowTracker:
             self.client.log_text(self.run_id, table.to_csv(index=False), "metrics.csv")
             figure = learning_curve(rows, primary=self.primary_key)
             self.client.log_text(self.run_id, figure.to_html(include_plotlyjs=True), "learning_curve.html")
-        negatives = self._all_negatives()
+        negatives = pd.DataFrame(self.negatives, columns=["epoch", "point", "negative", "source"])
         if len(negatives):
             self.client.log_text(self.run_id, negatives.to_csv(index=False), "negatives.csv")
         for split, (epoch, evaluation) in self.ranks.items():
             self.client.log_text(self.run_id, per_query_table(epoch, evaluation).to_csv(index=False),
                                  f"per_query/{split}.csv")
         model = None if self.out_dir is None else self.out_dir / "checkpoint" / "model.safetensors"
-        if self.log_model and model is not None and model.is_file():
+        if with_model and self.log_model and model is not None and model.is_file():
             self.client.log_artifact(self.run_id, str(model), "model")
 
-    def _all_negatives(self) -> pd.DataFrame:
-        """This process's examples, after those of earlier sessions of a resumed run (from its negatives.csv)."""
-        mine = pd.DataFrame(self.negatives, columns=["epoch", "point", "negative", "source"])
-        if self.resumed_from is None:
-            return mine
+    def _restore(self, history: list[dict]) -> None:
+        """A resumed run's rows and negatives before this session: the epochs of the checkpoint's ``history`` and
+        the examples of the run's negatives.csv up to the checkpoint's epoch, so that the artifacts rewritten at
+        each epoch hold the whole run."""
+        self.rows = [{"epoch": m["epoch"], **epoch_metrics(m)} for m in history]
         try:
             with tempfile.TemporaryDirectory() as scratch:
                 earlier = pd.read_csv(self.client.download_artifacts(self.run_id, "negatives.csv", scratch))
         except (MlflowException, OSError):
-            return mine
-        return pd.concat([earlier[earlier["epoch"] <= self.resumed_from], mine], ignore_index=True)
+            return
+        self.negatives = earlier[earlier["epoch"] <= self.resumed_from].to_dict("records")
 
     # logging helpers --------------------------------------------------------------------------------------------
     def _log_epoch(self, epoch: int, values: dict[str, float]) -> None:
         now = int(time.time() * 1000)
         self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, epoch) for k, v in values.items()])
         self.logged_steps.add(epoch)
-        self.rows.append({"epoch": epoch, **values})
+        self.rows = [r for r in self.rows if r["epoch"] != epoch] + [{"epoch": epoch, **values}]
 
     def _new_params(self, params: dict[str, str]) -> dict[str, str]:
         """``params`` not yet in the run (a resumed run already has them); warns about changed values."""
@@ -333,8 +342,10 @@ def tracked_run(*, run_name: str, experiment: str = DEFAULT_EXPERIMENT, tracking
     the innermost enclosing ``tracked_run`` (or ``parent_run_id``). ``config`` supplies the params when the
     trainer's info does not carry one; ``out_dir`` receives ``mlflow_run_id`` and, with ``log_model``, holds the
     checkpoint logged at the end. Tags ``ablation`` (default ``run_name``) and ``group`` (default "none") are set.
-    On exit: FINISHED (after ``finish``); KeyboardInterrupt or another BaseException -> KILLED; an Exception ->
-    FAILED with tag ``error`` = "Type: message" (redacted, <= 5000 chars); the exception is re-raised.
+    On exit: FINISHED (after ``finish``; an ``error`` tag left by an earlier failed session is removed);
+    KeyboardInterrupt or another BaseException -> KILLED; an Exception -> FAILED with tag ``error`` =
+    "Type: message" (redacted, <= 5000 chars); the exception is re-raised. A process killed outright cannot say
+    so: its process tags and heartbeat let :func:`argbench.track.stale.sweep` close the run later.
     """
     uri = tracking_uri or default_tracking_uri()
     db = _sqlite_file(uri)
@@ -346,7 +357,7 @@ def tracked_run(*, run_name: str, experiment: str = DEFAULT_EXPERIMENT, tracking
         run_id = _reopen(client, resume_run_id)
     else:
         parent = parent_run_id or (_enclosing_run() if nested else None)
-        start_tags = {k: redact(str(v)) for k, v in all_tags.items()}
+        start_tags = {**{k: redact(str(v)) for k, v in all_tags.items()}, **stale.process_tags()}
         if parent:
             start_tags[MLFLOW_PARENT_RUN_ID] = parent
         run_id = client.create_run(experiment_id(client, experiment), run_name=run_name,
@@ -355,12 +366,15 @@ def tracked_run(*, run_name: str, experiment: str = DEFAULT_EXPERIMENT, tracking
         save_run_id(out_dir, run_id)
     tracker = MlflowTracker(client, run_id, config=config, tags=all_tags, out_dir=out_dir, log_model=log_model)
     monitor = _system_monitor(run_id, uri, resumed=bool(resume_run_id)) if system_metrics else None
+    tracker.heartbeat = stale.Heartbeat(client, run_id).start()
     status, token = "KILLED", _open_runs.set(_open_runs.get() + (run_id,))
     try:
         yield tracker
         if not tracker.finished:
             tracker.finish()
         status = "FINISHED"
+        if "error" in client.get_run(run_id).data.tags:  # from a failed session of this resumed run
+            client.delete_tag(run_id, "error")
     except Exception as err:
         status = "FAILED"
         _salvage(tracker)
@@ -371,6 +385,7 @@ def tracked_run(*, run_name: str, experiment: str = DEFAULT_EXPERIMENT, tracking
         raise
     finally:
         _open_runs.reset(token)
+        tracker.heartbeat.stop()
         if monitor is not None:
             monitor.finish()
         client.set_terminated(run_id, status)
@@ -384,6 +399,11 @@ def _reopen(client: MlflowClient, run_id: str) -> str:
                          f"({err.message}); expected the id saved in the run folder's {RUN_ID_FILE}") from None
     if run.info.lifecycle_stage == "deleted":
         raise ValueError(f"cannot resume MLflow run {run_id!r}: it is deleted; restore it or start a new run")
+    # Where it runs now, before it is RUNNING again: a sweep meanwhile must not see the dead process's tags.
+    client.log_batch(run_id, tags=[RunTag(k, v) for k, v in stale.process_tags().items()])
+    for tag in (stale.STALE_TAG, stale.LAST_HEARTBEAT_TAG):
+        if tag in run.data.tags:
+            client.delete_tag(run_id, tag)
     client.update_run(run_id, status="RUNNING")
     return run_id
 

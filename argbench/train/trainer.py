@@ -9,7 +9,8 @@ The trainer knows nothing of MLflow or Optuna. A hook is any object with some of
 * ``on_train_start(info: dict)`` — ``config`` (the resolved :class:`Config`), data source and hash, device,
   parameter counts, training pairs (``train_pairs_before`` in the corpus, ``train_pairs_cleaned`` after
   ``data.decontaminate`` / ``data.dedupe_pairs``, ``train_pairs`` trained on, after ``data.max_train_pairs``),
-  ``resumed_from`` (the checkpoint's epoch, or ``None``);
+  ``resumed_from`` (the checkpoint's epoch, or ``None``) and, when resumed, ``history`` (the metrics of the epochs
+  up to the checkpoint's);
 * ``on_epoch_end(epoch: int, metrics: dict) -> bool | None`` — return ``True`` to stop (pruning);
 * ``on_evaluation(epoch: int, split: str, evaluation: Evaluation)`` — per-query ranks, for paired comparisons;
 * ``on_negatives(epoch: int, examples: list[dict])`` — a few mined (point, negative, source) texts.
@@ -43,6 +44,7 @@ from argbench.config import Config, ConfigError, to_yaml
 from argbench.data.copies import in_batch_copies, training_frame, view_key
 from argbench.data.corpus import Corpus
 from argbench.data.tasks import SplitData, build_split
+from argbench.errors import RunError
 from argbench.eval.evaluate import evaluate
 from argbench.model.bi_encoder import BiEncoder, Encoded, build_model
 from argbench.model.encoders import embed
@@ -56,8 +58,8 @@ from argbench.train.schedule import schedule_from_config
 SPLIT_KEYS = {"training": "train", "validation": "val", "test": "test"}
 
 
-class NonFiniteLoss(FloatingPointError):
-    """The loss became NaN or infinite; the message names epoch and step."""
+class NonFiniteLoss(RunError, FloatingPointError):
+    """The loss became NaN or infinite; the message names epoch, step, the loss components and what to try."""
 
 
 def fit(cfg: Config, corpus: Corpus, hooks=(), *, out_dir: Path | None = None, resume: bool = False,
@@ -124,13 +126,13 @@ class Trainer:
     def _resume(self) -> int:
         if self.out_dir is None:
             raise ValueError("resume needs the run folder (out_dir) that holds the checkpoint")
-        state = checkpoint.load(self.out_dir, self.model, self.runtime.device)
+        state = checkpoint.load(self.out_dir, self.model, self.runtime.device, self.cfg)
         self.optimizer.load_state_dict(state["optimizer"])
         checkpoint.restore_rng(state["rng"], self.np_rng, self.miner_rng)
         self.history = [json.loads(row) for row in state["history"]]
         if self.runtime.is_main:
             (self.out_dir / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in self.history))
-        self._call("on_train_start", {**self.info, "resumed_from": state["epoch"]})
+        self._call("on_train_start", {**self.info, "resumed_from": state["epoch"], "history": list(self.history)})
         return state["epoch"] + 1
 
     def _epoch(self, epoch: int) -> dict:
@@ -160,7 +162,7 @@ class Trainer:
             state = {"epoch": epoch, "optimizer": self.optimizer.state_dict(),
                      "rng": checkpoint.rng_state(self.np_rng, self.miner_rng),
                      "history": [json.dumps(m) for m in self.history]}
-            checkpoint.save(self.out_dir, self.model, state)
+            checkpoint.save(self.out_dir, self.model, state, self.cfg)
             with open(self.out_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(metrics) + "\n")
         stop = any(self._call("on_epoch_end", epoch, metrics)) if self.runtime.is_main else False
@@ -211,7 +213,8 @@ class Trainer:
             if not torch.isfinite(parts["total"]):
                 raise NonFiniteLoss(f"non-finite loss {parts['total'].item()} at epoch {epoch}, step {step} "
                                     f"(components: { {k: round(v.item(), 4) for k, v in parts.items()} }); "
-                                    "try a smaller train.lr or loss weights")
+                                    f"the checkpoint of epoch {epoch - 1} is kept; try a smaller train.lr or loss "
+                                    "weights in a new run")
             self.optimizer.zero_grad(set_to_none=True)
             parts["total"].backward()
             if self.cfg.train.grad_clip:

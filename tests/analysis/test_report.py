@@ -139,3 +139,25 @@ def test_every_figure_draws_in_headless_chromium(runs, tmp_path):
     assert sorted(plots.drawn) == sorted(FIGURE_IDS)
     assert plots.svgs >= len(FIGURE_IDS)
     shutil.rmtree(tmp_path / "profile", ignore_errors=True)
+
+
+@pytest.mark.parametrize("store_exists", [False, True])
+def test_report_on_a_missing_or_empty_store_is_one_line_and_creates_nothing(tmp_path, monkeypatch, capsys,
+                                                                           store_exists):
+    from mlflow import MlflowClient
+
+    from argbench import cli
+
+    db = tmp_path / "store" / "mlflow.db"
+    if store_exists:
+        db.parent.mkdir()
+        MlflowClient(f"sqlite:///{db}").search_experiments()  # the tables, no experiment of ours
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
+    before = sorted(tmp_path.rglob("*"))
+    capsys.readouterr()  # MLflow's notes on creating the tables above
+    assert cli.main(["report", "-o", str(tmp_path / "report.html")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert (f"no MLflow experiment 'argbench' at sqlite:///{db}" if store_exists else
+            f"no MLflow store at {db}: nothing tracked there yet") in err[0]
+    assert sorted(tmp_path.rglob("*")) == before

@@ -458,3 +458,75 @@ def test_a_killed_workers_trial_fails_and_is_retried(postgres_url, folder):
     assert (dead_run.info.status, dead_run.data.tags["trial.state"]) == ("KILLED", "FAIL")
     assert client.get_run(killed.user_attrs["mlflow_parent_run_id"]).info.status == "KILLED"
     assert [r.info.run_name for r in mlflow_runs(tracking_uri) if r.info.status == "RUNNING"] == []
+
+
+# --- failures and stale trials -------------------------------------------------------------------------------------
+
+def test_an_unreachable_storage_is_one_line_without_the_password(folder, capsys):
+    url = f"postgresql://argbench:{PG_PASSWORD}@127.0.0.1:{free_port()}/postgres"  # nothing listens there
+    status = cli.main(["search", "--storage", url, "--data", "sample",
+                       "--tracking-uri", stores(folder)["tracking_uri"]])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and len(err) == 1 and PG_PASSWORD not in err[0]
+    assert err[0].startswith("argbench: error: cannot open the Optuna storage postgresql+psycopg://argbench:***@"
+                             "127.0.0.1:")
+    assert "Connection refused" in err[0]
+
+
+def running_trial(url: str, study: str):
+    try:
+        return [t for t in trials_of(url, study) if t.state.name == "RUNNING" and "mlflow_run_id" in t.user_attrs]
+    except KeyError:  # study not created yet
+        return []
+
+
+@pytest.mark.slow
+def test_sigkill_of_a_worker_leaves_no_running_trial_or_run_after_the_next_search(folder):
+    """The next search fails the dead worker's trial at once (its pid is gone), without waiting for the 30 s
+    heartbeat grace period, retries it, and closes its MLflow runs."""
+    url, tracking_uri = stores(folder)["storage"], stores(folder)["tracking_uri"]
+    doomed = worker(url, "dead", tracking_uri, 1)
+    deadline, running = time.monotonic() + 240, []
+    while not running:
+        assert doomed.poll() is None and time.monotonic() < deadline, "the worker never started a trial"
+        time.sleep(0.2)
+        running = running_trial(url, "dead")
+    doomed.send_signal(signal.SIGKILL)
+    doomed.communicate()
+    summary = search(folder, study_name="dead", trials=1)  # the next command, well inside the grace period
+    trials = {t.number: t for t in trials_of(url, "dead")}
+    killed = trials[running[0].number]
+    retries = [t for t in trials.values() if t.system_attrs.get("failed_trial") == killed.number]
+    assert killed.state.name == "FAIL" and len(retries) == 1 and retries[0].state.name in ("COMPLETE", "PRUNED")
+    assert summary["trials_run"] == 1
+    client = MlflowClient(tracking_uri)
+    assert client.get_run(killed.user_attrs["mlflow_run_id"]).data.tags["trial.state"] == "FAIL"
+    assert [r.info.run_name for r in mlflow_runs(tracking_uri) if r.info.status == "RUNNING"] == []
+
+
+def every_artifact(client: MlflowClient, run_id: str, scratch: Path, path: str = "") -> list[bytes]:
+    contents = []
+    for item in client.list_artifacts(run_id, path or None):
+        if item.is_dir:
+            contents += every_artifact(client, run_id, scratch, item.path)
+        else:
+            contents.append(Path(client.download_artifacts(run_id, item.path, str(scratch))).read_bytes())
+    return contents
+
+
+@pytest.mark.slow
+def test_the_postgres_password_is_in_no_param_tag_artifact_or_log_line(postgres_url, folder, tmp_path):
+    tracking_uri = stores(folder)["tracking_uri"]
+    process = worker(postgres_url, "secret", tracking_uri, 1)
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr[-3000:]
+    runs = mlflow_runs(tracking_uri)
+    assert len(runs) == 2  # the search's parent and its trial
+    client = MlflowClient(tracking_uri)
+    for run in runs:
+        texts = [*run.data.params.values(), *run.data.tags.values(), *run.data.params, *run.data.tags]
+        assert not [t for t in texts if PG_PASSWORD in t], run.info.run_name
+        artifacts = every_artifact(client, run.info.run_id, tmp_path / run.info.run_id)
+        assert artifacts and not [a for a in artifacts if PG_PASSWORD.encode() in a], run.info.run_name
+    assert "argbench:***@127.0.0.1" in json.loads(stdout)["storage"]
+    assert PG_PASSWORD not in stdout + stderr

@@ -92,3 +92,18 @@ def test_cli_imports_and_reports_bad_input_with_exit_2(run_dir, tmp_path, capsys
         cli.main(["ablation", "import", str(run_dir), "--name", "baseline", "--tag", "device"])
     assert exit_.value.code == 2
     assert "argument --tag: 'device': expected KEY=VALUE" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("file, data, message", [
+    ("metrics.jsonl", b'{"epoch": 0}\n{"epoch": 1, "note": "caf\xe9"}\n',
+     "metrics.jsonl, line 2: not UTF-8 (byte 0xe9 at offset 38)"),
+    ("config.yaml", b"train:\n  epochs: 3 # \xff\n", "config.yaml: <file>: not UTF-8 text (byte 0xff at offset 21)"),
+])
+def test_cli_names_an_undecodable_file_in_one_line(run_dir, tmp_path, capsys, monkeypatch, file, data, message):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'none' / 'mlflow.db'}")
+    folder = damaged(run_dir, tmp_path, file, "")
+    (folder / file).write_bytes(data)
+    assert cli.main(["ablation", "import", str(folder), "--name", "baseline"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+    assert not (tmp_path / "none").exists()  # no store was opened for it

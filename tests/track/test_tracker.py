@@ -256,3 +256,70 @@ def test_missing_psutil_skips_system_metrics_with_a_warning(store, monkeypatch):
         with tracked_run(run_name="no-psutil", experiment="failures", tracking_uri=store) as tracker:
             pass
     assert MlflowClient(store).get_run(tracker.run_id).info.status == "FINISHED"
+
+
+class AtEpoch:
+    """Hook placed after the tracker: calls ``action(tracker)`` at the end of epoch ``epoch``."""
+
+    def __init__(self, epoch: int, action):
+        self.epoch, self.action = epoch, action
+
+    def on_epoch_end(self, epoch, metrics):
+        if epoch == self.epoch:
+            self.action()
+
+
+def test_artifacts_are_in_the_store_as_soon_as_each_epoch_ends(store, corpus, tmp_path):
+    cfg, client, seen = tiny_config(epochs=3), MlflowClient(store), {}
+
+    def look():  # what a kill -9 right now would leave
+        seen["metrics"] = read_csv(client, tracker.run_id, "metrics.csv", tmp_path / "m")
+        seen["negatives"] = read_csv(client, tracker.run_id, "negatives.csv", tmp_path / "n")
+        seen["ranks"] = read_csv(client, tracker.run_id, "per_query/val.csv", tmp_path / "r")
+        seen["files"] = {f.path for f in client.list_artifacts(tracker.run_id)}
+
+    with tracked_run(run_name="live", experiment="live", tracking_uri=store, config=cfg) as tracker:
+        tracker.finish(fit(cfg, corpus, [tracker, AtEpoch(2, look)]), cfg)
+    assert list(seen["metrics"]["epoch"]) == [0, 1, 2]
+    assert sorted(set(seen["negatives"]["epoch"])) == [1, 2]
+    assert set(seen["ranks"]["epoch"]) == {2}
+    assert {"config.yaml", "learning_curve.html"} <= seen["files"]
+
+
+def test_a_resumed_run_that_finishes_loses_the_error_of_a_failed_session(store, corpus, tmp_path):
+    cfg, client = tiny_config(epochs=3), MlflowClient(store)
+
+    def broken():
+        raise RuntimeError("disk unplugged")
+
+    with pytest.raises(RuntimeError):
+        with tracked_run(run_name="flaky", experiment="resume", tracking_uri=store, config=cfg,
+                         out_dir=tmp_path) as first:
+            fit(cfg, corpus, [first, AtEpoch(1, broken)], out_dir=tmp_path)
+    assert client.get_run(first.run_id).data.tags["error"] == "RuntimeError: disk unplugged"
+    with tracked_run(run_name="flaky", experiment="resume", tracking_uri=store, config=cfg, out_dir=tmp_path,
+                     resume_run_id=first.run_id) as second:
+        second.finish(fit(cfg, corpus, [second], out_dir=tmp_path, resume=True), cfg)
+    run = client.get_run(first.run_id)
+    assert run.info.status == "FINISHED" and "error" not in run.data.tags
+    assert list(read_csv(client, run.info.run_id, "metrics.csv", tmp_path / "dl")["epoch"]) == [0, 1, 2, 3]
+
+
+def test_resume_from_a_damaged_checkpoint_leaves_the_run_as_it_was(store, tmp_path, monkeypatch, capsys):
+    from argbench import cli
+    from argbench.experiments.runner import run_ablation
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    sets = ["model.encoder=tiny-random-bert", "model.max_length=32", "data.max_train_pairs=16", "train.epochs=2"]
+    with pytest.raises(KeyboardInterrupt):
+        run_ablation("baseline", sets, data="sample", out=tmp_path, experiment="damaged", progress=False,
+                     hooks=[AtEpoch(1, lambda: (_ for _ in ()).throw(KeyboardInterrupt))])
+    run_id = load_run_id(tmp_path / "seed42")
+    state = tmp_path / "seed42" / "checkpoint" / "state.pt"
+    state.write_bytes(state.read_bytes()[:1000])
+    status = cli.main(["ablation", "run", "baseline", "--data", "sample", "--experiment", "damaged", "--out",
+                       str(tmp_path), "--resume", *(a for s in sets for a in ("--set", s))])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and err[-1].startswith(f"argbench: error: {state}: truncated (1000 of the ")
+    run = MlflowClient(store).get_run(run_id)
+    assert run.info.status == "KILLED" and "error" not in run.data.tags

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -386,3 +387,132 @@ def test_a_few_epochs_beat_the_untrained_model(corpus):
     history = fit(cfg, corpus)
     untrained, trained = history[0]["val"]["epa"]["acc@1"], history[-1]["val"]["epa"]["acc@1"]
     assert trained > untrained, f"val epa acc@1 {untrained:.3f} at epoch 0 -> {trained:.3f} at epoch 3"
+
+
+# ------------------------------------------------------------------------------------------------ damaged checkpoints
+def _cli(capsys, *argv: str) -> tuple[int, list[str]]:
+    """``argbench ARGV`` in this process: (exit status, stderr lines)."""
+    from argbench import cli
+
+    status = cli.main(list(argv))
+    return status, capsys.readouterr().err.strip().splitlines()
+
+
+def _resume_args(run: Path, *extra: str) -> list[str]:
+    return ["train", "--config", str(run / "config.yaml"), "--data", "sample", "--resume", "--out", str(run), *extra]
+
+
+@pytest.fixture(scope="module")
+def one_epoch_run(corpus, tmp_path_factory) -> Path:
+    """A finished 1-epoch run folder; tests damage copies of it."""
+    out = tmp_path_factory.mktemp("one") / "run"
+    fit(tiny("train.epochs=1"), corpus, out_dir=out)
+    return out
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _zeros_inside(path: Path) -> None:
+    with open(path, "r+b") as f:  # 4 KB of zeros in the middle: same size, other weights
+        f.seek(path.stat().st_size // 2)
+        f.write(bytes(4096))
+
+
+@pytest.mark.parametrize("name, damage, problem", [
+    ("state.pt", _truncate, "truncated"),
+    ("model.safetensors", _truncate, "truncated"),
+    ("state.pt", lambda p: p.write_bytes(b""), "empty (0 bytes"),
+    ("model.safetensors", _zeros_inside, "changed since it was written"),
+])
+def test_a_damaged_checkpoint_is_one_line_naming_the_file_and_exit_2(one_epoch_run, tmp_path, capsys, name, damage,
+                                                                     problem):
+    run = tmp_path / "run"
+    shutil.copytree(one_epoch_run, run)
+    damage(run / "checkpoint" / name)
+    status, err = _cli(capsys, *_resume_args(run, "--epochs", "2"))
+    assert status == 2 and len(err) == 1 and "Traceback" not in err[0]
+    assert err[0].startswith(f"argbench: error: {run / 'checkpoint' / name}: {problem}")
+    assert len(jsonl(run / "metrics.jsonl")) == 2  # nothing was trained on it
+
+
+def test_a_checkpoint_of_another_config_is_refused_naming_the_keys(one_epoch_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(one_epoch_run, run)
+    status, err = _cli(capsys, *_resume_args(run, "--epochs", "2", "--set", "train.lr=0.001"))
+    assert status == 2 and len(err) == 1
+    assert f"{run / 'checkpoint' / 'config.yaml'}: the checkpoint was written for another config" in err[0]
+    assert "train.lr 3e-06 there, 0.001 now" in err[0]
+
+
+def test_a_checkpoint_without_its_checksums_is_not_resumed(one_epoch_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(one_epoch_run, run)
+    (run / "checkpoint" / "checksums.json").unlink()
+    with pytest.raises(checkpoint.CheckpointError, match=r"checksums.json: missing, so the checkpoint cannot be"):
+        checkpoint.verify(run)
+
+
+def test_only_the_resumable_keys_may_change_when_resuming(one_epoch_run, corpus, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(one_epoch_run, run)
+    longer = fit(tiny("train.epochs=2", "train.embed_batch_size=7"), corpus, out_dir=run, resume=True)
+    assert [m["epoch"] for m in longer] == [0, 1, 2]
+
+
+def test_checksums_are_written_last_and_cover_every_file(one_epoch_run):
+    sums = json.loads((one_epoch_run / "checkpoint" / "checksums.json").read_text())["files"]
+    assert set(sums) == {"model.safetensors", "state.pt", "config.yaml"}
+    assert all(sums[n]["bytes"] == (one_epoch_run / "checkpoint" / n).stat().st_size for n in sums)
+
+
+# ------------------------------------------------------------------------------------------------ one line per failure
+def test_non_finite_loss_is_one_line_with_epoch_step_components_and_a_hint(tmp_path, capsys):
+    args = ["train", "--data", "sample", "--epochs", "1", "--out", str(tmp_path / "run"),
+            *(arg for item in [*TINY, "train.lr=1e30"] for arg in ("--set", item))]
+    status, err = _cli(capsys, *args)
+    assert status == 1 and "Traceback" not in "\n".join(err)
+    line = err[-1]
+    assert re.match(r"argbench: error: non-finite loss nan at epoch 1, step \d+ \(components: \{'triplet': nan", line)
+    assert "the checkpoint of epoch 0 is kept" in line and "train.lr" in line
+    with pytest.raises(NonFiniteLoss):  # --debug: the traceback
+        _cli(capsys, "--debug", *args)
+
+
+def test_a_full_disk_while_checkpointing_is_one_line_and_leaves_no_partial_folder(tmp_path, capsys, monkeypatch):
+    """Simulated: torch.save fails as Python's writers do on a full disk (OSError ENOSPC); the real full
+    filesystem is the next test."""
+    import errno
+
+    def full(obj, path):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(checkpoint.torch, "save", full)
+    run = tmp_path / "run"
+    status, err = _cli(capsys, "train", "--data", "sample", "--epochs", "1", "--out", str(run),
+                       *(arg for item in TINY for arg in ("--set", item)))
+    assert status == 1 and err[-1] == (f"argbench: error: no space left on the device of {run} while writing the "
+                                       f"checkpoint of epoch 0; the previous checkpoint is kept in "
+                                       f"{run / 'checkpoint'}: free some space, then --resume")
+    assert not (run / "checkpoint.tmp").exists()
+
+
+@pytest.mark.slow
+def test_a_full_tmpfs_while_checkpointing_is_one_line_exit_1(tmp_path):
+    """A real full filesystem: a 1 MiB tmpfs mounted in a private mount namespace (``unshare -rm``) holds the run
+    folder; the tiny model's checkpoint (~12 MB) does not fit."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (unshare -rm is not allowed)")
+    sets = " ".join(f"--set {item}" for item in TINY)
+    script = (f"mount -t tmpfs -o size=1m tmpfs {mount} && {sys.executable} -m argbench.cli train --data sample "
+              f"--epochs 1 --out {mount}/run {sets}; echo status=$?; ls -A {mount}/run")
+    done = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert "status=1" in done.stdout, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith(
+        f"argbench: error: no space left on the device of {mount}/run while writing the checkpoint of epoch 0")
+    assert done.stdout.split("status=1")[1].split() == ["config.yaml", "metrics.jsonl"]  # no partial checkpoint
