@@ -24,6 +24,9 @@ def add_commands(sub, data_args, run_args) -> None:
     show.add_argument("name")
     show.add_argument("--embedded", action="store_true", help="as run on the generated sample corpus")
     show.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    _base_args(show)
+    show.add_argument("--json", action="store_true",
+                      help='print {"name", "base", "alias_of", "layers", "config": {sections}} as JSON')
     show.set_defaults(func=cmd_show)
     run = ab.add_parser("run", help="train an ablation and track it in MLflow")
     run.add_argument("name")
@@ -33,6 +36,7 @@ def add_commands(sub, data_args, run_args) -> None:
     run.add_argument("--log-model", action="store_true", help="log the final weights as an MLflow artifact")
     run.add_argument("--seeds", type=int, default=1,
                      help="train N seeds (seed, seed+1, ...) as child runs of one parent with mean/std/CI")
+    _base_args(run)
     run.set_defaults(func=cmd_run)
 
     imp = ab.add_parser("import", help="log a run folder trained without MLflow (config.yaml + metrics.jsonl) "
@@ -51,6 +55,8 @@ def add_commands(sub, data_args, run_args) -> None:
     _comparison_args(cmp)
     cmp.add_argument("--task", dest="tasks", action="extend", nargs="+", metavar="T",
                      help="only these tasks (repeatable; default: every task logged)")
+    cmp.add_argument("--base", help="registry entry both were run over (`ablation run --base`): compares the "
+                                    "runs named A@BASE and B@BASE (the base's own runs for BASE itself)")
     cmp.set_defaults(func=cmd_compare)
 
     rep = sub.add_parser("report", help="one HTML page of plotly comparisons, or (--table) significance tables")
@@ -63,6 +69,8 @@ def add_commands(sub, data_args, run_args) -> None:
     rep.add_argument("--group", help="registry group of the table (default: every group with runs); with the "
                                      "page, adds that group's significance figure and table to it")
     rep.add_argument("--baseline", default="baseline", help="the run every group member is compared with")
+    rep.add_argument("--base", help="registry entry the members were run over (`ablation run --base`): compares "
+                                    "the runs MEMBER@BASE with BASE's own (members that equal BASE left out)")
     _comparison_args(rep)
     rep.set_defaults(func=cmd_report)
 
@@ -71,6 +79,13 @@ def _comparison_args(p) -> None:
     p.add_argument("--split", default="test", choices=SPLITS, help="evaluated split (val = validation)")
     p.add_argument("--experiment", default="argbench", help="MLflow experiment (default: argbench)")
     p.add_argument("--json", action="store_true", help="print JSON on stdout")
+
+
+def _base_args(p) -> None:
+    p.add_argument("--base", help="apply the entry's delta over this registry entry instead of baseline "
+                                  "(run name NAME@BASE, tag base)")
+    p.add_argument("--profile", help="overlay ablations/profiles/PROFILE.yaml (default: embedded on the sample "
+                                     "corpus, none on a real one)")
 
 
 def cmd_list(args) -> int:
@@ -98,9 +113,13 @@ def cmd_list(args) -> int:
 
 
 def cmd_show(args) -> int:
-    from argbench.registry import resolved_yaml
+    from argbench.registry import resolution, resolved_yaml
 
-    print(resolved_yaml(args.name, args.overrides, embedded=args.embedded), end="")
+    kw = {"embedded": args.embedded, "base": args.base, "profile": args.profile}
+    if args.json:
+        print(json.dumps(resolution(args.name, args.overrides, **kw), indent=2))
+    else:
+        print(resolved_yaml(args.name, args.overrides, **kw), end="")
     return 0
 
 
@@ -109,7 +128,8 @@ def cmd_run(args) -> int:
     from argbench.runner import run_ablation
 
     result = run_ablation(args.name, shortcut_overrides(args), data=args.data, seeds=args.seeds,
-                          experiment=args.experiment, out=args.out, resume=args.resume, log_model=args.log_model)
+                          experiment=args.experiment, out=args.out, resume=args.resume, log_model=args.log_model,
+                          base=args.base, profile=args.profile)
     if args.json:
         print(json.dumps(result, indent=2, default=str))
         return 0
@@ -154,8 +174,11 @@ def _quiet_downloads() -> None:
 def cmd_compare(args) -> int:
     from argbench.significance import compare_systems, format_comparison
 
+    from argbench.registry import run_name
+
     _quiet_downloads()
-    result = compare_systems(args.a, args.b, split=args.split, tasks=args.tasks, experiment=args.experiment)
+    a, b = (run_name(ref, args.base) for ref in (args.a, args.b)) if args.base else (args.a, args.b)
+    result = compare_systems(a, b, split=args.split, tasks=args.tasks, experiment=args.experiment)
     print(json.dumps(result, indent=2) if args.json else format_comparison(result))
     return 0
 
@@ -171,7 +194,7 @@ def cmd_report(args) -> int:
     if args.group:
         from argbench import significance
 
-        result = significance.group_table(args.group, baseline=args.baseline, split=args.split,
+        result = significance.group_table(args.group, baseline=args.baseline, base=args.base, split=args.split,
                                           metric="mrr" if metric.endswith("mrr") else "acc@1",
                                           experiment=args.experiment)
         extra = {"fig-significance": significance.figure(result),
@@ -185,7 +208,7 @@ def _print_tables(args) -> int:
     """``report --table``: one group's table (JSON: its dict) or every group's with runs (JSON: a list)."""
     from argbench.significance import format_table, group_table, group_tables
 
-    kw = {"baseline": args.baseline, "split": args.split, "experiment": args.experiment,
+    kw = {"baseline": args.baseline, "base": args.base, "split": args.split, "experiment": args.experiment,
           "metric": (args.metric or "acc@1").replace("_at_", "@")}
     results = [group_table(args.group, **kw)] if args.group else group_tables(**kw)
     if args.json:

@@ -31,13 +31,17 @@ ARTIFACT = "per_query/{split}.csv"
 COLUMNS = ("query", "task", "rank")
 PARENT_TAG = "mlflow.parentRunId"
 DATA_TAG = "data.hash"
+VIEW_COLUMN = "view"  # per-query tables with several evaluation views (official, dedup, unseen) carry it
+OFFICIAL = "official"
 _RUN_ID = re.compile(r"[0-9a-f]{32}")
 
 
 # --- reading one run's ranks ---------------------------------------------------------------------------------------
 
-def _read_table(client: MlflowClient, run_id: str, split: str) -> pd.DataFrame:
-    """The per-query table of `run_id` for `split`, checked: the columns of COLUMNS, one row per (task, query)."""
+def _read_table(client: MlflowClient, run_id: str, split: str, view: str = OFFICIAL) -> pd.DataFrame:
+    """The per-query table of `run_id` for `split` and evaluation `view`, checked: the columns of COLUMNS, one row
+    per (task, query). A table with a ``view`` column holds several views (rows of the others are dropped); one
+    without it holds only the official view."""
     artifact = ARTIFACT.format(split=split)
     with tempfile.TemporaryDirectory() as tmp:
         try:
@@ -48,6 +52,13 @@ def _read_table(client: MlflowClient, run_id: str, split: str) -> pd.DataFrame:
             raise FileNotFoundError(f"run {run_id}: no artifact {artifact}; per-query files logged: "
                                     f"{logged or 'none'}") from err
         frame = pd.read_csv(path)
+    if VIEW_COLUMN in frame.columns:
+        views = sorted(frame[VIEW_COLUMN].unique())
+        frame = frame[frame[VIEW_COLUMN] == view]
+        if frame.empty:
+            raise ValueError(f"run {run_id}: {artifact} has no rows of view {view!r}; views logged: {views}")
+    elif view != OFFICIAL:
+        raise ValueError(f"run {run_id}: {artifact} holds only the {OFFICIAL!r} view; expected view {view!r}")
     missing = [c for c in COLUMNS if c not in frame.columns]
     if missing:
         raise ValueError(f"run {run_id}: {artifact} lacks columns {missing}; expected columns {list(COLUMNS)}, "
@@ -73,10 +84,11 @@ def _ranks_by_task(frame: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarra
     return out
 
 
-def load_ranks(run: str | Run, split: str, tracking_uri: str | None = None) -> dict[str, np.ndarray]:
+def load_ranks(run: str | Run, split: str, tracking_uri: str | None = None, view: str = OFFICIAL
+               ) -> dict[str, np.ndarray]:
     """{task: ranks [n]} of one run (a run id or a Run) on `split`, ordered by query id (the same in every run)."""
     run_id = run.info.run_id if isinstance(run, Run) else run
-    table = _read_table(MlflowClient(tracking_uri or default_tracking_uri()), run_id, split)
+    table = _read_table(MlflowClient(tracking_uri or default_tracking_uri()), run_id, split, view)
     return {task: ranks for task, (_, ranks) in _ranks_by_task(table).items()}
 
 
@@ -108,9 +120,11 @@ def _run_by_id(client: MlflowClient, run_id: str) -> Run:
         raise ValueError(f"no MLflow run with id {run_id} at tracking URI {redact(client.tracking_uri)}") from err
 
 
-def resolve_runs(client: MlflowClient, ref: str, experiment: str) -> list[Run]:
+def resolve_runs(client: MlflowClient, ref: str | list[str], experiment: str) -> list[Run]:
     """The runs whose ranks make system `ref` (a run id or a run name): its FINISHED child runs if it has any
-    (one per seed), else the run itself."""
+    (one per seed), else the run itself. A list of run ids is the system's seeds as given (a grid study's cells)."""
+    if isinstance(ref, (list, tuple)):
+        return [_run_by_id(client, run_id) for run_id in ref]
     run = _run_by_id(client, ref) if _RUN_ID.fullmatch(ref) else _latest_named(client, ref, experiment)
     children = client.search_runs([run.info.experiment_id], f"tags.`{PARENT_TAG}` = '{run.info.run_id}'",
                                   order_by=["attributes.start_time ASC"])
@@ -123,9 +137,10 @@ def resolve_runs(client: MlflowClient, ref: str, experiment: str) -> list[Run]:
     return finished
 
 
-def _system_ranks(client: MlflowClient, runs: list[Run], split: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def _system_ranks(client: MlflowClient, runs: list[Run], split: str, view: str = OFFICIAL
+                  ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """{task: (query ids, ranks [seeds, n])} over `runs`, which must hold the same tasks and queries."""
-    per_run = [_ranks_by_task(_read_table(client, r.info.run_id, split)) for r in runs]
+    per_run = [_ranks_by_task(_read_table(client, r.info.run_id, split, view)) for r in runs]
     first = per_run[0]
     for run, ranks in zip(runs[1:], per_run[1:]):
         _check_same_queries(first, ranks, f"run {runs[0].info.run_id}", f"run {run.info.run_id}")
@@ -155,9 +170,10 @@ def _check_same_queries(x: dict, y: dict, x_name: str, y_name: str) -> None:
 
 # --- the comparison ------------------------------------------------------------------------------------------------
 
-def compare(a: str, b: str, *, split: str = "test", tasks=None, experiment: str = "argbench",
-            tracking_uri: str | None = None, **stats_kw) -> dict:
-    """Compare system `b` against system `a` (ablation names or run ids) on `split`, paired by query.
+def compare(a: str | list[str], b: str | list[str], *, split: str = "test", tasks=None, experiment: str = "argbench",
+            tracking_uri: str | None = None, view: str = OFFICIAL, **stats_kw) -> dict:
+    """Compare system `b` against system `a` (ablation names, run ids or lists of run ids) on `split` in
+    evaluation `view` (default the official one), paired by query.
 
     Returns ``{"a", "b", "split", "runs": {"a": [run ids], "b": [...]}, "tasks": {task: {"acc@1": {...},
     "mrr": {...}}}}``; each metric dict holds ``a``, ``b``, ``delta`` (= b − a), ``ci`` [lo, hi], ``p_value``,
@@ -169,13 +185,13 @@ def compare(a: str, b: str, *, split: str = "test", tasks=None, experiment: str 
     client = MlflowClient(tracking_uri or default_tracking_uri())
     runs = {side: resolve_runs(client, ref, experiment) for side, ref in (("a", a), ("b", b))}
     _check_same_data(runs["a"] + runs["b"])
-    ranks = {side: _system_ranks(client, side_runs, split) for side, side_runs in runs.items()}
+    ranks = {side: _system_ranks(client, side_runs, split, view) for side, side_runs in runs.items()}
     _check_same_queries(ranks["a"], ranks["b"], f"a ({a!r})", f"b ({b!r})")
     shown = _task_order(ranks["a"]) if tasks is None else list(tasks)
     unknown = [t for t in shown if t not in ranks["a"]]
     if unknown:
         raise ValueError(f"tasks {unknown} were not logged for split {split!r}; logged: {_task_order(ranks['a'])}")
     result = compare_runs({t: ranks["a"][t][1] for t in shown}, {t: ranks["b"][t][1] for t in shown}, **stats_kw)
-    return {"a": a, "b": b, "split": split,
+    return {"a": a, "b": b, "split": split, "view": view,
             "runs": {side: [r.info.run_id for r in side_runs] for side, side_runs in runs.items()},
             "tasks": result["tasks"]}

@@ -200,7 +200,7 @@ def test_cli_compare_json(trained, monkeypatch, capsys):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", trained)
     assert cli.main(["compare", "baseline", "with_relu", "--experiment", TRAINED, "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert set(result) == {"a", "b", "split", "runs", "tasks"}
+    assert set(result) == {"a", "b", "split", "view", "runs", "tasks"} and result["view"] == "official"
     assert (result["a"], result["b"], result["split"]) == ("baseline", "with_relu", "test")
     assert [len(result["runs"]["a"]), len(result["runs"]["b"])] == [2, 1]
     assert list(result["tasks"]) == list(TASKS)
