@@ -38,6 +38,7 @@ from mlflow.tracking.context.registry import resolve_tags
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from argbench.config import Config, flatten, to_yaml
+from argbench.store_init import ensure_store, sqlite_path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_EXPERIMENT = "argbench"
@@ -126,16 +127,10 @@ def default_tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{REPO_ROOT / 'mlruns' / 'mlflow.db'}"
 
 
-def _sqlite_file(tracking_uri: str) -> Path | None:
-    if not tracking_uri.startswith("sqlite:///") or ":memory:" in tracking_uri:
-        return None
-    return Path(tracking_uri.removeprefix("sqlite:///").split("?")[0])
-
-
 def artifact_root(tracking_uri: str) -> Path | None:
     """Folder for the artifacts of experiments argbench creates: ``artifacts/`` beside a SQLite store file
     (``<repo>/mlruns/artifacts`` by default); None for other stores (the server's default applies)."""
-    db = _sqlite_file(tracking_uri)
+    db = sqlite_path(tracking_uri)
     return None if db is None else db.resolve().parent / "artifacts"
 
 
@@ -323,9 +318,7 @@ def tracked_run(*, run_name: str, experiment: str = DEFAULT_EXPERIMENT, tracking
     FAILED with tag ``error`` = "Type: message" (redacted, <= 5000 chars); the exception is re-raised.
     """
     uri = tracking_uri or default_tracking_uri()
-    db = _sqlite_file(uri)
-    if db is not None:
-        db.parent.mkdir(parents=True, exist_ok=True)
+    ensure_store(uri)  # a new SQLite store: one process creates its tables, concurrent ones wait
     client = MlflowClient(uri)
     all_tags = {"ablation": run_name, "group": "none", **(tags or {})}
     if resume_run_id:
