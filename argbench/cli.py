@@ -82,6 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("search", help="Optuna search over an ablation's hyperparameters, tracked in MLflow")
     search.add_arguments(sp)
     sp.set_defaults(func=search.cmd_search)
+    from argbench import grid
+
+    st = sub.add_parser("study", help="a group × seeds grid as one resumable Optuna study shared by many workers, "
+                                      "with its significance table")
+    grid.add_arguments(st)
+    st.set_defaults(func=grid.cmd_study)
 
     from argbench.bench import runner as bench
 

@@ -48,7 +48,7 @@ def run_ablation(name: str, overrides=(), *, data=None, seeds: int = 1, experime
     """
     ablation = get(name)
     source = resolve_data(data)
-    profile = profile or ("embedded" if source.kind == "sample" else None)
+    profile = data_profile(source, profile)
     cfg, _ = resolve(name, overrides, base=base, profile=profile)
     corpus = load_corpus(source)
     tags = cell_tags(name, base, profile)
@@ -67,6 +67,11 @@ def run_ablation(name: str, overrides=(), *, data=None, seeds: int = 1, experime
         summary = _log_seed_summary(parent, results)
     return {"run_id": parent.run_id, "ablation": name, "experiment": experiment, "profile": tags["profile"],
             "seeds": [r.summary() for r in results], "over_seeds": summary}
+
+
+def data_profile(source, profile: str | None) -> str | None:
+    """`profile` if given, else ``embedded`` for the generated sample corpus (data source `source`), else None."""
+    return profile or ("embedded" if source.kind == "sample" else None)
 
 
 def cell_tags(name: str, base: str | None, profile: str | None) -> dict:
