@@ -24,6 +24,8 @@ def _quiet_libraries() -> None:
     """Library chatter (MLflow's system-metrics INFO lines, transformers' weight-loading bars) buries the one line
     per epoch that matters; warnings and errors still show."""
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read by mlflow when it configures its loggers
+    # With a tracking server MLflow writes "View run … at: http://…" on stdout when a run ends, which breaks --json.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()

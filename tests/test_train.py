@@ -3,6 +3,7 @@ contract, hooks, determinism, resuming after Ctrl-C, non-finite losses, checkpoi
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -382,3 +383,41 @@ def test_a_few_epochs_beat_the_untrained_model(corpus):
     history = fit(cfg, corpus)
     untrained, trained = history[0]["val"]["epa"]["acc@1"], history[-1]["val"]["epa"]["acc@1"]
     assert trained > untrained, f"val epa acc@1 {untrained:.3f} at epoch 0 -> {trained:.3f} at epoch 3"
+
+
+# ------------------------------------------------------------------------------------------------ frozen encoder
+
+def _flat(row: dict, prefix: str = "") -> dict:
+    """{"val/epa/acc@1": value, ...} of a history row, timings left out."""
+    out = {}
+    for key, value in row.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}/"))
+        elif key not in TIMINGS:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+@pytest.mark.parametrize("sharing", ["shared", "separate"])
+def test_frozen_encoder_computed_once_gives_the_metrics_of_computing_it_every_step(corpus, monkeypatch, sharing):
+    from argbench.train import Trainer
+
+    # Mean pooling: the tiny random model's pooler output puts every text within ~1e-3 of every other, so float
+    # rounding alone would reorder its ranks; mean-pooled vectors are spread enough for ranks to be stable.
+    cfg = tiny("train.epochs=2", "model.freeze_encoder=true", f"model.sharing={sharing}", "train.lr=1e-3",
+               "model.pooling=mean", "data.eval_splits=[validation,test]")
+    cached = fit(cfg, corpus)
+    monkeypatch.setattr(Trainer, "cache_frozen_encoder", False)
+    every_step = fit(cfg, corpus)
+    assert cached[2]["loss"]["total"] != cached[1]["loss"]["total"]  # the heads did train
+    for a, b in zip(cached, every_step):
+        a, b = _flat(a), _flat(b)
+        assert a.keys() == b.keys()
+        # the same numbers up to float rounding (batches are padded differently when embedded once)
+        assert a == {k: pytest.approx(v, abs=1e-5) if isinstance(v, float) else v for k, v in b.items()}
+
+
+def test_a_frozen_encoder_stays_in_eval_mode(tiny_encoder):
+    model = BiEncoder(copy.deepcopy(tiny_encoder[0]), freeze_encoder=True).train()
+    assert model.training and model.head.training and not model.point_encoder.training
+    assert BiEncoder(copy.deepcopy(tiny_encoder[0])).train().point_encoder.training
