@@ -387,19 +387,9 @@ def test_a_few_epochs_beat_the_untrained_model(corpus):
 
 # ------------------------------------------------------------------------------------------------ frozen encoder
 
-def _flat(row: dict, prefix: str = "") -> dict:
-    """{"val/epa/acc@1": value, ...} of a history row, timings left out."""
-    out = {}
-    for key, value in row.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}/"))
-        elif key not in TIMINGS:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 @pytest.mark.parametrize("sharing", ["shared", "separate"])
 def test_frozen_encoder_computed_once_gives_the_metrics_of_computing_it_every_step(corpus, monkeypatch, sharing):
+    from argbench.bench.frozen import flat_metrics
     from argbench.train import Trainer
 
     # Mean pooling: the tiny random model's pooler output puts every text within ~1e-3 of every other, so float
@@ -411,7 +401,7 @@ def test_frozen_encoder_computed_once_gives_the_metrics_of_computing_it_every_st
     every_step = fit(cfg, corpus)
     assert cached[2]["loss"]["total"] != cached[1]["loss"]["total"]  # the heads did train
     for a, b in zip(cached, every_step):
-        a, b = _flat(a), _flat(b)
+        a, b = flat_metrics(a), flat_metrics(b)
         assert a.keys() == b.keys()
         # the same numbers up to float rounding (batches are padded differently when embedded once)
         assert a == {k: pytest.approx(v, abs=1e-5) if isinstance(v, float) else v for k, v in b.items()}
