@@ -294,3 +294,13 @@ def test_cli_show_base_json_prints_layers_and_nested_config(capsys):
     assert set(shown) >= {"name", "base", "layers", "config"} and set(shown["config"]) == set(to_dict(Config()))
     assert cli.main(["ablation", "show", "learning_recipe", "--base", RECIPE]) == 0
     assert capsys.readouterr().out.startswith(f"# ablation: learning_recipe over {RECIPE} (alias of {RECIPE})")
+
+
+@pytest.mark.parametrize("profile, pairs, epochs", [("cpu", 256, 1), ("gpu", None, 30)])
+def test_study_profiles_apply_over_the_entry_and_under_set(profile, pairs, epochs):
+    cfg, _ = resolve("with_relu", ["train.epochs=2"], base=RECIPE, profile=profile)
+    assert (cfg.data.max_train_pairs, cfg.model.max_length, cfg.data.eval_splits) == (pairs, 128,
+                                                                                     ["validation", "test"])
+    assert cfg.train.epochs == 2 and cfg.model.relu and cfg.loss.in_batch_weight == 1.0
+    assert resolve("with_relu", base=RECIPE, profile=profile)[0].train.epochs == epochs
+    assert f"profiles/{profile}.yaml" in registry.resolution("with_relu", base=RECIPE, profile=profile)["layers"]
