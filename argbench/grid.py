@@ -161,7 +161,7 @@ def _queued_cell(spec: GridSpec, trial: optuna.trial.FrozenTrial) -> tuple[str, 
 def _grid_cells(spec: GridSpec) -> list[tuple[str, int]]:
     """The cells in GridSampler's grid-id order (sorted parameter names, values in the order given)."""
     sampler = _sampler(spec)
-    names = sorted(sampler._search_space)  # noqa: SLF001 - the order is GridSampler's, read rather than assumed
+    names = sorted(sampler._search_space)  # the order is GridSampler's: read, not assumed
     return [(values[names.index("entry")], int(values[names.index("seed")])) for values in sampler._all_grids]
 
 
@@ -430,9 +430,10 @@ def significance_text(table: dict) -> str:
 
 def format_summary(result: dict) -> str:
     """The summary for a terminal: cell counts, then each view's table (or what is still open)."""
-    lines = [f"study {result['study']}: {result['complete']}/{result['cells']} cells done, {result['failed']} "
-             f"failed, {result['running']} running ({result.get('ran_now', 0)} run now); MLflow parent run "
-             f"{result['parent_run_id']}"]
+    head = (f"study {result['study']}: {result['complete']}/{result['cells']} cells done, {result['failed']} "
+            f"failed, {result['running']} running ({result.get('ran_now', 0)} run now); MLflow parent run "
+            f"{result['parent_run_id']}")
+    lines = [head]
     if result["text"]:
         lines += result["text"]
     else:

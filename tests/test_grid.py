@@ -7,7 +7,6 @@ Cells train tiny-random-bert on the generated sample corpus for one epoch over 1
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
