@@ -11,6 +11,12 @@ GROUP ?=
 ARGS ?=
 SEEDS ?= 1
 TRIALS ?= 8
+JOBS ?= 1
+BASE ?=
+STORAGE ?=
+PROFILE ?=
+ALLOWED_HOSTS ?=
+DB ?= sqlite:///$(CURDIR)/mlruns/server.db
 SPACE ?= default
 HOST ?= 127.0.0.1
 PORT ?= 5000
@@ -19,7 +25,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install lint test test-fast stats baselines ablation ablations ablation-list report ui search dashboard bench clean
+.PHONY: help install lint test test-fast stats baselines ablation ablations ablation-list report ui search dashboard bench clean study server
 
 help: ## list every target with one line each
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
@@ -49,12 +55,12 @@ baselines: $(STAMP) ## zero-shot baselines on the test split, tracked in MLflow:
 	$(BIN)/argbench eval --encoder tfidf --split test --track $(ARGS)
 	$(BIN)/argbench eval --encoder all-MiniLM-L6-v2 --pooling mean --max-length 256 --split test --track $(ARGS)
 
-ablation: $(STAMP) ## run one named ablation, tracked in MLflow: make ablation NAME=with_layernorm_relu [ARGS="--set k=v"]
-	$(BIN)/argbench ablation run $(NAME) $(if $(filter-out 1,$(SEEDS)),--seeds $(SEEDS)) $(ARGS)
+ablation: $(STAMP) ## run one named ablation, tracked in MLflow: make ablation NAME=with_layernorm_relu [BASE=…] [ARGS="--set k=v"]
+	$(BIN)/argbench ablation run $(NAME) $(if $(BASE),--base $(BASE)) $(if $(filter-out 1,$(SEEDS)),--seeds $(SEEDS)) $(ARGS)
 
 ablations: $(STAMP) ## run every ablation of a group (or all): make ablations GROUP=norm [ARGS=...]
 	@set -e; for name in $$($(BIN)/argbench ablation list --names $(if $(GROUP),--group $(GROUP))); do \
-	  echo "== $$name"; $(BIN)/argbench ablation run $$name $(if $(filter-out 1,$(SEEDS)),--seeds $(SEEDS)) $(ARGS); done
+	  echo "== $$name"; $(BIN)/argbench ablation run $$name $(if $(BASE),--base $(BASE)) $(if $(filter-out 1,$(SEEDS)),--seeds $(SEEDS)) $(ARGS); done
 
 ablation-list: $(STAMP) ## list the registry: name, group, question
 	$(BIN)/argbench ablation list
@@ -76,3 +82,11 @@ bench: $(STAMP) ## side-by-side benchmarks against the original's methods (ARGS=
 
 clean: ## remove the venv and caches (keeps mlruns/)
 	rm -rf $(VENV) .pytest_cache *.egg-info
+
+study: $(STAMP) ## group × seeds as one resumable study: make study GROUP=norm BASE=learning_recipe_in_batch SEEDS=3 [JOBS=2] [STORAGE=…] [PROFILE=cpu]
+	$(BIN)/argbench study $(if $(GROUP),--group $(GROUP)) $(if $(BASE),--base $(BASE)) --seeds $(SEEDS) \
+	  --jobs $(JOBS) $(if $(STORAGE),--storage $(STORAGE)) $(if $(PROFILE),--profile $(PROFILE)) $(ARGS)
+
+server: $(STAMP) ## MLflow tracking server for many workers: http://$(HOST):$(PORT) over DB (default sqlite mlruns/server.db; DB=postgresql://…)
+	$(BIN)/mlflow server --backend-store-uri $(DB) --artifacts-destination $(CURDIR)/mlruns/server-artifacts \
+	  --host $(HOST) --port $(PORT) $(if $(ALLOWED_HOSTS),--allowed-hosts $(ALLOWED_HOSTS))

@@ -2,6 +2,12 @@
 
 import copy
 import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -50,3 +56,54 @@ def single_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+# --- a throwaway PostgreSQL server (multi-worker tests of search and study) ---------------------------------------
+
+PG_PASSWORD = "s3cret-pw"
+
+
+def postgres_bin() -> Path | None:
+    """Folder of initdb / pg_ctl: on PATH, or Debian's /usr/lib/postgresql/<version>/bin."""
+    on_path = shutil.which("pg_ctl")
+    found = [Path(on_path)] if on_path else sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
+    return found[-1].parent if found and (found[-1].parent / "initdb").exists() else None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A throwaway PostgreSQL cluster on a free loopback port (password auth), stopped and deleted at the end.
+    PostgreSQL refuses to run as root, so under root it runs as the `postgres` user in a folder that user owns."""
+    bindir = postgres_bin()
+    if bindir is None:
+        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found; install them (Debian: apt-get install "
+                    "postgresql) to run the multi-worker tests")
+    root = Path(tempfile.mkdtemp(prefix="argbench-pg-"))
+    as_user: list[str] = []
+    (root / "pwfile").write_text(PG_PASSWORD + "\n")
+    if os.geteuid() == 0:
+        try:
+            user = pwd.getpwnam("postgres")
+        except KeyError:
+            shutil.rmtree(root)
+            pytest.skip("running as root and there is no `postgres` user to run the PostgreSQL server as")
+        for path in (root, root / "pwfile"):
+            os.chown(path, user.pw_uid, user.pw_gid)
+        as_user = ["runuser", "-u", "postgres", "--"]
+    data, port = root / "data", free_port()
+    subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-U", "argbench", "--pwfile",
+                    str(root / "pwfile"), "--auth", "scram-sha-256", "-E", "UTF8"], check=True, capture_output=True)
+    subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "server.log"), "-w", "-o",
+                    f"-p {port} -c listen_addresses=127.0.0.1 -k {root}", "start"], check=True, capture_output=True)
+    try:
+        yield f"postgresql://argbench:{PG_PASSWORD}@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+                       capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)

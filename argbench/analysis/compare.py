@@ -38,6 +38,8 @@ ARTIFACT = "per_query/{split}.csv"
 COLUMNS = ("query", "task", "rank")
 PARENT_TAG = "mlflow.parentRunId"
 DATA_TAG = "data.hash"
+VIEW_COLUMN = "view"  # per-query tables with several evaluation views (official, dedup, unseen) carry it
+OFFICIAL = "official"
 _RUN_ID = re.compile(r"[0-9a-f]{32}")
 
 
@@ -56,6 +58,13 @@ def _read_table(client: MlflowClient, run_id: str, split: str, view: str = "offi
             raise FileNotFoundError(f"run {run_id}: no artifact {artifact}; per-query files logged: "
                                     f"{logged or 'none'}") from err
         frame = pd.read_csv(path)
+    if VIEW_COLUMN in frame.columns:
+        views = sorted(frame[VIEW_COLUMN].unique())
+        frame = frame[frame[VIEW_COLUMN] == view]
+        if frame.empty:
+            raise ValueError(f"run {run_id}: {artifact} has no rows of view {view!r}; views logged: {views}")
+    elif view != OFFICIAL:
+        raise ValueError(f"run {run_id}: {artifact} holds only the {OFFICIAL!r} view; expected view {view!r}")
     missing = [c for c in COLUMNS if c not in frame.columns]
     if missing:
         raise ValueError(f"run {run_id}: {artifact} lacks columns {missing}; expected columns {list(COLUMNS)}, "
@@ -133,9 +142,11 @@ def _run_by_id(client: MlflowClient, run_id: str) -> Run:
         raise ValueError(f"no MLflow run with id {run_id} at tracking URI {redact(client.tracking_uri)}") from err
 
 
-def resolve_runs(client: MlflowClient, ref: str, experiment: str) -> list[Run]:
+def resolve_runs(client: MlflowClient, ref: str | list[str], experiment: str) -> list[Run]:
     """The runs whose ranks make system `ref` (a run id or a run name): its FINISHED child runs if it has any
-    (one per seed), else the run itself."""
+    (one per seed), else the run itself. A list of run ids is the system's seeds as given (a grid study's cells)."""
+    if isinstance(ref, (list, tuple)):
+        return [_run_by_id(client, run_id) for run_id in ref]
     run = _run_by_id(client, ref) if _RUN_ID.fullmatch(ref) else _latest_named(client, ref, experiment)
     children = client.search_runs([run.info.experiment_id], f"tags.`{PARENT_TAG}` = '{run.info.run_id}'",
                                   order_by=["attributes.start_time ASC"])
@@ -181,9 +192,10 @@ def _check_same_queries(x: dict, y: dict, x_name: str, y_name: str) -> None:
 
 # --- the comparison ------------------------------------------------------------------------------------------------
 
-def compare(a: str, b: str, *, split: str = "test", tasks=None, experiment: str = "argbench",
+def compare(a: str | list[str], b: str | list[str], *, split: str = "test", tasks=None, experiment: str = "argbench",
             tracking_uri: str | None = None, view: str = "official", **stats_kw) -> dict:
-    """Compare system `b` against system `a` (ablation names or run ids) on `split` in `view`, paired by query.
+    """Compare system `b` against system `a` (ablation names, run ids, or lists of run ids = a system's seeds) on
+    `split` in `view`, paired by query.
 
     Returns ``{"a", "b", "split", "view", "runs": {"a": [run ids], "b": [...]}, "tasks": {task: {"acc@1": {...},
     "mrr": {...}}}}``; each metric dict holds ``a``, ``b``, ``delta`` (= b − a), ``ci`` [lo, hi], ``p_value``,

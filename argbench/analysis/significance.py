@@ -19,10 +19,10 @@ from __future__ import annotations
 import plotly.graph_objects as go
 from mlflow import MlflowClient
 
-from argbench.analysis.compare import compare, resolve_runs
+from argbench.analysis.compare import OFFICIAL, compare, resolve_runs
 from argbench.analysis.stats import METRICS, holm
 from argbench.errors import UserError
-from argbench.experiments.registry import RegistryError, groups, list_ablations
+from argbench.experiments.registry import RegistryError, distinct_members, groups, list_ablations, run_name
 from argbench.paths import default_tracking_uri
 
 ALPHA = 0.05
@@ -56,7 +56,7 @@ def compare_systems(a: str, b: str, *, split: str = "test", tasks=None, experime
     return _compare(a, b, split=split, tasks=tasks, experiment=experiment, tracking_uri=tracking_uri, **stats_kw)
 
 
-def _compare(a: str, b: str, *, split: str, **kw) -> dict:
+def _compare(a, b, *, split: str, **kw) -> dict:
     """:func:`argbench.analysis.compare.compare` of two systems known to have runs; its ValueErrors as
     ComparisonError."""
     try:
@@ -65,20 +65,24 @@ def _compare(a: str, b: str, *, split: str, **kw) -> dict:
         raise ComparisonError(f"comparing {b!r} with {a!r} on {split!r}: {err}") from err
 
 
-def _members(group: str, baseline: str) -> list[str]:
-    """The entries of `group` to compare with `baseline`, in registry order (baseline and its aliases left out)."""
+def _members(group: str, baseline: str, aliases: bool = False) -> list[str]:
+    """The entries of `group` to compare with `baseline`, in registry order (baseline and, unless `aliases`, its
+    aliases left out)."""
     entries = [a for a in list_ablations() if a.group == group]
     if not entries:
         raise RegistryError(f"no ablation in group {group!r}: groups are {', '.join(groups())}")
-    return [a.name for a in entries if a.name != baseline and a.alias_of != baseline]
+    return [a.name for a in entries if a.name != baseline and (aliases or a.alias_of != baseline)]
 
 
 # --- the group table -----------------------------------------------------------------------------------------------
 
-def group_table(group: str, *, baseline: str = "baseline", split: str = "test", tasks=None, metric: str = "acc@1",
-                experiment: str = "argbench", tracking_uri: str | None = None, view: str = "official",
-                **stats_kw) -> dict:
+def group_table(group: str, *, baseline: str = "baseline", base: str | None = None, split: str = "test", tasks=None,
+                metric: str = "acc@1", experiment: str = "argbench", tracking_uri: str | None = None,
+                view: str = OFFICIAL, **stats_kw) -> dict:
     """Every member of registry `group` against `baseline` on `split`, one row per (member, task), JSON-ready.
+
+    With `base` R (runs made by ``ablation run --base R``): the baseline is R's own runs and each member's runs
+    are those named ``MEMBER@R``; members whose config over R equals R's (or an earlier member's) are left out.
 
     `view` (official, dedup, unseen; see :func:`argbench.analysis.compare.compare`) picks the ranks that are paired.
     Returns ``{"group", "baseline", "split", "view", "metric", "rows", "missing"}``; each row is ``{"ablation", "task",
@@ -88,25 +92,43 @@ def group_table(group: str, *, baseline: str = "baseline", split: str = "test", 
     number of seeds pooled on each side. ``missing``: members with no FINISHED run. `tasks` defaults to every task
     logged; `stats_kw` (n_boot, n_perm, seed) goes to the statistics. UnknownRun if the baseline has no run.
     """
+    if base is not None:
+        baseline = base
+        members = {m: run_name(m, base) for m in distinct_members(_members(group, base, aliases=True), base)}
+        find_runs(base, experiment=experiment, tracking_uri=tracking_uri)  # UnknownRun if the base never ran
+        reference = base
+    else:
+        members = {m: m for m in _members(group, baseline)}
+        reference = _baseline_runs(baseline, experiment, tracking_uri)
+    found = {}
+    for name, ref in members.items():
+        try:
+            find_runs(ref, experiment=experiment, tracking_uri=tracking_uri)
+            found[name] = ref
+        except UnknownRun:
+            pass
+    rows = members_table(reference, found, split=split, tasks=tasks, metric=metric, experiment=experiment,
+                         tracking_uri=tracking_uri, view=view, **stats_kw)
+    return {"group": group, "baseline": baseline, "baseline_run": reference, "split": split, "view": view,
+            "metric": metric,
+            "rows": rows, "missing": [m for m in members if m not in found]}
+
+
+def members_table(reference: str | list[str], members: dict[str, str | list[str]], *, split: str = "test",
+                  tasks=None, metric: str = "acc@1", view: str = OFFICIAL, experiment: str = "argbench",
+                  tracking_uri: str | None = None, **stats_kw) -> list[dict]:
+    """Rows of every member ({name: run name, run id or list of run ids}) against `reference` on `split` in
+    evaluation `view`, one per (member, task), p-values Holm-corrected over all rows (see :func:`group_table`)."""
     if metric not in METRICS:
         raise ComparisonError(f"metric {metric!r}: expected one of {', '.join(METRICS)}")
-    names = _members(group, baseline)
-    reference = _baseline_runs(baseline, experiment, tracking_uri)
-    rows, missing = [], []
-    for name in names:
-        try:
-            find_runs(name, experiment=experiment, tracking_uri=tracking_uri)
-        except UnknownRun:
-            missing.append(name)
-            continue
-        result = _compare(reference, name, split=split, tasks=tasks, experiment=experiment,
+    rows = []
+    for name, ref in members.items():
+        result = _compare(reference, ref, split=split, tasks=tasks, experiment=experiment,
                           tracking_uri=tracking_uri, view=view, **stats_kw)
         rows += [_row(name, task, cells[metric], result["runs"]) for task, cells in result["tasks"].items()]
     for row, p_holm in zip(rows, holm([row["p_value"] for row in rows])):
         row["p_holm"], row["significant"] = p_holm, p_holm < ALPHA
-    return {"group": group, "baseline": baseline, "baseline_run": reference, "split": split, "view": view,
-            "metric": metric,
-            "rows": rows, "missing": missing}
+    return rows
 
 
 def _baseline_runs(baseline: str, experiment: str, tracking_uri: str | None) -> str:
@@ -131,7 +153,7 @@ def _row(name: str, task: str, cell: dict, runs: dict) -> dict:
 
 def group_tables(**kw) -> list[dict]:
     """:func:`group_table` of every registry group with at least one compared member (keywords passed on)."""
-    baseline = kw.get("baseline", "baseline")
+    baseline = kw.get("base") or kw.get("baseline", "baseline")
     tables = [group_table(g, **kw) for g in groups() if _members(g, baseline)]
     return [t for t in tables if t["rows"]]
 

@@ -11,6 +11,7 @@ load      load_corpus + the eight pools of the three splits vs per-query DataFra
 mining    hard-negative mining vs BallTree + Python loop (N = 4,065 and 40,000)
 eval      top-10 + classifier rerank on the test split, batched vs one classifier call per candidate
 train     training sequences/s vs sentence-transformers' trainer (same encoder, triplets, batch, steps)
+frozen    frozen_encoder epochs with the encoder's outputs computed once vs at every use (same config, metrics)
 ========= =============================================================================================
 
     python -m argbench.bench.runner all [--json] [--device cuda]
@@ -26,7 +27,7 @@ import sys
 import time
 from collections.abc import Callable
 
-BENCHES = ("load", "mining", "eval", "train")
+BENCHES = ("load", "mining", "eval", "train", "frozen")
 # Defaults sized for 2 CPU cores: load, eval and train take ~3 minutes together on an idle machine; mining's
 # reference (BallTree, 128-d) at N = 40,000 alone takes far longer (~20 minutes measured under load).
 DEFAULTS: dict[str, dict] = {
@@ -34,6 +35,7 @@ DEFAULTS: dict[str, dict] = {
     "mining": {"ns": (4065, 40000), "repeats": 3},
     "eval": {"repeats": 5},
     "train": {"steps": 10, "rounds": 2, "batch_size": 8, "max_length": 128},
+    "frozen": {"epochs": 3, "max_train_pairs": 256, "max_length": 128},
 }
 
 
@@ -47,6 +49,8 @@ def bench_function(name: str) -> Callable[..., list[dict]]:
         from argbench.bench.evalproto import run_eval_bench as fn
     elif name == "train":
         from argbench.bench.train import run_train_bench as fn
+    elif name == "frozen":
+        from argbench.bench.frozen import run_frozen_bench as fn
     else:
         raise ValueError(f"unknown benchmark {name!r}: expected one of {', '.join(BENCHES)} or all")
     return fn

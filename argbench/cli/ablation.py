@@ -26,6 +26,9 @@ def add_commands(sub, data_args, run_args) -> None:
     show.add_argument("name")
     show.add_argument("--embedded", action="store_true", help="as run on the generated sample corpus")
     show.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    _base_args(show)
+    show.add_argument("--json", action="store_true",
+                      help='print {"name", "base", "alias_of", "layers", "config": {sections}} as JSON')
     show.set_defaults(func=cmd_show)
     defaults = ab.add_parser("defaults", help="every config default as commented YAML (ablations/base.yaml is "
                                               "this output)")
@@ -38,6 +41,7 @@ def add_commands(sub, data_args, run_args) -> None:
     run.add_argument("--log-model", action="store_true", help="log the final weights as an MLflow artifact")
     run.add_argument("--seeds", type=int, default=1,
                      help="train N seeds (seed, seed+1, ...) as child runs of one parent with mean/std/CI")
+    _base_args(run)
     run.set_defaults(func=cmd_run)
 
     imp = ab.add_parser("import", help="log a run folder trained without MLflow (config.yaml + metrics.jsonl) "
@@ -56,6 +60,8 @@ def add_commands(sub, data_args, run_args) -> None:
     _comparison_args(cmp)
     cmp.add_argument("--task", dest="tasks", action="extend", nargs="+", metavar="T",
                      help="only these tasks (repeatable; default: every task logged)")
+    cmp.add_argument("--base", help="registry entry both were run over (`ablation run --base`): compares the "
+                                    "runs named A@BASE and B@BASE (the base's own runs for BASE itself)")
     cmp.set_defaults(func=cmd_compare)
 
     rep = sub.add_parser("report", help="one HTML page of plotly comparisons, or (--table) significance tables")
@@ -68,6 +74,8 @@ def add_commands(sub, data_args, run_args) -> None:
     rep.add_argument("--group", help="registry group of the table (default: every group with runs); with the "
                                      "page, adds that group's significance figure and table to it")
     rep.add_argument("--baseline", default="baseline", help="the run every group member is compared with")
+    rep.add_argument("--base", help="registry entry the members were run over (`ablation run --base`): compares "
+                                    "the runs MEMBER@BASE with BASE's own (members that equal BASE left out)")
     _comparison_args(rep)
     rep.set_defaults(func=cmd_report)
 
@@ -79,6 +87,13 @@ def _comparison_args(p) -> None:
                         "unseen = only queries whose texts do not occur in training (default: official)")
     p.add_argument("--experiment", default="argbench", help="MLflow experiment (default: argbench)")
     p.add_argument("--json", action="store_true", help="print JSON on stdout")
+
+
+def _base_args(p) -> None:
+    p.add_argument("--base", help="apply the entry's delta over this registry entry instead of baseline "
+                                  "(run name NAME@BASE, tag base)")
+    p.add_argument("--profile", help="overlay ablations/profiles/PROFILE.yaml (default: embedded on the sample "
+                                     "corpus, none on a real one)")
 
 
 def cmd_list(args) -> int:
@@ -106,9 +121,13 @@ def cmd_list(args) -> int:
 
 
 def cmd_show(args) -> int:
-    from argbench.experiments.registry import resolved_yaml
+    from argbench.experiments.registry import resolution, resolved_yaml
 
-    print(resolved_yaml(args.name, args.overrides, embedded=args.embedded), end="")
+    kw = {"embedded": args.embedded, "base": args.base, "profile": args.profile}
+    if args.json:
+        print(json.dumps(resolution(args.name, args.overrides, **kw), indent=2))
+    else:
+        print(resolved_yaml(args.name, args.overrides, **kw), end="")
     return 0
 
 
@@ -126,7 +145,8 @@ def cmd_run(args) -> int:
 
     open_store()
     result = run_ablation(args.name, shortcut_overrides(args), data=args.data, seeds=args.seeds,
-                          experiment=args.experiment, out=args.out, resume=args.resume, log_model=args.log_model)
+                          experiment=args.experiment, out=args.out, resume=args.resume, log_model=args.log_model,
+                          base=args.base, profile=args.profile)
     if args.json:
         print(json.dumps(result, indent=2, default=str))
         return 0
@@ -180,11 +200,12 @@ def _quiet_downloads() -> None:
 
 def cmd_compare(args) -> int:
     from argbench.analysis.significance import compare_systems, format_comparison
+    from argbench.experiments.registry import run_name
 
     _quiet_downloads()
     open_store(must_exist=True)
-    result = compare_systems(args.a, args.b, split=args.split, tasks=args.tasks, experiment=args.experiment,
-                             view=args.view)
+    a, b = (run_name(ref, args.base) for ref in (args.a, args.b)) if args.base else (args.a, args.b)
+    result = compare_systems(a, b, split=args.split, tasks=args.tasks, experiment=args.experiment, view=args.view)
     print(json.dumps(result, indent=2) if args.json else format_comparison(result))
     return 0
 
@@ -201,7 +222,7 @@ def cmd_report(args) -> int:
     if args.group:
         from argbench.analysis import significance
 
-        result = significance.group_table(args.group, baseline=args.baseline, split=args.split,
+        result = significance.group_table(args.group, baseline=args.baseline, base=args.base, split=args.split,
                                           metric="mrr" if metric.endswith("mrr") else "acc@1",
                                           experiment=args.experiment, view=args.view)
         extra = {"fig-significance": significance.figure(result),
@@ -215,7 +236,8 @@ def _print_tables(args) -> int:
     """``report --table``: one group's table (JSON: its dict) or every group's with runs (JSON: a list)."""
     from argbench.analysis.significance import format_table, group_table, group_tables
 
-    kw = {"baseline": args.baseline, "split": args.split, "experiment": args.experiment, "view": args.view,
+    kw = {"baseline": args.baseline, "base": args.base, "split": args.split, "experiment": args.experiment,
+          "view": args.view,
           "metric": (args.metric or "acc@1").replace("_at_", "@")}
     results = [group_table(args.group, **kw)] if args.group else group_tables(**kw)
     if args.json:

@@ -28,6 +28,8 @@ def _quiet_libraries() -> None:
     """Library chatter (MLflow's system-metrics INFO lines, transformers' weight-loading bars) buries the one line
     per epoch that matters; warnings and errors still show."""
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read by mlflow when it configures its loggers
+    # With a tracking server MLflow writes "View run … at: http://…" on stdout when a run ends, which breaks --json.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
@@ -105,6 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("search", help="Optuna search over an ablation's hyperparameters, tracked in MLflow")
     search.add_arguments(sp)
     sp.set_defaults(func=search.cmd_search)
+    from argbench.search import grid
+
+    st = sub.add_parser("study", help="a group × seeds grid as one resumable Optuna study shared by many workers, "
+                                      "with its significance table")
+    grid.add_arguments(st)
+    st.set_defaults(func=grid.cmd_study)
 
     from argbench.bench import runner as bench
 

@@ -13,8 +13,14 @@ An entry's top-level keys are the meta keys ``group`` (required), ``question`` (
 whose config this one *is*; an alias holds no config keys). Every other top-level key is a config section, so a
 misspelt meta key fails as an unknown section naming the file.
 
-A resolved config is, in order: base.yaml › the extends chain, root first › the entry's delta › the embedded
-profile (when asked) › ``--set`` overrides. An alias resolves to its target's config but keeps its own name.
+A resolved config is, in order: base.yaml › the extends chain, root first › the entry's delta › a profile
+(``profiles/<name>.yaml``: ``embedded`` for the generated sample, ``cpu``/``gpu`` study budgets) › ``--set``
+overrides. An alias resolves to its target's config but keeps its own name.
+
+Every entry is written as a delta over ``baseline`` (= base.yaml). With a *base* R (``--base R``) the same delta
+is applied over R instead: base.yaml › R's chain › the entry's chain minus what R's already holds (and minus
+``baseline``) › profile › ``--set``. An entry whose config then equals R's is an alias of R under that base (e.g.
+``learning_recipe`` under ``learning_recipe_in_batch``'s parent chain, or any alias of ``baseline``).
 """
 
 from __future__ import annotations
@@ -32,7 +38,9 @@ from argbench.errors import UserError
 
 ENV_VAR = paths.ABLATIONS_ENV
 BASE_FILE = "base.yaml"
-EMBEDDED_PROFILE = Path("profiles") / "embedded.yaml"
+PROFILES = Path("profiles")
+EMBEDDED_PROFILE = PROFILES / "embedded.yaml"
+DEFAULT_BASE = "baseline"  # the entry every delta is written against
 META_KEYS = ("group", "question", "extends", "alias_of")
 BASE_HEADER = """\
 # GENERATED from the dataclasses in argbench/config.py, the one source of every default: do not edit by hand.
@@ -180,34 +188,101 @@ def _layer(cfg: Config, delta: Mapping, source: Path) -> Config:
     return from_dict(merged, str(source))
 
 
+def layers(name: str, base: str | None = None, directory: str | os.PathLike | None = None) -> list[Ablation]:
+    """The entries whose deltas make `name` over `base` (None or ``baseline`` = base.yaml), applied in this order:
+    `base`'s chain, then `name`'s chain without the entries already in it and without ``baseline``."""
+    own = chain(name, directory)
+    if base is None or base == DEFAULT_BASE:
+        return own
+    under = chain(base, directory)
+    skip = {e.name for e in under} | {DEFAULT_BASE}
+    return under + [e for e in own if e.name not in skip]
+
+
+def profile_path(profile: str, directory: str | os.PathLike | None = None) -> Path:
+    """``profiles/<profile>.yaml`` of the registry; RegistryError listing the profiles if there is none."""
+    folder = ablations_dir(directory) / PROFILES
+    path = folder / f"{profile}.yaml"
+    if path.parent != folder or not path.is_file():
+        known = sorted(p.stem for p in folder.glob("*.yaml"))
+        raise RegistryError(f"--profile {profile!r}: no {path}; expected one of {', '.join(known) or 'none'}")
+    return path
+
+
 def resolve(name: str, overrides: Sequence[str] = (), *, embedded: bool = False,
-            directory: str | os.PathLike | None = None) -> tuple[Config, Ablation]:
+            directory: str | os.PathLike | None = None, base: str | None = None,
+            profile: str | None = None) -> tuple[Config, Ablation]:
     """The config entry `name` runs with, and the entry itself (an alias keeps its own name).
 
-    Layers: base.yaml › extends chain › the entry's delta › profiles/embedded.yaml if `embedded` (the data are
-    the generated sample) › `overrides` ("section.key=value"). ConfigError names the file or "--set" at fault.
+    Layers: base.yaml › `base`'s chain (if given) › extends chain › the entry's delta › ``profiles/<profile>.yaml``
+    (``embedded`` = ``profile="embedded"``: the data are the generated sample) › `overrides`
+    ("section.key=value"). ConfigError names the file or "--set" at fault.
     """
     root = ablations_dir(directory)
-    entries = chain(name, root)
     cfg = load_config(root / BASE_FILE)
-    for entry in entries:
+    for entry in layers(name, base, root):
         cfg = _layer(cfg, _delta(read_yaml(entry.path)), entry.path)
-    if embedded:
-        profile = root / EMBEDDED_PROFILE
-        cfg = _layer(cfg, read_yaml(profile), profile)
+    profile = profile or ("embedded" if embedded else None)
+    if profile:
+        path = profile_path(profile, root)
+        cfg = _layer(cfg, read_yaml(path), path)
     if overrides:
         cfg = load_config(overrides=overrides, base=cfg)
-    return cfg, entries[-1]
+    return cfg, chain(name, root)[-1]
+
+
+def alias_under(name: str, base: str | None, directory: str | os.PathLike | None = None) -> str | None:
+    """The entry `name` is an alias of: its ``alias_of`` without a base; with a base R, R itself when `name`'s
+    config over R equals R's (profile and --set apply to both alike, so they are left out); else None."""
+    if base is None or base == DEFAULT_BASE:
+        return get(name, directory).alias_of
+    if name == base:
+        return None
+    same = resolve(name, directory=directory, base=base)[0] == resolve(base, directory=directory)[0]
+    return base if same else None
+
+
+def distinct_members(names: Sequence[str], base: str, directory: str | os.PathLike | None = None) -> list[str]:
+    """`names` in order without `base`, without entries whose config over `base` is `base`'s (aliases under it)
+    and without entries whose config equals an earlier member's: the systems worth comparing with `base`."""
+    configs = [resolve(base, directory=directory, base=base)[0]]
+    members = []
+    for name in dict.fromkeys(names):
+        cfg = resolve(name, directory=directory, base=base)[0]
+        if name != base and cfg not in configs:
+            members.append(name)
+            configs.append(cfg)
+    return members
+
+
+def run_name(name: str, base: str | None = None) -> str:
+    """MLflow run name of entry `name` run over `base`: ``name@base``; the plain name without a base (or over
+    ``baseline``) and for the base itself."""
+    return name if base in (None, DEFAULT_BASE, name) else f"{name}@{base}"
+
+
+def resolution(name: str, overrides: Sequence[str] = (), *, embedded: bool = False,
+               directory: str | os.PathLike | None = None, base: str | None = None,
+               profile: str | None = None) -> dict:
+    """``{"name", "base", "alias_of", "layers", "config"}`` of `name` (JSON-ready): the layer files in the order
+    applied (``--set ...`` last) and the resolved config as nested sections."""
+    cfg, entry = resolve(name, overrides, embedded=embedded, directory=directory, base=base, profile=profile)
+    profile = profile or ("embedded" if embedded else None)
+    applied = [BASE_FILE, *(e.path.name for e in layers(name, base, directory))]
+    applied += [str(PROFILES / f"{profile}.yaml")] * bool(profile)
+    applied += [f"--set {' '.join(overrides)}"] * bool(overrides)
+    return {"name": entry.name, "base": base or DEFAULT_BASE, "alias_of": alias_under(name, base, directory),
+            "group": entry.group, "question": entry.question, "layers": applied, "config": to_dict(cfg)}
 
 
 def resolved_yaml(name: str, overrides: Sequence[str] = (), *, embedded: bool = False,
-                  directory: str | os.PathLike | None = None) -> str:
+                  directory: str | os.PathLike | None = None, base: str | None = None,
+                  profile: str | None = None) -> str:
     """The resolved config of `name` as YAML (loadable by `load_config`), headed by comments on its layers."""
-    cfg, entry = resolve(name, overrides, embedded=embedded, directory=directory)
-    layers = [BASE_FILE, *(e.path.name for e in chain(name, directory))]
-    layers += [str(EMBEDDED_PROFILE)] * embedded + [f"--set {' '.join(overrides)}"] * bool(overrides)
-    alias = f" (alias of {entry.alias_of})" if entry.alias_of else ""
-    header = [f"# ablation: {entry.name}{alias} [{entry.group}]", f"# question: {entry.question}",
-              f"# layers: {' > '.join(layers)}"]
+    shown = resolution(name, overrides, embedded=embedded, directory=directory, base=base, profile=profile)
+    cfg = from_dict(shown["config"], "resolved")
+    over = f" over {base}" if base not in (None, DEFAULT_BASE) else ""
+    alias = f" (alias of {shown['alias_of']})" if shown["alias_of"] else ""
+    header = [f"# ablation: {shown['name']}{over}{alias} [{shown['group']}]", f"# question: {shown['question']}",
+              f"# layers: {' > '.join(shown['layers'])}"]
     return "\n".join(header) + "\n" + to_yaml(cfg)
-

@@ -14,7 +14,7 @@ from pathlib import Path
 from argbench.analysis.stats import seed_summary
 from argbench.config import Config, replace
 from argbench.data.corpus import Corpus, load_corpus, resolve_data
-from argbench.experiments.registry import get, resolve
+from argbench.experiments.registry import DEFAULT_BASE, alias_under, get, resolve, run_name
 from argbench.paths import runs_dir
 from argbench.track.tracker import epoch_metrics, load_run_id, tracked_run
 from argbench.train import checkpoint
@@ -37,38 +37,56 @@ class RunResult:
 
 def run_ablation(name: str, overrides=(), *, data=None, seeds: int = 1, experiment: str = "argbench",
                  out: Path | None = None, resume: bool = False, log_model: bool = False, hooks=(),
-                 tracking_uri: str | None = None, progress: bool = True) -> dict:
+                 tracking_uri: str | None = None, progress: bool = True, base: str | None = None,
+                 profile: str | None = None) -> dict:
     """Train ablation ``name`` (``seeds`` runs with seeds base, base+1, …) and return a JSON-ready summary.
 
-    The data source decides the profile: the generated sample corpus applies ``ablations/profiles/embedded.yaml``
+    ``base``: apply the entry's delta over that registry entry instead of ``baseline`` (run name ``name@base``,
+    tag ``base``; an entry whose config equals the base's is tagged ``alias_of``). The profile is ``profile``
+    if given, else the data source decides: the generated sample corpus applies ``ablations/profiles/embedded.yaml``
     (visible in the resolved config, the params and the ``profile`` tag); a real corpus runs the research config.
     """
-    ablation = get(name)
+    get(name)  # an unknown name fails here, before any data is read
     source = resolve_data(data)
-    embedded = source.kind == "sample"
-    cfg, _ = resolve(name, overrides, embedded=embedded)
+    profile = data_profile(source, profile)
+    cfg, _ = resolve(name, overrides, base=base, profile=profile)
     corpus = load_corpus(source)
-    tags = {"ablation": name, "group": ablation.group, "profile": "embedded" if embedded else "research"}
-    if ablation.alias_of:
-        tags["alias_of"] = ablation.alias_of
+    tags = cell_tags(name, base, profile)
+    name = run_name(name, base)
     base_out = out or runs_dir() / name
     common = dict(experiment=experiment, tracking_uri=tracking_uri, hooks=hooks, resume=resume,
                   log_model=log_model, progress=progress)
     if seeds == 1:
-        result = _one_seed(name, cfg, corpus, tags, base_out / f"seed{cfg.train.seed}", **common)
+        result = train_seed(name, cfg, corpus, tags, base_out / f"seed{cfg.train.seed}", **common)
         return {**result.summary(), "experiment": experiment, "profile": tags["profile"]}
     seed_list = [cfg.train.seed + i for i in range(seeds)]
     with tracked_run(run_name=name, experiment=experiment, tracking_uri=tracking_uri, system_metrics=False,
                      tags={**tags, "seeds": ",".join(map(str, seed_list))}, config=cfg) as parent:
-        results = [_one_seed(name, replace(cfg, **{"train.seed": s}), corpus, tags, base_out / f"seed{s}",
+        results = [train_seed(name, replace(cfg, **{"train.seed": s}), corpus, tags, base_out / f"seed{s}",
                              parent_run_id=parent.run_id, **common) for s in seed_list]
         summary = _log_seed_summary(parent, results)
     return {"run_id": parent.run_id, "ablation": name, "experiment": experiment, "profile": tags["profile"],
             "seeds": [r.summary() for r in results], "over_seeds": summary}
 
 
-def _one_seed(name, cfg: Config, corpus: Corpus, tags: dict, out: Path, *, experiment, tracking_uri, hooks,
-              resume, log_model, progress, parent_run_id=None) -> RunResult:
+def data_profile(source, profile: str | None) -> str | None:
+    """`profile` if given, else ``embedded`` for the generated sample corpus (data source `source`), else None."""
+    return profile or ("embedded" if source.kind == "sample" else None)
+
+
+def cell_tags(name: str, base: str | None, profile: str | None) -> dict:
+    """MLflow tags of a run of entry ``name`` over ``base``: ablation, group, base, profile and, for an entry
+    whose config is its base's, alias_of."""
+    alias = alias_under(name, base)
+    return {"ablation": name, "group": get(name).group, "base": base or DEFAULT_BASE,
+            "profile": profile or "research", **({"alias_of": alias} if alias else {})}
+
+
+def train_seed(name, cfg: Config, corpus: Corpus, tags: dict, out: Path, *, experiment, tracking_uri, hooks,
+               resume, log_model, progress, parent_run_id=None, on_open=None) -> RunResult:
+    """Train ``cfg`` as one tracked MLflow run named ``name`` (a child of ``parent_run_id`` if given) with run
+    folder ``out``; ``on_open(run_id)`` is called once the run exists, before training (e.g. to record the id
+    where a reaper of dead workers finds it)."""
     resume_id = load_run_id(out) if resume else None
     if resume and resume_id is None:
         raise FileNotFoundError(f"--resume: {out}/mlflow_run_id is missing: nothing to resume for {name} "
@@ -79,6 +97,8 @@ def _one_seed(name, cfg: Config, corpus: Corpus, tags: dict, out: Path, *, exper
     with tracked_run(run_name=name, experiment=experiment, tracking_uri=tracking_uri,
                      tags={**tags, "seed": str(cfg.train.seed)}, resume_run_id=resume_id,
                      parent_run_id=parent_run_id, config=cfg, out_dir=out, log_model=log_model) as tracker:
+        if on_open is not None:
+            on_open(tracker.run_id)
         history = fit(cfg, corpus, [tracker, *hooks, *printer], out_dir=out, resume=resume, progress=progress)
         tracker.finish(history, cfg)
     return RunResult(tracker.run_id, name, cfg, history, best(history, cfg.eval.primary))

@@ -8,7 +8,9 @@ Every ablation switch of the original experiments is an argument here and change
   ``layernorm`` and ``relu``.
 * ``fusion``: the pair classifier's input for (a, b) is [a, b, |a − b|] over the projection embeddings
   (``only_embedding``), the pooled vectors (``only_cls``) or both (``concatenated``), then Linear(·, 2).
-* ``classifier=False`` drops the classifier (triplet loss only); ``freeze_encoder`` trains the heads only.
+* ``classifier=False`` drops the classifier (triplet loss only); ``freeze_encoder`` trains the heads only, and
+  keeps the encoders in eval mode (no dropout): a frozen encoder is a fixed function of the text, so the trainer can
+  compute its outputs once and feed the pooled vectors to :meth:`BiEncoder.forward`.
 """
 
 from __future__ import annotations
@@ -69,9 +71,19 @@ class BiEncoder(nn.Module):
         self.head = nn.Sequential(*head)
         width = classifier_width(fusion, hidden, self.emb_dim)  # checks `fusion` even without a classifier
         self.classifier = nn.Linear(width, 2) if classifier else None
+        self.frozen = freeze_encoder
         if freeze_encoder:
             for encoder_module in {id(m): m for m in (self.point_encoder, self.candidate_encoder)}.values():
                 encoder_module.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> BiEncoder:
+        """Train/eval mode as usual, except that frozen encoders stay in eval mode: their dropout would make a
+        fixed feature extractor noisy, and their outputs could not be computed once."""
+        super().train(mode)
+        if self.frozen:
+            for encoder in self.encoders():
+                encoder.eval()
+        return self
 
     def encoders(self) -> list[nn.Module]:
         """The distinct encoder modules (one when shared, two when separate)."""
@@ -139,10 +151,13 @@ class BiEncoder(nn.Module):
             start += 3 * width
         return (*(torch.cat(b) for b in blocks), bias[1] - bias[0])
 
-    def forward(self, anchor: tuple, positive: tuple, negative: tuple) -> TripletOutput:
+    def forward(self, anchor, positive, negative) -> TripletOutput:
         """One training step's forward: each argument is ``(input_ids, attention_mask)`` [b, len] (lengths may
-        differ). Candidates share one encoder call; with a shared encoder all three do."""
-        if self.sharing == "shared":
+        differ), or the encoder's pooled vectors [b, hidden] (a frozen encoder's, computed once: only the heads
+        run). Candidates share one encoder call; with a shared encoder all three do."""
+        if isinstance(anchor, torch.Tensor):
+            a, p, n = self.project(anchor), self.project(positive), self.project(negative)
+        elif self.sharing == "shared":
             a, p, n = _split3(self.encode(*_stack(anchor, positive, negative), side="point"), len(anchor[0]))
         else:
             a = self.encode(*anchor, side="point")

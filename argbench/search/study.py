@@ -305,17 +305,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--jobs", type=int, default=1, help="trials run at once, in threads of this process")
     parser.add_argument("--pruner", default="median", choices=PRUNERS)
     parser.add_argument("--seed", type=int, default=0, help="seed of the TPE sampler (not train.seed)")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+    add_worker_arguments(parser, "trial")
+
+
+def add_worker_arguments(parser: argparse.ArgumentParser, unit: str) -> None:
+    """The options every study worker shares (``search`` trials, ``study`` cells): data, config overrides, MLflow
+    destination, and the heartbeat settings that fail and retry a dead worker's `unit`."""
     parser.add_argument("--data", help="corpus root, or 'sample'")
     parser.add_argument("--encoder", help="shortcut for --set model.encoder=NAME")
     parser.add_argument("--epochs", type=int, help="shortcut for --set train.epochs=N")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value of the ablation, e.g. --set train.batch_size=16 (repeatable)")
-    parser.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+                        help=f"override a config value of every {unit}, e.g. --set train.batch_size=16 (repeatable)")
     parser.add_argument("--experiment", default="argbench", help="MLflow experiment")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or mlruns/)")
-    parser.add_argument("--heartbeat-interval", type=int, default=10, help="seconds between trial heartbeats")
+    parser.add_argument("--heartbeat-interval", type=int, default=10, help=f"seconds between {unit} heartbeats")
     parser.add_argument("--grace-period", type=int, default=30, help="seconds without heartbeat = worker dead")
-    parser.add_argument("--max-retry", type=int, default=2, help="retries of a trial whose worker died")
+    parser.add_argument("--max-retry", type=int, default=2, help=f"retries of a {unit} whose worker died")
 
 
 def cmd_search(args: argparse.Namespace) -> int:

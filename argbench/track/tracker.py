@@ -44,6 +44,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from argbench.config import Config, flatten, to_yaml
 from argbench.paths import PACKAGE_DIR, default_tracking_uri
 from argbench.track import stale
+from argbench.track.store_init import ensure_store, sqlite_path
 
 DEFAULT_EXPERIMENT = "argbench"
 RUN_ID_FILE = "mlflow_run_id"
@@ -136,7 +137,7 @@ def _sqlite_file(tracking_uri: str) -> Path | None:
 def artifact_root(tracking_uri: str) -> Path | None:
     """Folder for the artifacts of experiments argbench creates: ``artifacts/`` beside a SQLite store file
     (``<repo>/mlruns/artifacts`` by default); None for other stores (the server's default applies)."""
-    db = _sqlite_file(tracking_uri)
+    db = sqlite_path(tracking_uri)
     return None if db is None else db.resolve().parent / "artifacts"
 
 
@@ -348,9 +349,7 @@ def tracked_run(*, run_name: str, experiment: str = DEFAULT_EXPERIMENT, tracking
     so: its process tags and heartbeat let :func:`argbench.track.stale.sweep` close the run later.
     """
     uri = tracking_uri or default_tracking_uri()
-    db = _sqlite_file(uri)
-    if db is not None:
-        db.parent.mkdir(parents=True, exist_ok=True)
+    ensure_store(uri)  # a new SQLite store: one process creates its tables, concurrent ones wait
     client = MlflowClient(uri)
     all_tags = {"ablation": run_name, "group": "none", **(tags or {})}
     if resume_run_id:

@@ -47,7 +47,7 @@ from argbench.data.tasks import SplitData, build_split
 from argbench.errors import RunError
 from argbench.eval.evaluate import evaluate
 from argbench.model.bi_encoder import BiEncoder, Encoded, build_model
-from argbench.model.encoders import embed
+from argbench.model.encoders import embed, hidden_size
 from argbench.model.loss import combined_loss
 from argbench.model.tokens import TokenizedTexts, bucketed_batches, pad_batch, tokenize_texts
 from argbench.train import checkpoint
@@ -80,6 +80,11 @@ def fit(cfg: Config, corpus: Corpus, hooks=(), *, out_dir: Path | None = None, r
 
 
 class Trainer:
+    # A frozen encoder's pooled outputs are computed once per text and reused by every epoch's mining, training and
+    # evaluation (only the heads run); False computes them at every use, as an unfrozen encoder does (the bench and
+    # the equality test compare both).
+    cache_frozen_encoder = True
+
     def __init__(self, cfg: Config, corpus: Corpus, hooks, runtime: Runtime, out_dir: Path | None, progress: bool):
         self.cfg, self.hooks, self.runtime, self.out_dir = cfg, list(hooks), runtime, out_dir
         self.progress = progress and sys.stderr.isatty() and runtime.is_main
@@ -99,6 +104,7 @@ class Trainer:
         self.optimizer = _optimizer(self.model, cfg.train)
         self.ddp_model = _wrap_ddp(self.model, runtime, cfg.model.pooling)
         self.history: list[dict] = []
+        self.frozen_outputs: dict[tuple[str, str], tuple[torch.Tensor, np.ndarray]] = {}
         self.info = {"config": cfg, "data.source": corpus.source.describe(), "data.hash": corpus.hash,
                      "device": str(runtime.device), "world_size": runtime.world_size,
                      "train_pairs_before": pair_counts["corpus"],
@@ -201,12 +207,17 @@ class Trainer:
         groups = split.args["copy_group"].to_numpy()
         batches = shard(bucketed_batches(tok.lengths[anchors], self.cfg.train.batch_size, self.np_rng), self.runtime)
         self.ddp_model.train()
+        cached = self._caches_encoder()
         sums: dict[str, float] = {}
         bar = tqdm(batches, desc=f"epoch {epoch}", unit="batch", disable=not self.progress, leave=False)
         for step, rows in enumerate(bar, start=1):
+            sides = ((anchors[rows], "point"), (positives[rows], "candidate"), (negative_rows[rows], "candidate"))
+            if cached:  # the frozen encoder's pooled vectors: only the heads run
+                inputs = [self._frozen_pooled(tok, r, side).to(device) for r, side in sides]
+            else:
+                inputs = [pad_batch(tok, r, device) for r, _ in sides]
             with self._autocast():
-                out = self.ddp_model(pad_batch(tok, anchors[rows], device), pad_batch(tok, positives[rows], device),
-                                     pad_batch(tok, negative_rows[rows], device))
+                out = self.ddp_model(*inputs)
                 copies = torch.from_numpy(in_batch_copies(groups[anchors[rows]], groups[positives[rows]])) \
                     if self.cfg.loss.in_batch_weight > 0 else None
                 parts = combined_loss(out, self.cfg.loss, copies)
@@ -239,15 +250,41 @@ class Trainer:
     @torch.no_grad()
     def _embed(self, tok: TokenizedTexts, rows: np.ndarray, side: str) -> Encoded:
         """Pooled vectors and retrieval embeddings (float32, CPU) of ``rows`` of ``tok``."""
-        encoder = self.model.point_encoder if side == "point" else self.model.candidate_encoder
-        pooled = embed(encoder, tok, pooling=self.cfg.model.pooling, batch_size=self.cfg.train.embed_batch_size,
-                       device=self.runtime.device, rows=rows, autocast_dtype=self.runtime.autocast_dtype,
-                       progress=self.progress)
+        cached = self._caches_encoder()
+        pooled = (self._frozen_pooled if cached else self._encoder_pooled)(tok, rows, side)
         was_training = self.model.training
         self.model.eval()
         emb = self.model.head(pooled.to(self.runtime.device)).float().cpu()
         self.model.train(was_training)
         return Encoded(pooled, emb)
+
+    def _encoder_pooled(self, tok: TokenizedTexts, rows: np.ndarray, side: str) -> torch.Tensor:
+        encoder = self.model.point_encoder if side == "point" else self.model.candidate_encoder
+        return embed(encoder, tok, pooling=self.cfg.model.pooling, batch_size=self.cfg.train.embed_batch_size,
+                     device=self.runtime.device, rows=rows, autocast_dtype=self.runtime.autocast_dtype,
+                     progress=self.progress)
+
+    def _caches_encoder(self) -> bool:
+        return self.cfg.model.freeze_encoder and self.cache_frozen_encoder
+
+    @torch.no_grad()
+    def _frozen_pooled(self, tok: TokenizedTexts, rows: np.ndarray, side: str) -> torch.Tensor:
+        """The frozen encoder's pooled vectors of ``rows`` (float32, CPU), each text encoded once per run: rows not
+        seen yet are embedded and kept (one cache per split and, with separate encoders, per side)."""
+        side = side if self.model.sharing == "separate" else "point"
+        key = (next(k for k, t in self.tokens.items() if t is tok), side)
+        if key not in self.frozen_outputs:
+            width = hidden_size(self.model.point_encoder)
+            self.frozen_outputs[key] = (torch.zeros(len(tok), width), np.zeros(len(tok), dtype=bool))
+        cache, have = self.frozen_outputs[key]
+        rows = np.asarray(rows)
+        missing = rows[~have[rows]]
+        # Unique rows in the order asked: the same batches as the uncached path's first call, so the same numbers.
+        missing = missing[np.sort(np.unique(missing, return_index=True)[1])]
+        if len(missing):
+            cache[missing] = self._encoder_pooled(tok, missing, side)
+            have[missing] = True
+        return cache[rows]
 
     def _autocast(self):
         dtype = self.runtime.autocast_dtype

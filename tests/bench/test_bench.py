@@ -146,3 +146,12 @@ def test_format_table_shows_every_row_and_its_extras():
                                            "agree": True, "queries": 7}]})
 
     assert "== demo" in table and "c1" in table and "10x" in table and "queries=7" in table
+
+
+@pytest.mark.slow
+def test_frozen_bench_times_both_paths_and_their_metrics_agree():
+    (row,) = runner.run_benches(["frozen"], data="sample", encoder="tiny-random-bert", epochs=2, max_train_pairs=16,
+                                pooling="mean", max_length=32)["frozen"]
+    assert row["agree"] is True and row["argbench_s"] > 0 and row["reference_s"] > 0
+    assert row["ratio"] == pytest.approx(row["reference_s"] / row["argbench_s"])
+    assert row["case"] == "frozen_encoder tiny-random-bert, 16 pairs, len 32, 2 epochs"

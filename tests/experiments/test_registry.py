@@ -1,6 +1,7 @@
 """The ablation registry: every required entry exists, resolves, differs from the others and changes what its name
 says; base.yaml is the config defaults; errors name the file, key or closest names; every entry trains one epoch."""
 
+import json
 import math
 import shutil
 
@@ -238,3 +239,72 @@ def test_every_entry_trains_one_tiny_epoch(name, sample_corpus):
     history = fit(cfg, sample_corpus)
     assert [row["epoch"] for row in history] == [0, 1]
     assert history[1]["loss"] and all(math.isfinite(v) for v in history[1]["loss"].values())
+
+
+# --- --base: an entry's delta over another recipe ----------------------------------------------------------------
+
+RECIPE = "learning_recipe_in_batch"
+
+
+def test_base_layers_come_before_the_entry_and_the_profile_and_set_after():
+    shown = registry.resolution("with_relu", ["train.epochs=2"], base=RECIPE, profile="embedded")
+    assert shown["layers"] == ["base.yaml", "learning_recipe.yaml", "learning_recipe_in_batch.yaml",
+                               "with_relu.yaml", "profiles/embedded.yaml", "--set train.epochs=2"]
+    config = shown["config"]
+    # the recipe's keys (mean pooling, lr, in-batch weight), the entry's relu, the profile's length, --set's epochs
+    assert (config["model"]["pooling"], config["train"]["lr"], config["loss"]["in_batch_weight"]) == \
+        ("mean", 2e-05, 1.0)
+    assert (config["model"]["relu"], config["model"]["max_length"], config["train"]["epochs"]) == (True, 128, 2)
+    assert (shown["name"], shown["base"], shown["alias_of"]) == ("with_relu", RECIPE, None)
+
+
+def test_entry_whose_config_equals_the_base_is_its_alias():
+    # learning_recipe is inside the base's own chain; shared_encoder is an alias of baseline; both add nothing
+    for name in ("learning_recipe", "shared_encoder", "proj_128"):
+        assert registry.alias_under(name, RECIPE) == RECIPE, name
+        assert resolve(name, base=RECIPE)[0] == resolve(RECIPE)[0]
+    assert registry.alias_under("with_relu", RECIPE) is None
+    assert registry.alias_under("shared_encoder", None) == "baseline"  # without a base: its declared alias_of
+    assert registry.distinct_members(groups()["norm"], RECIPE) == ["with_layernorm", "with_layernorm_relu",
+                                                                   "with_relu"]
+    assert registry.distinct_members(["learning_recipe", "with_relu", "with_relu"], RECIPE) == ["with_relu"]
+
+
+def test_base_baseline_or_none_is_the_plain_resolution_and_run_name():
+    assert resolve("with_relu", base="baseline")[0] == resolve("with_relu")[0]
+    assert registry.run_name("with_relu", RECIPE) == "with_relu@learning_recipe_in_batch"
+    assert registry.run_name(RECIPE, RECIPE) == RECIPE and registry.run_name("with_relu") == "with_relu"
+
+
+def test_extends_chain_of_the_entry_is_kept_over_another_base(tmp_registry):
+    entry(tmp_registry, "recipe", "group: g\nquestion: q?\ntrain:\n  lr: 1.0e-05\n")
+    entry(tmp_registry, "parent", "group: g\nquestion: q?\nmodel:\n  relu: true\n")
+    entry(tmp_registry, "child", "group: g\nquestion: q?\nextends: parent\nmodel:\n  proj_dim: 32\n")
+    cfg, ablation = resolve("child", base="recipe")
+    assert (cfg.train.lr, cfg.model.relu, cfg.model.proj_dim, ablation.name) == (1e-05, True, 32, "child")
+
+
+def test_unknown_profile_lists_the_profiles():
+    with pytest.raises(RegistryError, match=r"--profile 'cpus'.*cpu, embedded, gpu"):
+        resolve("with_relu", profile="cpus")
+
+
+def test_cli_show_base_json_prints_layers_and_nested_config(capsys):
+    from argbench import cli
+
+    assert cli.main(["ablation", "show", "with_relu", "--base", RECIPE, "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown == registry.resolution("with_relu", base=RECIPE)
+    assert set(shown) >= {"name", "base", "layers", "config"} and set(shown["config"]) == set(to_dict(Config()))
+    assert cli.main(["ablation", "show", "learning_recipe", "--base", RECIPE]) == 0
+    assert capsys.readouterr().out.startswith(f"# ablation: learning_recipe over {RECIPE} (alias of {RECIPE})")
+
+
+@pytest.mark.parametrize("profile, pairs, epochs", [("cpu", 256, 1), ("gpu", None, 30)])
+def test_study_profiles_apply_over_the_entry_and_under_set(profile, pairs, epochs):
+    cfg, _ = resolve("with_relu", ["train.epochs=2"], base=RECIPE, profile=profile)
+    assert (cfg.data.max_train_pairs, cfg.model.max_length, cfg.data.eval_splits) == (pairs, 128,
+                                                                                     ["validation", "test"])
+    assert cfg.train.epochs == 2 and cfg.model.relu and cfg.loss.in_batch_weight == 1.0
+    assert resolve("with_relu", base=RECIPE, profile=profile)[0].train.epochs == epochs
+    assert f"profiles/{profile}.yaml" in registry.resolution("with_relu", base=RECIPE, profile=profile)["layers"]

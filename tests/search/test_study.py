@@ -8,13 +8,10 @@ construction, so the real trainer, tracker and pruner run but the outcome cannot
 
 import json
 import os
-import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -28,6 +25,7 @@ from argbench.search.space import SearchSpaceError, load_space
 from argbench.search.storage import DEFAULT_STORAGE, storage_url
 from argbench.search.study import format_summary, run_search
 from argbench.train import trainer as train
+from tests.conftest import PG_PASSWORD, free_port
 
 OVERRIDES = ["model.encoder=tiny-random-bert", "data.max_train_pairs=16", "model.max_length=32", "train.epochs=2",
              "data.eval_splits=[validation]"]
@@ -350,55 +348,6 @@ def test_ctrl_c_with_worker_threads_stops_every_trial(folder, fit_with):
 
 
 # --- several worker processes on PostgreSQL ------------------------------------------------------------------------
-
-PG_PASSWORD = "s3cret-pw"
-
-
-def postgres_bin() -> Path | None:
-    """Folder of initdb / pg_ctl: on PATH, or Debian's /usr/lib/postgresql/<version>/bin."""
-    on_path = shutil.which("pg_ctl")
-    found = [Path(on_path)] if on_path else sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
-    return found[-1].parent if found and (found[-1].parent / "initdb").exists() else None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="session")
-def postgres_url():
-    """A throwaway PostgreSQL cluster on a free loopback port (password auth), stopped and deleted at the end.
-    PostgreSQL refuses to run as root, so under root it runs as the `postgres` user in a folder that user owns."""
-    bindir = postgres_bin()
-    if bindir is None:
-        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found; install them (Debian: apt-get install "
-                    "postgresql) to run the multi-worker tests")
-    root = Path(tempfile.mkdtemp(prefix="argbench-pg-"))
-    as_user: list[str] = []
-    (root / "pwfile").write_text(PG_PASSWORD + "\n")
-    if os.geteuid() == 0:
-        try:
-            user = pwd.getpwnam("postgres")
-        except KeyError:
-            shutil.rmtree(root)
-            pytest.skip("running as root and there is no `postgres` user to run the PostgreSQL server as")
-        for path in (root, root / "pwfile"):
-            os.chown(path, user.pw_uid, user.pw_gid)
-        as_user = ["runuser", "-u", "postgres", "--"]
-    data, port = root / "data", free_port()
-    subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-U", "argbench", "--pwfile",
-                    str(root / "pwfile"), "--auth", "scram-sha-256", "-E", "UTF8"], check=True, capture_output=True)
-    subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "server.log"), "-w", "-o",
-                    f"-p {port} -c listen_addresses=127.0.0.1 -k {root}", "start"], check=True, capture_output=True)
-    try:
-        yield f"postgresql://argbench:{PG_PASSWORD}@127.0.0.1:{port}/postgres"
-    finally:
-        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
-                       capture_output=True)
-        shutil.rmtree(root, ignore_errors=True)
-
 
 def worker(url: str, study: str, tracking_uri: str, trials: int, *extra: str) -> subprocess.Popen:
     """``python -m argbench.search.study`` adding ``trials`` trials to ``study``; the summary JSON comes on stdout."""

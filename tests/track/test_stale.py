@@ -208,7 +208,7 @@ def test_sigkill_of_an_ablation_run_leaves_no_running_run_and_keeps_the_finished
     run_dir = tmp_path / "run"
     command = ["ablation", "run", "baseline", "--data", "sample", "--out", str(run_dir),
                *(arg for item in TINY for arg in ("--set", item))]
-    doomed = subprocess.Popen([sys.executable, "-m", "argbench.cli", *command, "--epochs", "40"],
+    doomed = subprocess.Popen([sys.executable, "-m", "argbench", *command, "--epochs", "40"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               env={**os.environ, "MLFLOW_TRACKING_URI": store})
     client = MlflowClient(store)

@@ -3,6 +3,7 @@ contract, hooks, determinism, resuming after Ctrl-C, non-finite losses, checkpoi
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -507,7 +508,7 @@ def test_a_full_tmpfs_while_checkpointing_is_one_line_exit_1(tmp_path):
     if subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode != 0:
         pytest.skip("cannot mount a tmpfs here (unshare -rm is not allowed)")
     sets = " ".join(f"--set {item}" for item in TINY)
-    script = (f"mount -t tmpfs -o size=1m tmpfs {mount} && {sys.executable} -m argbench.cli train --data sample "
+    script = (f"mount -t tmpfs -o size=1m tmpfs {mount} && {sys.executable} -m argbench train --data sample "
               f"--epochs 1 --out {mount}/run {sets}; echo status=$?; ls -A {mount}/run")
     done = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, timeout=600,
                           env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
@@ -516,3 +517,31 @@ def test_a_full_tmpfs_while_checkpointing_is_one_line_exit_1(tmp_path):
     assert done.stderr.strip().splitlines()[-1].startswith(
         f"argbench: error: no space left on the device of {mount}/run while writing the checkpoint of epoch 0")
     assert done.stdout.split("status=1")[1].split() == ["config.yaml", "metrics.jsonl"]  # no partial checkpoint
+
+
+# ------------------------------------------------------------------------------------------------ frozen encoder
+
+@pytest.mark.parametrize("sharing", ["shared", "separate"])
+def test_frozen_encoder_computed_once_gives_the_metrics_of_computing_it_every_step(corpus, monkeypatch, sharing):
+    from argbench.bench.frozen import flat_metrics
+    from argbench.train.trainer import Trainer
+
+    # Mean pooling: the tiny random model's pooler output puts every text within ~1e-3 of every other, so float
+    # rounding alone would reorder its ranks; mean-pooled vectors are spread enough for ranks to be stable.
+    cfg = tiny("train.epochs=2", "model.freeze_encoder=true", f"model.sharing={sharing}", "train.lr=1e-3",
+               "model.pooling=mean", "data.eval_splits=[validation,test]")
+    cached = fit(cfg, corpus)
+    monkeypatch.setattr(Trainer, "cache_frozen_encoder", False)
+    every_step = fit(cfg, corpus)
+    assert cached[2]["loss"]["total"] != cached[1]["loss"]["total"]  # the heads did train
+    for a, b in zip(cached, every_step):
+        a, b = flat_metrics(a), flat_metrics(b)
+        assert a.keys() == b.keys()
+        # the same numbers up to float rounding (batches are padded differently when embedded once)
+        assert a == {k: pytest.approx(v, abs=1e-5) if isinstance(v, float) else v for k, v in b.items()}
+
+
+def test_a_frozen_encoder_stays_in_eval_mode(tiny_encoder):
+    model = BiEncoder(copy.deepcopy(tiny_encoder[0]), freeze_encoder=True).train()
+    assert model.training and model.head.training and not model.point_encoder.training
+    assert BiEncoder(copy.deepcopy(tiny_encoder[0])).train().point_encoder.training
