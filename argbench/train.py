@@ -6,8 +6,8 @@ trains one pass over the training pairs, evaluates, checkpoints, and calls the h
 
 The trainer knows nothing of MLflow or Optuna. A hook is any object with some of these methods (all optional):
 
-* ``on_train_start(info: dict)`` — ``config`` (the resolved :class:`Config`), data source and hash, device,
-  parameter counts, ``resumed_from`` (the checkpoint's epoch, or ``None``);
+* ``on_train_start(info: dict)`` — ``config`` (the resolved :class:`Config`), ``corpus``, data source and hash,
+  device, parameter counts, ``resumed_from`` (the checkpoint's epoch, or ``None``);
 * ``on_epoch_end(epoch: int, metrics: dict) -> bool | None`` — return ``True`` to stop (pruning);
 * ``on_evaluation(epoch: int, split: str, evaluation: Evaluation)`` — per-query ranks, for paired comparisons;
 * ``on_negatives(epoch: int, examples: list[dict])`` — a few mined (point, negative, source) texts.
@@ -55,8 +55,9 @@ def fit(cfg: Config, corpus: Corpus, hooks=(), *, out_dir: Path | None = None, r
         progress: bool = False) -> list[dict]:
     """Train ``cfg`` on ``corpus`` and return one metrics dict per epoch (epoch 0 = untrained).
 
-    With ``out_dir``: writes ``config.yaml``, ``metrics.jsonl`` and ``checkpoint/`` there; ``resume`` continues
-    from that checkpoint (same seed on CPU gives the same final metrics as an uninterrupted run).
+    With ``out_dir``: writes ``config.yaml``, ``data.json`` (corpus source and hash), ``metrics.jsonl`` and
+    ``checkpoint/`` there; ``resume`` continues from that checkpoint (same seed on CPU gives the same final
+    metrics as an uninterrupted run).
     """
     runtime = setup(cfg.train.device, cfg.train.precision)
     try:
@@ -87,7 +88,8 @@ class Trainer:
         self.optimizer = _optimizer(self.model, cfg.train)
         self.ddp_model = _wrap_ddp(self.model, runtime, cfg.model.pooling)
         self.history: list[dict] = []
-        self.info = {"config": cfg, "data.source": corpus.source.describe(), "data.hash": corpus.hash,
+        self.info = {"config": cfg, "corpus": corpus,
+                     "data.source": corpus.source.describe(), "data.hash": corpus.hash,
                      "device": str(runtime.device), "world_size": runtime.world_size,
                      "train_pairs": len(self.pairs), "params_trainable": _count(self.model, trainable=True),
                      "params_total": _count(self.model, trainable=False)}
@@ -106,6 +108,8 @@ class Trainer:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             (self.out_dir / "config.yaml").write_text(to_yaml(self.cfg))
             (self.out_dir / "metrics.jsonl").write_text("")
+            (self.out_dir / "data.json").write_text(json.dumps({"source": self.info["data.source"],
+                                                                "hash": self.info["data.hash"]}) + "\n")
         self._call("on_train_start", {**self.info, "resumed_from": None})
         return 0
 
