@@ -197,7 +197,7 @@ def _run_info(run: TrainedRun, digest: str) -> dict:
               if cfg.model.sharing == "separate" else None)
     return {
         "format": FORMAT, "source": str(run.path), "mlflow_run_id": run.mlflow_run_id,
-        "data": run.data, "epoch": last.get("epoch"), "weights_digest": digest,
+        "data": run.data, "epoch": last.get("epoch"), "weights_digest": digest, "dimension": run.model.emb_dim,
         "sharing": cfg.model.sharing, "routes": routes, "pooling": cfg.model.pooling, "metric": cfg.eval.metric,
         "classifier": cfg.model.classifier, "fusion": cfg.model.fusion,
         "metrics": {k: v for k, v in last.items() if k in ("train", "val", "test") or k.endswith("_rerank_acc@1")},

@@ -32,7 +32,7 @@ from optuna.trial import TrialState
 
 from argbench import config, registry, train
 from argbench.space import SearchSpace, SearchSpaceError, load_space  # also search's API
-from argbench.studies import DEFAULT_STORAGE, open_storage, retried_trial_number, storage_url
+from argbench.studies import DEFAULT_STORAGE, label_study, open_storage, retried_trial_number, storage_url
 
 PRUNERS = ("median", "hyperband", "none")
 FIGURES = ("optimization_history", "intermediate_values", "param_importances", "parallel_coordinate")
@@ -155,6 +155,9 @@ def run_search(*, ablation: str = "baseline", space: str | os.PathLike = "defaul
     try:
         study = optuna.create_study(storage=backend, study_name=name, direction="maximize", load_if_exists=True,
                                     pruner=chosen_pruner)
+        label_study(study, cfg.eval.primary, {"ablation": ablation, "base": entry.parent or "base.yaml",
+                                              "data.hash": corpus.hash, "space": search_space.name,
+                                              "space.file": str(search_space.path)})
         # Offset by the trials already there, so a continued study does not replay the first run's random draws.
         study.sampler = optuna.samplers.TPESampler(seed=seed + len(study.trials))
         settings = {"trials": trials, "timeout": timeout, "jobs": jobs, "seed": seed,
@@ -255,7 +258,7 @@ def _log_results(parent, study: optuna.Study, result: dict) -> None:
     client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
                      tags=[RunTag("best_trial", str(result["best_trial"]))])
     for name, figure in study_figures(study).items():
-        client.log_text(run_id, figure.to_html(include_plotlyjs="inline"), f"figures/{name}.html")
+        client.log_text(run_id, figure.to_html(include_plotlyjs="cdn"), f"figures/{name}.html")
 
 
 def study_figures(study: optuna.Study) -> dict:
