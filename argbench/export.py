@@ -341,7 +341,8 @@ def evaluate_export(exported: ExportedModel, split: SplitData, batch_size: int =
     if exported.model.sharing == "shared":
         queries = Encoded(candidates.pooled[split.query_idx], candidates.emb[split.query_idx])
     else:
-        queries = exported.embed([split.texts[i] for i in split.query_idx], "point", batch_size=batch_size)
+        texts = split.texts
+        queries = exported.embed([texts[i] for i in split.query_idx], "point", batch_size=batch_size)
     scorer = exported.model.pair_scorer(queries, candidates) if exported.model.classifier is not None else None
     return evaluate(split, queries.emb, candidates.emb, metric=exported.config.eval.metric, scorer=scorer,
                     rerank_depth=exported.config.eval.rerank_depth)

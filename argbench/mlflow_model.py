@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import mlflow
@@ -57,8 +58,9 @@ class ArgumentEncoder(mlflow.pyfunc.PythonModel):
 
 
 def signature(dim: int) -> ModelSignature:
-    """Input: a string column ``text``; output: float32 [-1, dim]; param ``side`` (query/document)."""
-    return ModelSignature(inputs=Schema([ColSpec("string", INPUT_COLUMN)]),
+    """Input: one unnamed string column (a list of texts, or a one-column DataFrame); output: float32 [-1, dim];
+    param ``side`` (query/document)."""
+    return ModelSignature(inputs=Schema([ColSpec("string")]),
                           outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, dim))]),
                           params=ParamSchema([ParamSpec("side", "string", "document")]))
 
@@ -73,7 +75,9 @@ def log_export(client: MlflowClient, run_id: str, export_dir: Path, *, step: int
     info = json.loads((Path(export_dir) / "argbench" / "run.json").read_text())
     model_cfg = info["config"]["model"]
     example = pd.DataFrame({INPUT_COLUMN: ["School uniforms restrict students' freedom of expression."]})
-    with _use_tracking_uri(client.tracking_uri):
+    with _use_tracking_uri(client.tracking_uri), warnings.catch_warnings():
+        # MLflow suggests type hints on predict to infer a signature; this model states its signature itself
+        warnings.filterwarnings("ignore", message=".*type hints to the `predict` method")
         logged = Model.log(artifact_path=None, name=MODEL_NAME, flavor=mlflow.pyfunc, run_id=run_id, step=step,
                            python_model=ArgumentEncoder(), artifacts={ARTIFACT_KEY: str(export_dir)},
                            signature=signature(info["dimension"]), input_example=example,
@@ -97,13 +101,13 @@ def logged_model_id(client: MlflowClient, run_id: str) -> str:
     except MlflowException as err:
         raise ModelNotLogged(f"{run_id!r} is neither a folder nor an MLflow run at "
                              f"{client.tracking_uri}: {err.message}") from None
-    models = client.search_logged_models(experiment_ids=[run.info.experiment_id],
-                                         filter_string=f"source_run_id = '{run_id}' AND name = '{MODEL_NAME}'",
-                                         order_by=[{"field_name": "creation_time", "ascending": False}])
+    outputs = run.outputs.model_outputs if run.outputs else []
+    models = [client.get_logged_model(o.model_id) for o in outputs]
+    models = sorted((m for m in models if m.name == MODEL_NAME), key=lambda m: m.creation_timestamp)
     if not models:
         raise ModelNotLogged(f"MLflow run {run_id} has no logged model: train it with `--log-model`, or pass its "
                              "run folder (config.yaml + checkpoint/) instead")
-    return models[0].model_id
+    return models[-1].model_id
 
 
 def download_export(run_id: str, dest: Path, tracking_uri: str | None = None) -> Path:

@@ -24,6 +24,7 @@ from mlflow import MlflowClient
 from mlflow.entities import ViewType
 
 from argbench import cli, train
+from argbench.corpus import load_corpus
 from argbench.search import format_summary, run_search
 from argbench.space import SearchSpaceError, load_space
 from argbench.studies import DEFAULT_STORAGE, storage_url
@@ -215,6 +216,10 @@ def test_search_runs_every_trial_with_the_space_params(first_search):
     assert (summary["best_trial"], summary["best_value"], summary["best_params"]) == \
         (best.number, best.value, best.params)
     assert summary["seconds_per_trial"] > 0
+    study = optuna.load_study(study_name="baseline-default", storage=storage_url(stores(folder)["storage"]))
+    assert study.metric_names == ["val/epa/acc@1"]
+    assert study.user_attrs == {"ablation": "baseline", "base": "base.yaml", "data.hash": load_corpus("sample").hash,
+                                "space": "default", "space.file": str(load_space("default").path)}
 
 
 def test_each_trial_is_a_child_run_with_per_epoch_metrics_and_its_params(first_search):
@@ -457,3 +462,15 @@ def test_a_killed_workers_trial_fails_and_is_retried(postgres_url, folder):
     assert (dead_run.info.status, dead_run.data.tags["trial.state"]) == ("KILLED", "FAIL")
     assert client.get_run(killed.user_attrs["mlflow_parent_run_id"]).info.status == "KILLED"
     assert [r.info.run_name for r in mlflow_runs(tracking_uri) if r.info.status == "RUNNING"] == []
+
+
+def test_label_study_names_the_objective_and_records_what_was_searched():
+    from argbench.studies import label_study
+
+    study = optuna.create_study(direction="maximize")
+    attrs = {"ablation": "baseline", "base": "base.yaml", "data.hash": "51e0a5ece8ddfa6b", "space": "default"}
+    label_study(study, "val/epa/acc@1", attrs)
+    label_study(study, "val/epa/acc@1", attrs)  # a continued study: labelled again, unchanged
+    assert study.metric_names == ["val/epa/acc@1"] and study.user_attrs == attrs
+    study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=1)
+    assert "value_val/epa/acc@1" in study.trials_dataframe().columns  # named, not "value"
