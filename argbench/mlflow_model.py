@@ -75,15 +75,20 @@ def log_export(client: MlflowClient, run_id: str, export_dir: Path, *, step: int
     info = json.loads((Path(export_dir) / "argbench" / "run.json").read_text())
     model_cfg = info["config"]["model"]
     example = pd.DataFrame({INPUT_COLUMN: ["School uniforms restrict students' freedom of expression."]})
+    # Created here, in the run's experiment: left to Model.log, the model would go to the process's active
+    # experiment (the Default one), and the UI's "Logged models" of the run's experiment would not list it.
+    model = client.create_logged_model(client.get_run(run_id).info.experiment_id, name=MODEL_NAME,
+                                       source_run_id=run_id, model_type="argbench-retriever",
+                                       tags={"argbench.sharing": model_cfg["sharing"],
+                                             "argbench.encoder": model_cfg["encoder"],
+                                             "argbench.data.hash": str(info["data"].get("hash"))})
     with _use_tracking_uri(client.tracking_uri), warnings.catch_warnings():
         # MLflow suggests type hints on predict to infer a signature; this model states its signature itself
         warnings.filterwarnings("ignore", message=".*type hints to the `predict` method")
         logged = Model.log(artifact_path=None, name=MODEL_NAME, flavor=mlflow.pyfunc, run_id=run_id, step=step,
                            python_model=ArgumentEncoder(), artifacts={ARTIFACT_KEY: str(export_dir)},
                            signature=signature(info["dimension"]), input_example=example,
-                           pip_requirements=_requirements(),
-                           tags={"argbench.sharing": model_cfg["sharing"], "argbench.encoder": model_cfg["encoder"],
-                                 "argbench.data.hash": str(info["data"].get("hash"))})
+                           pip_requirements=_requirements(), model_id=model.model_id)
     return logged.model_id
 
 

@@ -148,6 +148,9 @@ def test_trained_run_logs_its_model_under_logged_models(trained):
     (output,) = run.outputs.model_outputs
     model = client.get_logged_model(output.model_id)
     assert (model.name, model.source_run_id, output.step) == ("model", run_id, history[-1]["epoch"])
+    assert model.experiment_id == run.info.experiment_id and str(model.status) == "READY"
+    (listed,) = client.search_logged_models([run.info.experiment_id])  # what the run page's "Logged models" asks
+    assert listed.model_id == model.model_id
     assert {m.key for m in model.metrics} >= {"val/epa/acc_at_1"}  # the final epoch's metrics travel with it
 
 
