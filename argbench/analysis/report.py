@@ -166,8 +166,15 @@ def final_table(runs: list[RunData], metrics: list[str] | None = None) -> go.Fig
     cells = [[r.name for r in runs], [r.run_id for r in runs], [r.status for r in runs],
              [max((s for h in r.history.values() for s, _ in h), default="-") for r in runs]]
     cells += [[_number(r.final.get(k)) for r in runs] for k in keys]
-    table = go.Table(header={"values": ["run", "run id", "status", "last epoch", *keys]}, cells={"values": cells})
-    return go.Figure(table).update_layout(title="Final metrics", height=260 + 30 * len(runs))
+    header = ["run", "run id", "status", "last epoch", *keys]
+    # plotly cuts a cell's text at the column's edge and breaks lines only at spaces or <br>: metric names break
+    # after each "/" and every column is as wide as its longest line (about 7.5 px a character at 12 px).
+    lines = [h.replace("/", "/<br>") for h in header]
+    widths = [max(len(part) for column in (str(h).split("/<br>"), map(str, c)) for part in column) + 2
+              for h, c in zip(lines, cells)]
+    table = go.Table(columnwidth=widths, header={"values": lines, "height": 50}, cells={"values": cells})
+    return go.Figure(table).update_layout(title="Final metrics", height=260 + 30 * len(runs),
+                                          width=max(700, int(7.5 * sum(widths)) + 80))
 
 
 def _number(value: float | None) -> str:

@@ -82,8 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     _data_args(stats)
     stats.set_defaults(func=cmd_data_stats)
 
-    ev = sub.add_parser("eval", help="zero-shot retrieval with an untrained encoder or TF-IDF")
-    ev.add_argument("--encoder", required=True, help="encoder name, local path, or 'tfidf'")
+    ev = sub.add_parser("eval", help="retrieval with an untrained encoder, TF-IDF or an exported model")
+    ev.add_argument("--encoder", required=True,
+                    help="encoder name, local path, 'tfidf', or an `argbench export` folder (evaluated as trained: "
+                         "its own pooling, length and classifier; --pooling/--max-length do not apply)")
     ev.add_argument("--pooling", default="mean", choices=("pooler", "cls", "mean"))
     ev.add_argument("--max-length", type=int, default=256)
     ev.add_argument("--batch-size", type=int, default=64)
@@ -101,9 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
     tr.set_defaults(func=cmd_train)
 
     from argbench.cli import ablation as cli_ablation
+    from argbench.cli import model as cli_model
     from argbench.search import study as search
 
     cli_ablation.add_commands(sub, _data_args, _run_args)
+    cli_model.add_commands(sub, _data_args)
     sp = sub.add_parser("search", help="Optuna search over an ablation's hyperparameters, tracked in MLflow")
     search.add_arguments(sp)
     sp.set_defaults(func=search.cmd_search)
@@ -194,6 +198,10 @@ def cmd_eval(args) -> int:
     from argbench.train.console import view_table
 
     corpus = load_corpus(args.data)
+    from argbench.model.export import is_export
+
+    if is_export(args.encoder):
+        return _eval_export(args, corpus)
     kwargs = {} if args.encoder == "tfidf" else {
         "pooling": args.pooling, "max_length": args.max_length, "batch_size": args.batch_size,
         "progress": sys.stderr.isatty()}
@@ -231,6 +239,31 @@ def _view_queries(evaluation) -> dict[str, int]:
     n = len(next(iter(evaluation.ranks.values())))
     unseen = int(evaluation.unseen.sum()) if evaluation.unseen is not None else 0
     return {"official": n, "dedup": n, "unseen": unseen}
+
+
+def _eval_export(args, corpus) -> int:
+    """``eval --encoder EXPORT_DIR``: the exported model's metrics, and how far they are from the run's own."""
+    from argbench.model.export import evaluate_export, load_export, recorded_difference
+    from argbench.train.console import task_table
+    from argbench.train.trainer import SPLIT_KEYS
+
+    if args.track:
+        from argbench.errors import UserError
+
+        raise UserError(f"--track: {args.encoder} is an exported run, already tracked; expected a zero-shot encoder")
+    exported = load_export(args.encoder)
+    evaluation = evaluate_export(exported, corpus.split(args.split), batch_size=args.batch_size)
+    difference = recorded_difference(exported, SPLIT_KEYS[args.split], evaluation.metrics)
+    if args.json:
+        print(json.dumps({args.split: evaluation.metrics, f"{args.split}_rerank_acc@1": evaluation.rerank_acc1,
+                          "max_abs_difference_from_run": difference}, indent=2))
+        return 0
+    print(task_table(evaluation.metrics, title=f"{args.encoder} on {args.split} ({corpus.source.describe()})"))
+    if difference is None:
+        print(f"the run recorded no {args.split} metrics at its last epoch to compare with")
+    else:
+        print(f"largest difference from the run's recorded {args.split} metrics: {difference:.2e}")
+    return 0
 
 
 def cmd_train(args) -> int:

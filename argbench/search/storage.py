@@ -114,6 +114,15 @@ def retried_trial_number(trial: optuna.Trial) -> int | None:
         return RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
 
 
+def label_study(study: optuna.Study, metric: str, attrs: dict[str, str]) -> None:
+    """Name the study's objective ``metric`` (optuna-dashboard then shows ``val/epa/acc@1``, not "Objective 0")
+    and record ``attrs`` (ablation, base, data hash, space) as study user attributes."""
+    if study.metric_names != [metric]:
+        study.set_metric_names([metric])
+    for key, value in attrs.items():
+        study.set_user_attr(key, value)
+
+
 # --- stale trials (the process rule of argbench.track.stale, for Optuna trials) ------------------------------------
 
 def record_trial(trial) -> None:

@@ -37,6 +37,7 @@ from argbench.search.space import SearchSpace, load_space  # also search's API
 from argbench.search.storage import (
     DEFAULT_STORAGE,
     close_stale_trials,
+    label_study,
     open_storage,
     record_trial,
     retried_trial_number,
@@ -174,6 +175,9 @@ def run_search(*, ablation: str = "baseline", space: str | os.PathLike = "defaul
             print(f"argbench: failed stale Optuna trial {number} of study {study.study_name}: its process on this "
                   "host is gone", file=sys.stderr)
         stale.sweep(tracking_uri or default_tracking_uri())
+        label_study(study, cfg.eval.primary, {"ablation": ablation, "base": entry.parent or "base.yaml",
+                                              "data.hash": corpus.hash, "space": search_space.name,
+                                              "space.file": str(search_space.path)})
         # Offset by the trials already there, so a continued study does not replay the first run's random draws.
         study.sampler = optuna.samplers.TPESampler(seed=seed + len(study.trials))
         settings = {"trials": trials, "timeout": timeout, "jobs": jobs, "seed": seed,
@@ -274,7 +278,7 @@ def _log_results(parent, study: optuna.Study, result: dict) -> None:
     client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
                      tags=[RunTag("best_trial", str(result["best_trial"]))])
     for name, figure in study_figures(study).items():
-        client.log_text(run_id, figure.to_html(include_plotlyjs="inline"), f"figures/{name}.html")
+        client.log_text(run_id, figure.to_html(include_plotlyjs="cdn"), f"figures/{name}.html")
 
 
 def study_figures(study: optuna.Study) -> dict:

@@ -10,9 +10,13 @@ the hook passed to ``argbench.train.trainer.fit``. What one run holds:
   ``{split}/{task}/acc_at_{1,3,5,10}``, ``{split}/{task}/mrr``, ``{split}/rerank/acc_at_1``, the same per task
   under ``{split}/dedup/`` and ``{split}/unseen/`` (the views of argbench.data.copies), ``negatives/*``,
   ``schedule/random_rate``, ``perf/*``; plus MLflow's own ``system/*`` metrics when psutil is installed;
-* artifacts: config.yaml, metrics.csv (one row per epoch), negatives.csv, learning_curve.html,
-  per_query/{split}.csv (long format: epoch, query, task, rank, rank_dedup, unseen), rewritten at the end of every
-  epoch (a kill loses at most the running epoch), and, with ``log_model``, model/model.safetensors at the end;
+* artifacts: config.yaml, metrics.csv (one row per epoch), negatives.csv, learning_curve.html (plotly.js from its
+  CDN), per_query/{split}.csv (long format: epoch, query, task, rank, rank_dedup, unseen), rewritten at the end of
+  every epoch (a kill loses at most the running epoch);
+* with ``log_model``: at the end, the final model exported (:mod:`argbench.model.export`) and logged as a pyfunc
+  model (:mod:`argbench.track.model_log`), listed under the run's "Logged models";
+* the corpus as the run's dataset input (:mod:`argbench.track.lineage`); the experiment is created with MLflow's
+  experiment kind "custom_model_development" (model training);
 * where it runs: tags ``process.host``, ``process.pid`` and a ``process.heartbeat`` refreshed by a thread and
   every epoch, so that :mod:`argbench.track.stale` can close it as KILLED once its process is gone.
 
@@ -59,6 +63,9 @@ NEGATIVE_KEYS = {"point": "negatives/point_frac", "counter": "negatives/counter_
                  "copy": "negatives/copy_frac"}
 SCALAR_KEYS = {"random_rate": "schedule/random_rate", "epoch_seconds": "perf/epoch_seconds",
                "train_seq_per_s": "perf/train_seq_per_s"}
+# The experiment tag MLflow's UI reads to pick its view (MLflow 3.17: "genai_development" opens on traces and
+# evaluation runs, "custom_model_development" on runs, charts and models).
+EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 EPOCH_MARKER = "perf/epoch_seconds"  # logged at every epoch, so its steps are the epochs already logged
 
 # Run ids of the tracked_run blocks open in this context, innermost last (parents of nested runs).
@@ -148,7 +155,8 @@ def experiment_id(client: MlflowClient, name: str) -> str:
         root = artifact_root(client.tracking_uri)
         location = None if root is None else (root / re.sub(r"[^\w.\-]", "_", name)).as_uri()
         try:
-            return client.create_experiment(name, artifact_location=location)
+            return client.create_experiment(name, artifact_location=location,
+                                            tags={EXPERIMENT_KIND: MODEL_TRAINING})
         except MlflowException:  # created meanwhile by a concurrent process
             found = client.get_experiment_by_name(name)
             if found is None:
@@ -156,6 +164,8 @@ def experiment_id(client: MlflowClient, name: str) -> str:
     if found.lifecycle_stage == "deleted":
         raise ValueError(f"MLflow experiment {name!r} at {redact(client.tracking_uri)} is deleted; expected an "
                          "active experiment (restore it with `mlflow experiments restore` or pick another name)")
+    if EXPERIMENT_KIND not in found.tags:  # made before argbench set the kind: the UI would guess GenAI
+        client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND, MODEL_TRAINING)
     return found.experiment_id
 
 
@@ -225,6 +235,10 @@ class MlflowTracker:
             tags.update({"seed": self.config.train.seed, "encoder": self.config.model.encoder})
             params = self._new_params(param_values(self.config))
         self.log(params=params, tags={**tags, **self.extra_tags})
+        if info.get("corpus") is not None:
+            from argbench.lineage import log_dataset
+
+            log_dataset(self.client, self.run_id, info["corpus"])
 
     def on_epoch_end(self, epoch: int, metrics: dict) -> None:
         """Log the epoch's metrics at ``step=epoch`` in one batch, unless the run already has that step, then the
@@ -267,16 +281,25 @@ class MlflowTracker:
             table = pd.DataFrame(rows).sort_values("epoch")
             self.client.log_text(self.run_id, table.to_csv(index=False), "metrics.csv")
             figure = learning_curve(rows, primary=self.primary_key)
-            self.client.log_text(self.run_id, figure.to_html(include_plotlyjs=True), "learning_curve.html")
+            # plotly.js from its CDN: inlined it is 4.7 MB per run, and the MLflow UI draws these curves anyway
+            self.client.log_text(self.run_id, figure.to_html(include_plotlyjs="cdn"), "learning_curve.html")
         negatives = pd.DataFrame(self.negatives, columns=["epoch", "point", "negative", "source"])
         if len(negatives):
             self.client.log_text(self.run_id, negatives.to_csv(index=False), "negatives.csv")
         for split, (epoch, evaluation) in self.ranks.items():
             self.client.log_text(self.run_id, per_query_table(epoch, evaluation).to_csv(index=False),
                                  f"per_query/{split}.csv")
-        model = None if self.out_dir is None else self.out_dir / "checkpoint" / "model.safetensors"
-        if with_model and self.log_model and model is not None and model.is_file():
-            self.client.log_artifact(self.run_id, str(model), "model")
+        if with_model and self.log_model and self.out_dir is not None and (self.out_dir / "checkpoint").is_dir():
+            self._log_export(max((row["epoch"] for row in rows), default=0))
+
+    def _log_export(self, step: int) -> None:
+        """The run folder's final model as an export folder, logged as the run's pyfunc model (see
+        :mod:`argbench.track.model_log`)."""
+        from argbench.model.export import export_run
+        from argbench.track.model_log import log_export
+
+        with tempfile.TemporaryDirectory() as scratch:
+            log_export(self.client, self.run_id, export_run(self.out_dir, Path(scratch) / "export"), step=step)
 
     def _restore(self, history: list[dict]) -> None:
         """A resumed run's rows and negatives before this session: the epochs of the checkpoint's ``history`` and

@@ -6,8 +6,8 @@ trains one pass over the training pairs, evaluates, checkpoints, and calls the h
 
 The trainer knows nothing of MLflow or Optuna. A hook is any object with some of these methods (all optional):
 
-* ``on_train_start(info: dict)`` — ``config`` (the resolved :class:`Config`), data source and hash, device,
-  parameter counts, training pairs (``train_pairs_before`` in the corpus, ``train_pairs_cleaned`` after
+* ``on_train_start(info: dict)`` — ``config`` (the resolved :class:`Config`), ``corpus``, data source and hash,
+  device, parameter counts, training pairs (``train_pairs_before`` in the corpus, ``train_pairs_cleaned`` after
   ``data.decontaminate`` / ``data.dedupe_pairs``, ``train_pairs`` trained on, after ``data.max_train_pairs``),
   ``resumed_from`` (the checkpoint's epoch, or ``None``) and, when resumed, ``history`` (the metrics of the epochs
   up to the checkpoint's);
@@ -66,8 +66,9 @@ def fit(cfg: Config, corpus: Corpus, hooks=(), *, out_dir: Path | None = None, r
         progress: bool = False) -> list[dict]:
     """Train ``cfg`` on ``corpus`` and return one metrics dict per epoch (epoch 0 = untrained).
 
-    With ``out_dir``: writes ``config.yaml``, ``metrics.jsonl`` and ``checkpoint/`` there; ``resume`` continues
-    from that checkpoint (same seed on CPU gives the same final metrics as an uninterrupted run).
+    With ``out_dir``: writes ``config.yaml``, ``data.json`` (corpus source and hash), ``metrics.jsonl`` and
+    ``checkpoint/`` there; ``resume`` continues from that checkpoint (same seed on CPU gives the same final
+    metrics as an uninterrupted run).
     """
     runtime = setup(cfg.train.device, cfg.train.precision)
     try:
@@ -105,7 +106,8 @@ class Trainer:
         self.ddp_model = _wrap_ddp(self.model, runtime, cfg.model.pooling)
         self.history: list[dict] = []
         self.frozen_outputs: dict[tuple[str, str], tuple[torch.Tensor, np.ndarray]] = {}
-        self.info = {"config": cfg, "data.source": corpus.source.describe(), "data.hash": corpus.hash,
+        self.info = {"config": cfg, "corpus": corpus,
+                     "data.source": corpus.source.describe(), "data.hash": corpus.hash,
                      "device": str(runtime.device), "world_size": runtime.world_size,
                      "train_pairs_before": pair_counts["corpus"],
                      "train_pairs_cleaned": len(self.train_split.query_idx),
@@ -126,6 +128,8 @@ class Trainer:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             (self.out_dir / "config.yaml").write_text(to_yaml(self.cfg))
             (self.out_dir / "metrics.jsonl").write_text("")
+            (self.out_dir / "data.json").write_text(json.dumps({"source": self.info["data.source"],
+                                                                "hash": self.info["data.hash"]}) + "\n")
         self._call("on_train_start", {**self.info, "resumed_from": None})
         return 0
 

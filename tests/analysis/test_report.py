@@ -85,7 +85,10 @@ def test_figures_hold_the_logged_values(runs):
     assert [a.name for a in areas] == ["point", "counter", "random"] * 2
     assert list(areas[2].y) == [0.5, 0.5] and areas[2].stackgroup == "run1"
     table = report.final_table(runs, ["val/epa/acc@1"]).data[0]
-    assert list(table.cells.values[0]) == ["base", "variant"] and table.header.values[4] == "val/epa/acc_at_1"
+    assert list(table.cells.values[0]) == ["base", "variant"]
+    assert table.header.values[4].replace("<br>", "") == "val/epa/acc_at_1"  # the whole name, broken at "/"
+    longest_line = max(len(line) for line in table.header.values[4].split("<br>"))
+    assert table.columnwidth[4] >= longest_line and table.columnwidth[1] >= len(runs[0].run_id)
     assert list(table.cells.values[4]) == ["0.3000", "0.6000"]
 
 

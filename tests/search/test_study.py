@@ -21,6 +21,7 @@ from mlflow import MlflowClient
 from mlflow.entities import ViewType
 
 from argbench import cli
+from argbench.data.corpus import load_corpus
 from argbench.search.space import SearchSpaceError, load_space
 from argbench.search.storage import DEFAULT_STORAGE, storage_url
 from argbench.search.study import format_summary, run_search
@@ -214,6 +215,10 @@ def test_search_runs_every_trial_with_the_space_params(first_search):
     assert (summary["best_trial"], summary["best_value"], summary["best_params"]) == \
         (best.number, best.value, best.params)
     assert summary["seconds_per_trial"] > 0
+    study = optuna.load_study(study_name="baseline-default", storage=storage_url(stores(folder)["storage"]))
+    assert study.metric_names == ["val/epa/acc@1"]
+    assert study.user_attrs == {"ablation": "baseline", "base": "base.yaml", "data.hash": load_corpus("sample").hash,
+                                "space": "default", "space.file": str(load_space("default").path)}
 
 
 def test_each_trial_is_a_child_run_with_per_epoch_metrics_and_its_params(first_search):
@@ -479,3 +484,15 @@ def test_the_postgres_password_is_in_no_param_tag_artifact_or_log_line(postgres_
         assert artifacts and not [a for a in artifacts if PG_PASSWORD.encode() in a], run.info.run_name
     assert "argbench:***@127.0.0.1" in json.loads(stdout)["storage"]
     assert PG_PASSWORD not in stdout + stderr
+
+
+def test_label_study_names_the_objective_and_records_what_was_searched():
+    from argbench.search.storage import label_study
+
+    study = optuna.create_study(direction="maximize")
+    attrs = {"ablation": "baseline", "base": "base.yaml", "data.hash": "51e0a5ece8ddfa6b", "space": "default"}
+    label_study(study, "val/epa/acc@1", attrs)
+    label_study(study, "val/epa/acc@1", attrs)  # a continued study: labelled again, unchanged
+    assert study.metric_names == ["val/epa/acc@1"] and study.user_attrs == attrs
+    study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=1)
+    assert "value_val/epa/acc@1" in study.trials_dataframe().columns  # named, not "value"

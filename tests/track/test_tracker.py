@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
@@ -95,10 +98,11 @@ def test_trained_run_tags_describe_the_run_and_hide_passwords(trained, corpus):
 
 def test_trained_run_artifacts(trained, tmp_path, store, corpus):
     client, run_id, _, history, out_dir = trained
-    listed = {f.path for f in client.list_artifacts(run_id)} | {f.path for d in ("per_query", "model")
-                                                                for f in client.list_artifacts(run_id, d)}
-    assert {"config.yaml", "metrics.csv", "negatives.csv", "learning_curve.html", "per_query/val.csv",
-            "model/model.safetensors"} <= listed
+    listed = {f.path for f in client.list_artifacts(run_id)} | {f.path for f in client.list_artifacts(run_id,
+                                                                                                  "per_query")}
+    assert {"config.yaml", "metrics.csv", "negatives.csv", "learning_curve.html", "per_query/val.csv"} <= listed
+    curve = client.download_artifacts(run_id, "learning_curve.html", str(tmp_path))
+    assert "cdn.plot.ly" in open(curve).read() and os.path.getsize(curve) < 100_000  # no inlined plotly.js
     run = client.get_run(run_id)
     assert run.info.artifact_uri.startswith(tracking.artifact_root(store).as_uri())  # beside the store, not ./mlruns
     assert list(read_csv(client, run_id, "metrics.csv", tmp_path)["epoch"]) == [0, 1, 2]
@@ -113,6 +117,40 @@ def test_trained_run_artifacts(trained, tmp_path, store, corpus):
     epa = ranks[ranks["task"] == "epa"]
     assert (epa["rank"] == 1).mean() == pytest.approx(history[-1]["val"]["epa"]["acc@1"])
     assert load_run_id(out_dir) == run_id
+
+
+def test_trained_run_logs_its_corpus_as_a_dataset_input(trained, corpus):
+    client, run_id, _, _, _ = trained
+    (dataset_input,) = client.get_run(run_id).inputs.dataset_inputs
+    dataset = dataset_input.dataset
+    assert (dataset.name, dataset.digest, dataset.source_type) == ("sample", corpus.hash, "local")
+    assert json.loads(dataset.source) == {"uri": str(corpus.source.path)}
+    frame = corpus.frame
+    assert json.loads(dataset.profile)["test"] == {
+        "arguments": int((frame["split"] == "test").sum()), "pairs": len(corpus.split("test").query_idx)}
+    assert {t.key: t.value for t in dataset_input.tags} == {"mlflow.data.context": "training"}
+
+
+def test_trained_run_logs_its_model_under_logged_models(trained):
+    client, run_id, _, history, _ = trained
+    run = client.get_run(run_id)
+    (output,) = run.outputs.model_outputs
+    model = client.get_logged_model(output.model_id)
+    assert (model.name, model.source_run_id, output.step) == ("model", run_id, history[-1]["epoch"])
+    assert model.experiment_id == run.info.experiment_id and str(model.status) == "READY"
+    (listed,) = client.search_logged_models([run.info.experiment_id])  # what the run page's "Logged models" asks
+    assert listed.model_id == model.model_id
+    assert {m.key for m in model.metrics} >= {"val/epa/acc_at_1"}  # the final epoch's metrics travel with it
+
+
+def test_experiments_are_created_as_model_training(trained, store):
+    client, run_id, _, _, _ = trained
+    experiment = client.get_experiment(client.get_run(run_id).info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    # an experiment made before argbench set the kind gets it the next time argbench opens it
+    bare = client.create_experiment("made-elsewhere")
+    assert tracking.experiment_id(client, "made-elsewhere") == bare
+    assert client.get_experiment(bare).tags["mlflow.experimentKind"] == "custom_model_development"
 
 
 def test_failing_hook_marks_the_run_failed_with_the_error(store, corpus):

@@ -1,0 +1,96 @@
+"""``argbench export`` and ``argbench retrieve``: a trained run as a model others load, and asked for counters.
+
+MODEL / RUN arguments name an export folder, a run folder (``config.yaml`` + ``checkpoint/``) or an MLflow run id
+whose model was logged with ``--log-model``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+
+def add_commands(sub, data_args) -> None:
+    ex = sub.add_parser("export", help="write a trained run as a sentence-transformers model folder")
+    ex.add_argument("run", help="run folder (config.yaml + checkpoint/) or MLflow run id with a logged model")
+    ex.add_argument("--to", type=Path, required=True, help="the model folder to write")
+    ex.add_argument("--json", action="store_true", help="print JSON on stdout")
+    ex.set_defaults(func=cmd_export)
+
+    rt = sub.add_parser("retrieve", help="the best counterarguments for argument texts (args or stdin lines)")
+    rt.add_argument("texts", nargs="*", metavar="TEXT", help="arguments to counter (default: one per stdin line)")
+    rt.add_argument("--model", required=True, help="export folder, run folder, or MLflow run id")
+    rt.add_argument("--split", default="test", choices=("training", "validation", "test"),
+                    help="the split whose counters are the candidates (default: test)")
+    rt.add_argument("--k", type=int, default=5, help="counters shown per text (default: 5)")
+    rt.add_argument("--rerank", action="store_true",
+                    help="reorder the nearest max(k, eval.rerank_depth) by the pair classifier")
+    rt.add_argument("--cache", type=Path, help="candidate embedding cache (default: mlruns/cache/retrieve)")
+    data_args(rt)
+    rt.set_defaults(func=cmd_retrieve)
+
+
+@contextmanager
+def model_folder(arg: str) -> Iterator[Path]:
+    """The export folder for ``arg``: itself, a run folder exported to a temporary folder, or an MLflow run's
+    logged model downloaded to one (removed on exit)."""
+    from argbench.model.export import export_run, is_export
+
+    path = Path(arg).expanduser()
+    if is_export(path):
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="argbench-model-") as scratch:
+        if path.is_dir():
+            yield export_run(path, Path(scratch) / "export")
+        else:
+            from argbench.track.model_log import download_export
+
+            yield download_export(arg, Path(scratch) / "export")
+
+
+def cmd_export(args) -> int:
+    from argbench.model.export import export_run, is_export
+
+    path = Path(args.run).expanduser()
+    if path.is_dir() and not is_export(path):
+        out = export_run(path, args.to)
+    else:
+        from argbench.track.model_log import download_export
+
+        out = download_export(args.run, args.to)
+    info = json.loads((out / "argbench" / "run.json").read_text())
+    if args.json:
+        print(json.dumps({"path": str(out), "sharing": info["sharing"], "routes": info["routes"]}, indent=2))
+    else:
+        routes = "" if not info["routes"] else " (separate encoders: encode_query = points, encode_document = " \
+                                               "counters)"
+        print(f"wrote {out}: load it with SentenceTransformer({str(out)!r}){routes}")
+    return 0
+
+
+def cmd_retrieve(args) -> int:
+    from argbench.data.corpus import load_corpus
+    from argbench.eval.retrieve import cache_dir, candidates, format_results, retrieve
+    from argbench.model.export import load_export
+
+    texts = args.texts or [line.strip() for line in sys.stdin if line.strip()]
+    if not texts:
+        from argbench.errors import UserError
+
+        raise UserError("retrieve: no text: pass arguments as TEXT or one per line on stdin")
+    corpus = load_corpus(args.data)
+    with model_folder(args.model) as folder:
+        exported = load_export(folder)
+        trained_on = exported.info["data"].get("hash")
+        if trained_on != corpus.hash:
+            print(f"argbench retrieve: the model was trained on data {trained_on}, searching {corpus.hash} "
+                  f"({corpus.source.describe()})", file=sys.stderr)
+        cands = candidates(exported, corpus.split(args.split), corpus.hash, args.cache or cache_dir())
+        results = retrieve(exported, cands, texts, k=args.k, rerank=args.rerank)
+    print(json.dumps(results, indent=2) if args.json else format_results(results))
+    return 0
