@@ -38,7 +38,6 @@ ARTIFACT = "per_query/{split}.csv"
 COLUMNS = ("query", "task", "rank")
 PARENT_TAG = "mlflow.parentRunId"
 DATA_TAG = "data.hash"
-VIEW_COLUMN = "view"  # per-query tables with several evaluation views (official, dedup, unseen) carry it
 OFFICIAL = "official"
 _RUN_ID = re.compile(r"[0-9a-f]{32}")
 
@@ -58,13 +57,6 @@ def _read_table(client: MlflowClient, run_id: str, split: str, view: str = "offi
             raise FileNotFoundError(f"run {run_id}: no artifact {artifact}; per-query files logged: "
                                     f"{logged or 'none'}") from err
         frame = pd.read_csv(path)
-    if VIEW_COLUMN in frame.columns:
-        views = sorted(frame[VIEW_COLUMN].unique())
-        frame = frame[frame[VIEW_COLUMN] == view]
-        if frame.empty:
-            raise ValueError(f"run {run_id}: {artifact} has no rows of view {view!r}; views logged: {views}")
-    elif view != OFFICIAL:
-        raise ValueError(f"run {run_id}: {artifact} holds only the {OFFICIAL!r} view; expected view {view!r}")
     missing = [c for c in COLUMNS if c not in frame.columns]
     if missing:
         raise ValueError(f"run {run_id}: {artifact} lacks columns {missing}; expected columns {list(COLUMNS)}, "

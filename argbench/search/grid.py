@@ -43,13 +43,13 @@ from optuna.exceptions import DuplicatedStudyError, ExperimentalWarning
 from optuna.trial import TrialState
 
 from argbench import config
+from argbench.data.copies import VIEWS  # official, dedup, unseen: one table (one Holm family) each
 from argbench.errors import UserError
 from argbench.experiments import registry
 from argbench.search.storage import open_storage, storage_url
 from argbench.train import trainer as train
 
 CELL_PARAMS = ("entry", "seed")
-VIEWS = ("official",)  # evaluation views with a table; the copies issue adds "dedup" and "unseen"
 PARENT_ATTR = "mlflow_parent_run_id"
 GRID_ATTR = "grid"
 PARENT_WAIT_S = 120  # how long a worker that did not create the study waits for its creator's parent run
