@@ -148,16 +148,19 @@ def test_the_table_is_on_the_parent_and_in_the_summary(two_jobs):
     spec, first, _ = two_jobs
     assert (first["cells"], first["complete"], first["failed"]) == (6, 6, 0)
     rows = first["table"]
-    assert {(r["member"], r["view"]) for r in rows} == {("with_relu", "official"), ("with_layernorm", "official")}
-    assert len(rows) == 2 * 8 and all({"task", "delta", "ci", "p_holm"} <= set(r) for r in rows)
+    views = ("official", "dedup", "unseen")
+    assert {(r["member"], r["view"]) for r in rows} == {(m, v) for m in ("with_relu", "with_layernorm") for v in views}
+    assert len(rows) == 2 * 8 * 3 and all({"task", "delta", "ci", "p_holm"} <= set(r) for r in rows)
     assert all(r["seeds_a"] == 2 and r["seeds_b"] == 2 for r in rows)  # seeds pooled per system
     client = MlflowClient(spec.tracking_uri)
     parent = client.get_run(first["parent_run_id"])
     assert parent.info.status == "FINISHED" and parent.data.tags["study"] == spec.study
     folder = Path(client.download_artifacts(parent.info.run_id, "significance"))
     csv = pd.read_csv(folder / "official.csv")
-    assert list(csv["ablation"]) == [r["member"] for r in rows]
-    assert csv["p_holm"].tolist() == pytest.approx([r["p_holm"] for r in rows])
+    official = [r for r in rows if r["view"] == "official"]
+    assert list(csv["ablation"]) == [r["member"] for r in official]
+    assert csv["p_holm"].tolist() == pytest.approx([r["p_holm"] for r in official])
+    assert {"official.csv", "dedup.csv", "unseen.csv"} <= {p.name for p in folder.iterdir()}
     assert "with_layernorm" in (folder / "official.html").read_text()
 
 
