@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from argbench.analysis.compare import ARTIFACT, compare, load_ranks
+from argbench.analysis.compare import compare, load_ranks
+from argbench.track.store import RANKS as ARTIFACT
 from argbench.track.tracker import tracked_run
 
 N = 200

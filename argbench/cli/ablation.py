@@ -116,7 +116,7 @@ def cmd_defaults(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from argbench.cli.app import shortcut_overrides
+    from argbench.cli.options import shortcut_overrides
     from argbench.experiments.runner import run_ablation
 
     result = run_ablation(args.name, shortcut_overrides(args), data=args.data, seeds=args.seeds,

@@ -12,7 +12,8 @@ the hook passed to ``argbench.train.trainer.fit``. What one run holds:
 * artifacts: config.yaml, metrics.csv (one row per epoch), negatives.csv, learning_curve.html,
   per_query/{split}.csv (long format: epoch, query, task, rank) and, with ``log_model``, model/model.safetensors.
 
-Every call goes through one ``MlflowClient`` bound to the run's tracking URI; no global MLflow state (active run,
+Every call goes through one :class:`argbench.track.store.Store` (and its ``MlflowClient``) bound to the run's
+tracking URI, which callers reach as ``tracker.store`` to log more on the run; no global MLflow state (active run,
 global tracking URI) is read or changed, so runs on different stores can coexist in one process.
 """
 
@@ -23,7 +24,6 @@ import os
 import re
 import subprocess
 import tempfile
-import time
 import warnings
 from contextlib import contextmanager
 from importlib.util import find_spec
@@ -32,19 +32,18 @@ from typing import Iterator
 
 import pandas as pd
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking.context.registry import resolve_tags
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from argbench.config import Config, flatten, to_yaml
 from argbench.paths import PACKAGE_DIR, default_tracking_uri
+from argbench.track.store import RANKS, Store, redact
 
 DEFAULT_EXPERIMENT = "argbench"
 RUN_ID_FILE = "mlflow_run_id"
 MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
 MAX_ERROR_CHARS = 5000
-BATCH = 100  # MLflow's limit on params + tags per log_batch call
 LOSS_KEYS = {"total": "train/loss", "triplet": "train/loss_triplet", "ce_pos": "train/loss_ce_pos",
              "ce_neg": "train/loss_ce_neg", "in_batch": "train/loss_in_batch"}
 NEGATIVE_KEYS = {"point": "negatives/point_frac", "counter": "negatives/counter_frac",
@@ -59,20 +58,6 @@ _open_runs: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("ar
 
 
 # --- names and values --------------------------------------------------------------------------------------------
-
-# scheme://user:PASSWORD@ -- the password runs to the last "@" of the token, so one containing "@" or "/" is
-# hidden whole (a rare "host:port/path@x" is over-redacted rather than a password leaked).
-_URL_PASSWORD = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.\-]*://[^\s:/?#@'\"<>]*:)[^\s'\"<>]*@")
-_QUERY_SECRET = re.compile(r"(?P<head>[?&](?:password|passwd|pwd|secret|token|api_key|apikey)=)[^&#\s'\"<>]*",
-                           re.IGNORECASE)
-
-
-def redact(text: str) -> str:
-    """``text`` with the password of every URL in it (``scheme://user:pw@host``) and every secret query
-    parameter (``?password=``, ``token=``...) replaced by ``***``; anything else unchanged."""
-    text = _URL_PASSWORD.sub(r"\g<head>***@", str(text))
-    return _QUERY_SECRET.sub(r"\g<head>***", text)
-
 
 def metric_key(name: str) -> str:
     """MLflow name of an argbench metric name: ``val/epa/acc@1`` -> ``val/epa/acc_at_1`` (MLflow forbids "@")."""
@@ -178,9 +163,9 @@ class MlflowTracker:
     that never reached MLflow (e.g. an interruption between checkpoint and hook).
     """
 
-    def __init__(self, client: MlflowClient, run_id: str, *, config: Config | None = None,
+    def __init__(self, store: Store, run_id: str, *, config: Config | None = None,
                  tags: dict | None = None, out_dir: Path | None = None, log_model: bool = False):
-        self.client, self.run_id, self.config = client, run_id, config
+        self.store, self.client, self.run_id, self.config = store, store.client, run_id, config
         self.extra_tags = dict(tags or {})
         self.out_dir, self.log_model = (None if out_dir is None else Path(out_dir)), log_model
         self.rows: list[dict] = []  # one flat row per epoch logged by this process
@@ -243,7 +228,7 @@ class MlflowTracker:
 
     def log_artifacts(self, rows: list[dict]) -> None:
         """config.yaml, metrics.csv, negatives.csv, learning_curve.html, per_query/*.csv (and the model)."""
-        from argbench.analysis.report import learning_curve  # plotly is imported only when a run ends; report imports us
+        from argbench.track.curve import learning_curve  # plotly is imported only when a run ends
 
         if self.config is not None:
             self.client.log_text(self.run_id, to_yaml(self.config), "config.yaml")
@@ -258,7 +243,7 @@ class MlflowTracker:
         for split, (epoch, ranks) in self.ranks.items():
             table = pd.DataFrame([{"epoch": epoch, "query": q, "task": task, "rank": int(r)}
                                   for task, values in ranks.items() for q, r in enumerate(values)])
-            self.client.log_text(self.run_id, table.to_csv(index=False), f"per_query/{split}.csv")
+            self.client.log_text(self.run_id, table.to_csv(index=False), RANKS.format(split=split))
         model = None if self.out_dir is None else self.out_dir / "checkpoint" / "model.safetensors"
         if self.log_model and model is not None and model.is_file():
             self.client.log_artifact(self.run_id, str(model), "model")
@@ -277,8 +262,7 @@ class MlflowTracker:
 
     # logging helpers --------------------------------------------------------------------------------------------
     def _log_epoch(self, epoch: int, values: dict[str, float]) -> None:
-        now = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, epoch) for k, v in values.items()])
+        self.store.log_metrics(self.run_id, values, step=epoch)
         self.logged_steps.add(epoch)
         self.rows.append({"epoch": epoch, **values})
 
@@ -292,13 +276,8 @@ class MlflowTracker:
         return {k: v for k, v in params.items() if k not in existing}
 
     def log(self, params: dict | None = None, tags: dict | None = None) -> None:
-        """Log ``params`` and ``tags`` (values redacted) in batches MLflow accepts."""
-        entries = [Param(k, redact(str(v))) for k, v in (params or {}).items()] + \
-                  [RunTag(k, redact(str(v))) for k, v in (tags or {}).items()]
-        for start in range(0, len(entries), BATCH):
-            chunk = entries[start:start + BATCH]
-            self.client.log_batch(self.run_id, params=[e for e in chunk if isinstance(e, Param)],
-                                  tags=[e for e in chunk if isinstance(e, RunTag)])
+        """Log ``params`` and ``tags`` (values redacted) in batches MLflow accepts: :meth:`Store.log`."""
+        self.store.log(self.run_id, params, tags)
 
 
 # --- the run -----------------------------------------------------------------------------------------------------
@@ -321,7 +300,8 @@ def tracked_run(*, run_name: str, experiment: str = DEFAULT_EXPERIMENT, tracking
     db = _sqlite_file(uri)
     if db is not None:
         db.parent.mkdir(parents=True, exist_ok=True)
-    client = MlflowClient(uri)
+    store = Store(uri)
+    client = store.client
     all_tags = {"ablation": run_name, "group": "none", **(tags or {})}
     if resume_run_id:
         run_id = _reopen(client, resume_run_id)
@@ -334,7 +314,7 @@ def tracked_run(*, run_name: str, experiment: str = DEFAULT_EXPERIMENT, tracking
                                    tags=resolve_tags(start_tags)).info.run_id
     if out_dir is not None:
         save_run_id(out_dir, run_id)
-    tracker = MlflowTracker(client, run_id, config=config, tags=all_tags, out_dir=out_dir, log_model=log_model)
+    tracker = MlflowTracker(store, run_id, config=config, tags=all_tags, out_dir=out_dir, log_model=log_model)
     monitor = _system_monitor(run_id, uri, resumed=bool(resume_run_id)) if system_metrics else None
     status, token = "KILLED", _open_runs.set(_open_runs.get() + (run_id,))
     try:
