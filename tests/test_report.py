@@ -56,7 +56,7 @@ def test_load_runs_takes_the_latest_finished_run_of_a_name(runs, store):
 
 
 def test_load_runs_names_what_is_missing(store):
-    with pytest.raises(ValueError, match="no FINISHED run named nope.*base, variant"):
+    with pytest.raises(ValueError, match="no FINISHED run named 'nope'.*base, variant"):
         report.load_runs("report", ["base", "nope"], tracking_uri=store[0])
     with pytest.raises(ValueError, match="no MLflow experiment 'absent'"):
         report.load_runs("absent", tracking_uri=store[0])

@@ -12,7 +12,7 @@ from mlflow import MlflowClient
 
 from argbench.analysis import report
 from argbench.analysis.compare import compare
-from argbench.track.store import RANKS, Store, redact
+from argbench.track.store import RANKS, NotInStore, Store, redact
 from argbench.track.tracker import tracked_run
 
 PARENT = "mlflow.parentRunId"
@@ -78,15 +78,16 @@ def test_names_that_stand_for_nothing_say_why(uri, exp):
     make_run(uri, exp, "broken", "FAILED")
     make_run(uri, exp, "broken", "RUNNING")
     store = Store(uri)
-    with pytest.raises(ValueError, match=r"no FINISHED run named 'broken'.*FAILED, RUNNING"):
+    with pytest.raises(NotInStore, match=r"no FINISHED run named 'broken'.*FAILED, RUNNING"):
         store.system("broken", exp)
-    with pytest.raises(ValueError, match=r"'with_layernrom'.*did you mean \['with_layernorm'\]"):
+    with pytest.raises(NotInStore, match=r"'with_layernrom'.*did you mean \['with_layernorm'\]"):
         store.system("with_layernrom", exp)
-    with pytest.raises(ValueError, match="no MLflow experiment 'absent'.*experiments there:.*" + exp):
+    with pytest.raises(NotInStore, match="no MLflow experiment 'absent'.*experiments there:.*" + exp):
         store.system("with_layernorm", "absent")
-    with pytest.raises(ValueError, match="quotes are not allowed"):
+    with pytest.raises(NotInStore, match="quotes are not allowed"):
         store.system("it's", exp)
-    with pytest.raises(ValueError, match="has no FINISHED run named broken, nope; its FINISHED runs: with_layernorm"):
+    with pytest.raises(NotInStore, match=r"named 'broken'.*FAILED, RUNNING; no FINISHED run named 'nope'.*"
+                                         r"names with a FINISHED run there: with_layernorm\)"):
         store.systems(exp, ["with_layernorm", "broken", "nope"])
     assert store.names(exp) == ["with_layernorm"]
 

@@ -22,7 +22,7 @@ from argbench.errors import UserError
 from argbench.analysis.compare import compare
 from argbench.experiments.registry import RegistryError, groups, list_ablations
 from argbench.analysis.stats import METRICS, holm
-from argbench.track.store import Store
+from argbench.track.store import NotInStore, Store
 
 ALPHA = 0.05
 
@@ -41,7 +41,7 @@ def find_runs(ref: str, *, experiment: str = "argbench", tracking_uri: str | Non
     """Ids of the runs that make system `ref` (its FINISHED seeds, or the run itself); UnknownRun if none."""
     try:
         return [run.run_id for run in Store(tracking_uri).system(ref, experiment).seeds]
-    except ValueError as err:  # Store.system raises ValueError only for what it cannot find
+    except NotInStore as err:
         raise UnknownRun(str(err)) from err
 
 

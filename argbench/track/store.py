@@ -31,6 +31,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
+from argbench.errors import UserError
 from argbench.paths import default_tracking_uri
 
 RANKS = "per_query/{split}.csv"  # the per-query ranks a tracked run logs for each evaluated split
@@ -42,6 +43,11 @@ _RUN_ID = re.compile(r"[0-9a-f]{32}")
 _URL_PASSWORD = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.\-]*://[^\s:/?#@'\"<>]*:)[^\s'\"<>]*@")
 _QUERY_SECRET = re.compile(r"(?P<head>[?&](?:password|passwd|pwd|secret|token|api_key|apikey)=)[^&#\s'\"<>]*",
                            re.IGNORECASE)
+
+
+class NotInStore(UserError):
+    """An experiment, run id or run name the store does not hold, or a name with no FINISHED run to stand for;
+    the message says what is there instead."""
 
 
 def redact(text: str) -> str:
@@ -100,7 +106,8 @@ def _newest_finished(runs: list[StoredRun]) -> tuple[StoredRun | None, int]:
 class Store:
     """The MLflow store at ``tracking_uri`` (default :func:`argbench.paths.default_tracking_uri`).
 
-    Lookup errors are ValueErrors naming what is missing and what exists; the URI in a message is redacted.
+    Lookup errors are :class:`NotInStore` (a UserError, so a ValueError) naming what is missing and what exists;
+    the URI in a message is redacted.
     ``client`` is for :mod:`argbench.track` only."""
 
     def __init__(self, tracking_uri: str | None = None):
@@ -109,11 +116,11 @@ class Store:
 
     # --- finding runs -------------------------------------------------------------------------------------------
     def experiment_id(self, name: str) -> str:
-        """Id of experiment ``name``; ValueError listing the experiments there if it is missing."""
+        """Id of experiment ``name``; NotInStore listing the experiments there if it is missing."""
         found = self.client.get_experiment_by_name(name)
         if found is None:
             known = ", ".join(e.name for e in self.client.search_experiments()) or "none"
-            raise ValueError(f"no MLflow experiment {name!r} at {redact(self.uri)}; experiments there: {known}")
+            raise NotInStore(f"no MLflow experiment {name!r} at {redact(self.uri)}; experiments there: {known}")
         return found.experiment_id
 
     def _search(self, experiment_ids: list[str], filter_string: str = "") -> list[StoredRun]:
@@ -132,11 +139,11 @@ class Store:
         return self._search([self.experiment_id(experiment)])
 
     def run(self, run_id: str) -> StoredRun:
-        """The run with id ``run_id``, wherever its experiment; ValueError if the store has none."""
+        """The run with id ``run_id``, wherever its experiment; NotInStore if the store has none."""
         try:
             return _stored(self.client.get_run(run_id))
         except MlflowException as err:
-            raise ValueError(f"no MLflow run with id {run_id} at tracking URI {redact(self.uri)}") from err
+            raise NotInStore(f"no MLflow run with id {run_id} at tracking URI {redact(self.uri)}") from err
 
     def system(self, ref: str, experiment: str) -> System:
         """What ``ref`` (a run id, or a run name in ``experiment``) stands for, with its seeds (module rules)."""
@@ -144,12 +151,12 @@ class Store:
             run, passed_over = self.run(ref), 0
         else:
             if "'" in ref:
-                raise ValueError(f"run name {ref!r}: quotes are not allowed")
+                raise NotInStore(f"run name {ref!r}: quotes are not allowed")
             exp_id = self.experiment_id(experiment)
             named = self._search([exp_id], f"attributes.run_name = '{ref}'")
             run, passed_over = _newest_finished(named)
             if run is None:
-                raise ValueError(self._no_run(ref, experiment, exp_id, named))
+                raise NotInStore(self._no_run(ref, experiment, exp_id, named))
         return System(ref, run, self.seeds(run), passed_over)
 
     def _no_run(self, name: str, experiment: str, exp_id: str, named: list[StoredRun]) -> str:
@@ -161,14 +168,14 @@ class Store:
 
     def seeds(self, run: StoredRun) -> list[StoredRun]:
         """The FINISHED children of ``run`` that bear its name (a multi-seed parent's seeds, oldest first), or
-        ``[run]`` when it has none; ValueError when it has such children but none FINISHED."""
+        ``[run]`` when it has none; NotInStore when it has such children but none FINISHED."""
         children = [c for c in self._search([run.experiment_id], f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{run.run_id}'")
                     if c.name == run.name]
         if not children:
             return [run]
         finished = [c for c in children if c.status == "FINISHED"]
         if not finished:
-            raise ValueError(f"{run.name!r}: parent run {run.run_id} has {len(children)} seed runs, none FINISHED "
+            raise NotInStore(f"{run.name!r}: parent run {run.run_id} has {len(children)} seed runs, none FINISHED "
                              f"(statuses {sorted({c.status for c in children})})")
         return finished
 
@@ -179,18 +186,18 @@ class Store:
         return [name for name in dict.fromkeys(r.name for r in top) if name in finished]
 
     def systems(self, experiment: str, refs: list[str] | None = None) -> list[System]:
-        """The systems ``refs`` stand for, in that order (default :meth:`names`); one ValueError names every
-        ref that stands for nothing."""
+        """The systems ``refs`` stand for, in that order (default :meth:`names`); one NotInStore says why for
+        every ref that stands for nothing."""
         names = self.names(experiment)  # also checks that the experiment exists
-        found, missing = [], []
+        found, errors = [], []
         for ref in names if refs is None else refs:
             try:
                 found.append(self.system(ref, experiment))
-            except ValueError:
-                missing.append(ref)
-        if missing:
-            raise ValueError(f"experiment {experiment!r} at {redact(self.uri)} has no FINISHED run named "
-                             f"{', '.join(missing)}; its FINISHED runs: {', '.join(sorted(names)) or 'none'}")
+            except NotInStore as err:
+                errors.append(str(err))
+        if errors:
+            raise NotInStore(f"{'; '.join(errors)} (at {redact(self.uri)}; names with a FINISHED run there: "
+                             f"{', '.join(sorted(names)) or 'none'})")
         return found
 
     # --- reading what a run logged ------------------------------------------------------------------------------
