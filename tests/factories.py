@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from argbench.analysis.compare import ARTIFACT
 from argbench.config import load_config
 from argbench.data.corpus import SPLITS
 from argbench.data.tasks import TASKS
+from argbench.track.store import RANKS as ARTIFACT
 
 
 def write_argument(root: Path, split: str, theme: str, debate: str, stance: str, number: int, kind: str,

@@ -1,7 +1,8 @@
 """Paired comparison of two tracked systems, read back from MLflow: ``compare(a, b) -> dict`` (JSON-ready).
 
-A system is an ablation name (the latest FINISHED top-level run with that run name in the experiment) or a run id.
-A run with child runs is a multi-seed parent: its FINISHED children are the seeds, stacked as ranks [seeds, n].
+A system is an ablation name or a run id; :class:`argbench.track.store.Store` decides which runs it stands for (the
+newest FINISHED top-level run of the name; a multi-seed parent's FINISHED children are its seeds, stacked as ranks
+[seeds, n]), the same runs ``argbench report`` shows.
 Ranks come from the per-query artifact :mod:`argbench.track.tracker` logs, ``per_query/<split>.csv`` (split key ``val``,
 ``test`` or ``train``): a long table with columns ``query`` (the query's position in the split, so the same query
 has the same id in every run on the same data), ``task`` and ``rank`` (1-based rank of the true counter), plus
@@ -16,47 +17,26 @@ official ranks.
 
 from __future__ import annotations
 
-import difflib
-import re
-import tempfile
-from pathlib import Path
-
-import mlflow
 import numpy as np
 import pandas as pd
-from mlflow import MlflowClient
-from mlflow.entities import Run
-from mlflow.exceptions import MlflowException
 
 from argbench.analysis.stats import compare_runs
 from argbench.data.copies import VIEWS
 from argbench.data.tasks import TASKS
-from argbench.paths import default_tracking_uri
-from argbench.track.tracker import redact
+from argbench.track.store import RANKS, Store, StoredRun
 
-ARTIFACT = "per_query/{split}.csv"
 COLUMNS = ("query", "task", "rank")
-PARENT_TAG = "mlflow.parentRunId"
 DATA_TAG = "data.hash"
 OFFICIAL = "official"
-_RUN_ID = re.compile(r"[0-9a-f]{32}")
 
 
 # --- reading one run's ranks ---------------------------------------------------------------------------------------
 
-def _read_table(client: MlflowClient, run_id: str, split: str, view: str = "official") -> pd.DataFrame:
+def _read_table(store: Store, run_id: str, split: str, view: str = OFFICIAL) -> pd.DataFrame:
     """The per-query table of `run_id` for `split` in `view`, checked: the columns of COLUMNS (``rank`` holding the
     view's rank, rows only of the view's queries), one row per (task, query)."""
-    artifact = ARTIFACT.format(split=split)
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact, dst_path=tmp,
-                                                       tracking_uri=client.tracking_uri)
-        except (MlflowException, OSError) as err:
-            logged = [Path(f.path).name for f in client.list_artifacts(run_id, str(Path(artifact).parent))]
-            raise FileNotFoundError(f"run {run_id}: no artifact {artifact}; per-query files logged: "
-                                    f"{logged or 'none'}") from err
-        frame = pd.read_csv(path)
+    artifact = RANKS.format(split=split)
+    frame = store.ranks(run_id, split)
     missing = [c for c in COLUMNS if c not in frame.columns]
     if missing:
         raise ValueError(f"run {run_id}: {artifact} lacks columns {missing}; expected columns {list(COLUMNS)}, "
@@ -97,73 +77,38 @@ def _ranks_by_task(frame: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarra
     return out
 
 
-def load_ranks(run: str | Run, split: str, tracking_uri: str | None = None, view: str = "official"
+def load_ranks(run: str | StoredRun, split: str, tracking_uri: str | None = None, view: str = OFFICIAL
                ) -> dict[str, np.ndarray]:
-    """{task: ranks [n]} of one run (a run id or a Run) on `split` in `view`, ordered by query id (the same in
-    every run)."""
-    run_id = run.info.run_id if isinstance(run, Run) else run
-    table = _read_table(MlflowClient(tracking_uri or default_tracking_uri()), run_id, split, view)
+    """{task: ranks [n]} of one run (a run id or a StoredRun) on `split` in `view`, ordered by query id (the same
+    in every run)."""
+    run_id = run.run_id if isinstance(run, StoredRun) else run
+    table = _read_table(Store(tracking_uri), run_id, split, view)
     return {task: ranks for task, (_, ranks) in _ranks_by_task(table).items()}
 
 
-# --- from a name or id to the runs of one system -------------------------------------------------------------------
+# --- the runs of one system ---------------------------------------------------------------------------------------
 
-def _latest_named(client: MlflowClient, name: str, experiment: str) -> Run:
-    """The latest FINISHED run named `name` in `experiment`, preferring top-level runs over child runs."""
-    if "'" in name:
-        raise ValueError(f"run name {name!r}: quotes are not allowed")
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        raise ValueError(f"no MLflow experiment {experiment!r} at tracking URI {redact(client.tracking_uri)}")
-    runs = client.search_runs([exp.experiment_id],
-                              f"attributes.run_name = '{name}' AND attributes.status = 'FINISHED'",
-                              order_by=["attributes.start_time DESC"])
-    if not runs:
-        names = {r.info.run_name for r in client.search_runs([exp.experiment_id])}
-        close = difflib.get_close_matches(name, sorted(names), n=3)
-        hint = f"; did you mean {close}?" if close else ""
-        raise ValueError(f"no FINISHED run named {name!r} (nor a run id) in experiment {experiment!r}{hint}")
-    top_level = [r for r in runs if PARENT_TAG not in r.data.tags]
-    return (top_level or runs)[0]
-
-
-def _run_by_id(client: MlflowClient, run_id: str) -> Run:
-    try:
-        return client.get_run(run_id)
-    except MlflowException as err:
-        raise ValueError(f"no MLflow run with id {run_id} at tracking URI {redact(client.tracking_uri)}") from err
-
-
-def resolve_runs(client: MlflowClient, ref: str | list[str], experiment: str) -> list[Run]:
-    """The runs whose ranks make system `ref` (a run id or a run name): its FINISHED child runs if it has any
-    (one per seed), else the run itself. A list of run ids is the system's seeds as given (a grid study's cells)."""
+def system_runs(store: Store, ref: str | list[str], experiment: str) -> list[StoredRun]:
+    """The runs whose ranks make system `ref`: a run name or id (its seeds, as :meth:`Store.system` picks them) or
+    a list of run ids (a system's seeds as given, e.g. a grid study's cells)."""
     if isinstance(ref, (list, tuple)):
-        return [_run_by_id(client, run_id) for run_id in ref]
-    run = _run_by_id(client, ref) if _RUN_ID.fullmatch(ref) else _latest_named(client, ref, experiment)
-    children = client.search_runs([run.info.experiment_id], f"tags.`{PARENT_TAG}` = '{run.info.run_id}'",
-                                  order_by=["attributes.start_time ASC"])
-    if not children:
-        return [run]
-    finished = [c for c in children if c.info.status == "FINISHED"]
-    if not finished:
-        raise ValueError(f"{ref!r}: parent run {run.info.run_id} has {len(children)} child runs, none FINISHED "
-                         f"(statuses {sorted({c.info.status for c in children})})")
-    return finished
+        return [store.run(run_id) for run_id in ref]
+    return store.system(ref, experiment).seeds
 
 
-def _system_ranks(client: MlflowClient, runs: list[Run], split: str, view: str = "official"
+def _system_ranks(store: Store, runs: list[StoredRun], split: str, view: str = OFFICIAL
                   ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """{task: (query ids, ranks [seeds, n])} over `runs` in `view`, which must hold the same tasks and queries."""
-    per_run = [_ranks_by_task(_read_table(client, r.info.run_id, split, view)) for r in runs]
+    per_run = [_ranks_by_task(_read_table(store, r.run_id, split, view)) for r in runs]
     first = per_run[0]
     for run, ranks in zip(runs[1:], per_run[1:]):
-        _check_same_queries(first, ranks, f"run {runs[0].info.run_id}", f"run {run.info.run_id}")
+        _check_same_queries(first, ranks, f"run {runs[0].run_id}", f"run {run.run_id}")
     return {task: (queries, np.stack([ranks[task][1] for ranks in per_run])) for task, (queries, _) in first.items()}
 
 
-def _check_same_data(runs: list[Run]) -> None:
+def _check_same_data(runs: list[StoredRun]) -> None:
     """Raise if the runs' ``data.hash`` tags (where set) differ: query ids are positions, meaningful per corpus."""
-    hashes = {r.info.run_id: r.data.tags[DATA_TAG] for r in runs if DATA_TAG in r.data.tags}
+    hashes = {r.run_id: r.tags[DATA_TAG] for r in runs if DATA_TAG in r.tags}
     if len(set(hashes.values())) > 1:
         raise ValueError(f"the runs were evaluated on different data ({DATA_TAG} per run: {hashes}); paired "
                          "comparison needs the same corpus")
@@ -185,7 +130,7 @@ def _check_same_queries(x: dict, y: dict, x_name: str, y_name: str) -> None:
 # --- the comparison ------------------------------------------------------------------------------------------------
 
 def compare(a: str | list[str], b: str | list[str], *, split: str = "test", tasks=None, experiment: str = "argbench",
-            tracking_uri: str | None = None, view: str = "official", **stats_kw) -> dict:
+            tracking_uri: str | None = None, view: str = OFFICIAL, **stats_kw) -> dict:
     """Compare system `b` against system `a` (ablation names, run ids, or lists of run ids = a system's seeds) on
     `split` in `view`, paired by query.
 
@@ -196,10 +141,10 @@ def compare(a: str | list[str], b: str | list[str], *, split: str = "test", task
     `tasks` defaults to every task logged; `stats_kw` (n_boot, n_perm, seed, level) goes to the statistics.
     `tracking_uri` defaults to :func:`argbench.paths.default_tracking_uri`.
     """
-    client = MlflowClient(tracking_uri or default_tracking_uri())
-    runs = {side: resolve_runs(client, ref, experiment) for side, ref in (("a", a), ("b", b))}
+    store = Store(tracking_uri)
+    runs = {side: system_runs(store, ref, experiment) for side, ref in (("a", a), ("b", b))}
     _check_same_data(runs["a"] + runs["b"])
-    ranks = {side: _system_ranks(client, side_runs, split, view) for side, side_runs in runs.items()}
+    ranks = {side: _system_ranks(store, side_runs, split, view) for side, side_runs in runs.items()}
     _check_same_queries(ranks["a"], ranks["b"], f"a ({a!r})", f"b ({b!r})")
     shown = _task_order(ranks["a"]) if tasks is None else list(tasks)
     unknown = [t for t in shown if t not in ranks["a"]]
@@ -207,5 +152,5 @@ def compare(a: str | list[str], b: str | list[str], *, split: str = "test", task
         raise ValueError(f"tasks {unknown} were not logged for split {split!r}; logged: {_task_order(ranks['a'])}")
     result = compare_runs({t: ranks["a"][t][1] for t in shown}, {t: ranks["b"][t][1] for t in shown}, **stats_kw)
     return {"a": a, "b": b, "split": split, "view": view,
-            "runs": {side: [r.info.run_id for r in side_runs] for side, side_runs in runs.items()},
+            "runs": {side: [r.run_id for r in side_runs] for side, side_runs in runs.items()},
             "tasks": result["tasks"]}

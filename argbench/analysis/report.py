@@ -1,35 +1,42 @@
 """Plotly comparisons of runs, read back from MLflow (never from log files), as one self-contained HTML page.
 
-``load_runs`` fetches runs by name with their per-epoch metric histories; the figure functions each take those
-runs (or, for :func:`learning_curve`, plain rows as logged by argbench.track.tracker) and return a ``go.Figure``;
-``write_report`` puts them on one page with plotly.js inlined once, so it opens on a machine without internet.
-Metric names are MLflow's (``val/epa/acc_at_1``); argbench names (``val/epa/acc@1``) are converted.
+``load_runs`` fetches the systems named (:mod:`argbench.track.store` decides which runs a name stands for, as for
+``argbench compare``) with their per-epoch metric histories; a multi-seed entry is its seeds: its history is their
+mean per epoch, and :meth:`RunData.band` their 95 % bootstrap interval, drawn as a band around the mean curve. The
+figure functions each take those runs and return a ``go.Figure``; ``write_report`` puts them on one page with
+plotly.js inlined once, so it opens on a machine without internet. Metric names are MLflow's
+(``val/epa/acc_at_1``); argbench names (``val/epa/acc@1``) are converted.
 """
 
 from __future__ import annotations
 
 import html
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import plotly.graph_objects as go
-from mlflow import MlflowClient
+from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
+from argbench.analysis.stats import seed_summary
 from argbench.data.tasks import TASKS
-from argbench.errors import UserError
-from argbench.paths import default_tracking_uri, project_dir
-from argbench.track.tracker import metric_key, redact
+from argbench.paths import project_dir
+from argbench.track.curve import epoch_ticks
+from argbench.track.store import Store, System, redact
+from argbench.track.tracker import metric_key
 
 SOURCES = {"point": "negatives/point_frac", "counter": "negatives/counter_frac", "random": "negatives/random_frac"}
+COLOURS = qualitative.Plotly
 
 
 @dataclass
 class RunData:
-    """One MLflow run: ``history[key]`` is [(step, value)] sorted by step (step = epoch), ``final[key]`` the value
-    at the last step; ``duplicates`` counts other runs of the same name that were passed over."""
+    """One system as reported: ``history[key]`` is [(step, value)] sorted by step (step = epoch), the mean over
+    its seeds at the steps every seed logged; ``final[key]`` the value at the last step. ``seeds`` are the run ids
+    behind it (``[run_id]`` for a single run) and ``seed_histories`` their own histories, in the same order;
+    ``duplicates`` counts other runs of the same name that were passed over."""
 
     run_id: str
     name: str
@@ -40,98 +47,86 @@ class RunData:
     history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     final: dict[str, float] = field(default_factory=dict)
     duplicates: int = 0
+    seeds: list[str] = field(default_factory=list)
+    seed_histories: list[dict[str, list[tuple[int, float]]]] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        """The name, with the number of seeds when the values are a mean over several."""
+        return self.name if len(self.seeds) < 2 else f"{self.name} (mean of {len(self.seeds)} seeds)"
 
     def series(self, key: str) -> tuple[list[int], list[float]]:
         """(steps, values) of metric ``key``; empty lists if the run never logged it."""
         points = self.history.get(key, [])
         return [s for s, _ in points], [v for _, v in points]
 
+    def band(self, key: str) -> tuple[list[int], list[float], list[float]]:
+        """(steps, lo, hi): the 95 % bootstrap interval of the mean of ``key`` over the seeds at each step of
+        :meth:`series` (:func:`argbench.analysis.stats.seed_summary`); empty lists with fewer than two seeds."""
+        if len(self.seed_histories) < 2 or key not in self.history:
+            return [], [], []
+        per_seed = [dict(h[key]) for h in self.seed_histories]
+        steps = self.series(key)[0]
+        cis = [seed_summary([values[step] for values in per_seed])["ci"] for step in steps]
+        return steps, [lo for lo, _ in cis], [hi for _, hi in cis]
+
 
 def load_runs(experiment: str, run_names: list[str] | None = None, tracking_uri: str | None = None,
               ) -> list[RunData]:
-    """Runs of ``experiment`` named ``run_names`` (in that order; all, oldest first, when None).
-
-    Where several runs share a name, the latest FINISHED one is taken (the latest of any status if none
-    finished). ``system/*`` metrics are left out. Raises UserError (a ValueError) naming a missing experiment or run.
-    """
-    uri = tracking_uri or default_tracking_uri()
-    client = MlflowClient(uri)
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        known = ", ".join(e.name for e in client.search_experiments()) or "none"
-        raise UserError(f"no MLflow experiment {experiment!r} at {redact(uri)}; experiments there: {known} "
-                        "(--experiment names another)")
-    by_name: dict[str, list] = {}
-    for run in _all_runs(client, found.experiment_id):
-        by_name.setdefault(run.info.run_name, []).append(run)
-    if run_names is None:
-        run_names = sorted(by_name, key=lambda n: min(r.info.start_time for r in by_name[n]))
-    missing = [n for n in run_names if n not in by_name]
-    if missing:
-        raise UserError(f"experiment {experiment!r} at {redact(uri)} has no run named {', '.join(missing)}; "
-                         f"its runs: {', '.join(sorted(by_name)) or 'none'}")
-    return [_run_data(client, _pick(by_name[n]), len(by_name[n]) - 1) for n in run_names]
+    """The systems ``run_names`` (names or run ids) of ``experiment`` stand for, in that order (every name with a
+    FINISHED top-level run, oldest first, when None): see :mod:`argbench.track.store`. ``system/*`` metrics are
+    left out. Raises ValueError naming a missing experiment or run name."""
+    return _load(Store(tracking_uri), experiment, run_names)
 
 
-def _all_runs(client: MlflowClient, experiment_id: str) -> list:
-    runs, token = [], None
-    while True:
-        page = client.search_runs([experiment_id], max_results=1000, page_token=token)
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
+def _load(store: Store, experiment: str, run_names: list[str] | None) -> list[RunData]:
+    return [_run_data(store, system) for system in store.systems(experiment, run_names)]
 
 
-def _pick(runs: list):
-    """The latest FINISHED run, else the latest run."""
-    finished = [r for r in runs if r.info.status == "FINISHED"]
-    return max(finished or runs, key=lambda r: r.info.start_time)
+def _run_data(store: Store, system: System) -> RunData:
+    seed_histories = [store.histories(seed) for seed in system.seeds]
+    history = seed_histories[0] if len(seed_histories) == 1 else _mean_history(seed_histories)
+    run = system.run
+    return RunData(run_id=run.run_id, name=run.name, status=run.status, start_time=run.start_time,
+                   tags=dict(run.tags), params=dict(run.params), history=history,
+                   final={k: v[-1][1] for k, v in history.items() if v}, duplicates=system.passed_over,
+                   seeds=[seed.run_id for seed in system.seeds], seed_histories=seed_histories)
 
 
-def _run_data(client: MlflowClient, run, duplicates: int) -> RunData:
-    history = {}
-    for key in run.data.metrics:
-        if key.startswith("system/"):
-            continue
-        by_step = {m.step: m.value for m in sorted(client.get_metric_history(run.info.run_id, key),
-                                                    key=lambda m: m.timestamp)}
-        history[key] = sorted(by_step.items())
-    return RunData(run_id=run.info.run_id, name=run.info.run_name, status=run.info.status,
-                   start_time=run.info.start_time, tags=dict(run.data.tags), params=dict(run.data.params),
-                   history=history, final={k: v[-1][1] for k, v in history.items() if v}, duplicates=duplicates)
+def _mean_history(histories: list[dict[str, list[tuple[int, float]]]]) -> dict[str, list[tuple[int, float]]]:
+    """{key: [(step, mean over the histories)]} over the keys and steps that every history holds."""
+    keys = set.intersection(*(set(h) for h in histories))
+    out = {}
+    for key in sorted(keys):
+        per_seed = [dict(h[key]) for h in histories]
+        steps = sorted(set.intersection(*(set(values) for values in per_seed)))
+        out[key] = [(step, float(np.mean([values[step] for values in per_seed]))) for step in steps]
+    return out
 
 
 # --- figures -----------------------------------------------------------------------------------------------------
 
-def learning_curve(rows: list[dict], primary: str = "val/epa/acc_at_1") -> go.Figure:
-    """One run's curve from flat per-epoch rows ({"epoch", metric: value}): ``primary`` and ``val/epa/acc_at_1``
-    (left axis) and ``train/loss`` (right axis), one trace per metric that some row holds."""
-    figure = make_subplots(specs=[[{"secondary_y": True}]])
-    for key in dict.fromkeys([metric_key(primary), "val/epa/acc_at_1", "train/loss"]):
-        points = [(r["epoch"], r[key]) for r in rows if r.get(key) is not None]
-        if points:
-            figure.add_trace(go.Scatter(x=[e for e, _ in points], y=[v for _, v in points], name=key,
-                                        mode="lines+markers"), secondary_y=key == "train/loss")
-    figure.update_layout(title="Learning curve", xaxis_title="epoch")
-    _epoch_ticks(figure, [r["epoch"] for r in rows])
-    figure.update_yaxes(title_text="accuracy", secondary_y=False)
-    figure.update_yaxes(title_text="loss", secondary_y=True)
-    return figure
-
-
 def metric_per_epoch(runs: list[RunData], metric: str) -> go.Figure:
-    """``metric`` against epoch, one line per run."""
+    """``metric`` against epoch, one line per run; a multi-seed run's line is the mean over its seeds, drawn over
+    a band of the same colour: the 95 % interval of that mean (:meth:`RunData.band`)."""
     key = metric_key(metric)
-    figure = go.Figure([go.Scatter(x=run.series(key)[0], y=run.series(key)[1], name=run.name,
-                                   mode="lines+markers") for run in runs])
-    _epoch_ticks(figure, [s for run in runs for s in run.series(key)[0]])
+    figure = go.Figure()
+    for i, run in enumerate(runs):
+        colour = COLOURS[i % len(COLOURS)]
+        steps, lo, hi = run.band(key)
+        if steps:
+            figure.add_trace(go.Scatter(x=steps + steps[::-1], y=hi + lo[::-1], name=f"{run.name} 95% CI",
+                                        fill="toself", fillcolor=colour, opacity=0.2, line_width=0,
+                                        hoverinfo="skip", showlegend=False, legendgroup=run.name))
+        figure.add_trace(go.Scatter(x=run.series(key)[0], y=run.series(key)[1], name=run.label,
+                                    mode="lines+markers", line_color=colour, legendgroup=run.name))
+    epoch_ticks(figure, [s for run in runs for s in run.series(key)[0]])
     return figure.update_layout(title=f"{key} per epoch", xaxis_title="epoch", yaxis_title=key)
 
 
 def final_task_bars(runs: list[RunData], split: str = "val") -> go.Figure:
     """Final acc@1 per task (sdoc ... epa) on ``split``, bars grouped by task, one colour per run."""
-    bars = [go.Bar(x=list(TASKS), y=[run.final.get(f"{split}/{task}/acc_at_1") for task in TASKS], name=run.name)
+    bars = [go.Bar(x=list(TASKS), y=[run.final.get(f"{split}/{task}/acc_at_1") for task in TASKS], name=run.label)
             for run in runs]
     return go.Figure(bars).update_layout(title=f"Final {split} acc@1 per task", barmode="group",
                                          yaxis_title="acc@1", yaxis_range=[0, 1])
@@ -139,7 +134,7 @@ def final_task_bars(runs: list[RunData], split: str = "val") -> go.Figure:
 
 def negative_sources(runs: list[RunData]) -> go.Figure:
     """Stacked fractions of the negatives trained on (point / counter / random) per epoch, one subplot per run."""
-    figure = make_subplots(rows=len(runs), cols=1, shared_xaxes=True, subplot_titles=[r.name for r in runs])
+    figure = make_subplots(rows=len(runs), cols=1, shared_xaxes=True, subplot_titles=[r.label for r in runs])
     for i, run in enumerate(runs, start=1):
         for j, (source, key) in enumerate(SOURCES.items()):
             steps, values = run.series(key)
@@ -148,13 +143,8 @@ def negative_sources(runs: list[RunData]) -> go.Figure:
                                         line_color=("#1f77b4", "#ff7f0e", "#2ca02c")[j]), row=i, col=1)
     figure.update_layout(title="Sources of the mined negatives", height=max(300, 220 * len(runs)))
     figure.update_xaxes(title_text="epoch", row=len(runs), col=1)
-    _epoch_ticks(figure, [s for run in runs for s in run.series(SOURCES["random"])[0]])
+    epoch_ticks(figure, [s for run in runs for s in run.series(SOURCES["random"])[0]])
     return figure
-
-
-def _epoch_ticks(figure: go.Figure, epochs: list[int]) -> None:
-    """Whole-epoch ticks, about ten of them at most (plotly would otherwise mark 0.5, 1.5, ...)."""
-    figure.update_xaxes(tick0=0, dtick=max(1, math.ceil(max(epochs, default=0) / 10)))
 
 
 def final_table(runs: list[RunData], metrics: list[str] | None = None) -> go.Figure:
@@ -163,7 +153,7 @@ def final_table(runs: list[RunData], metrics: list[str] | None = None) -> go.Fig
     keys = list(dict.fromkeys(metric_key(m) for m in (metrics or [])))
     keys += [k for k in [f"val/{t}/acc_at_1" for t in TASKS] + ["val/rerank/acc_at_1"] if k not in keys]
     keys += [k for k in [f"val/{view}/epa/acc_at_1" for view in ("dedup", "unseen")] if k not in keys]
-    cells = [[r.name for r in runs], [r.run_id for r in runs], [r.status for r in runs],
+    cells = [[r.label for r in runs], [r.run_id for r in runs], [r.status for r in runs],
              [max((s for h in r.history.values() for s, _ in h), default="-") for r in runs]]
     cells += [[_number(r.final.get(k)) for r in runs] for k in keys]
     header = ["run", "run id", "status", "last epoch", *keys]
@@ -216,8 +206,10 @@ def write_report(runs: list[RunData], metric: str, path: Path, *, source: str = 
 def _page(runs: list[RunData], key: str, source: str, divs: list[str]) -> str:
     items = []
     for r in runs:
-        note = (f" — {r.duplicates + 1} runs have this name; showing the latest "
-                f"{'FINISHED one' if r.status == 'FINISHED' else 'one (none FINISHED)'}") if r.duplicates else ""
+        note = f" — {r.duplicates + 1} runs have this name; showing the latest FINISHED one" if r.duplicates \
+            else ""
+        if len(r.seeds) > 1:
+            note += f" — the mean of {len(r.seeds)} seeds: {', '.join(r.seeds)}"
         started = time.strftime("%Y-%m-%d %H:%M", time.localtime(r.start_time / 1000))
         items.append(f"<li><b>{html.escape(r.name)}</b> <code>{r.run_id}</code> {r.status}, started "
                      f"{started}{html.escape(note)}</li>")
@@ -234,8 +226,8 @@ def report(experiment: str, runs: list[str] | None = None, metric: str = "val/ep
            extra_figures: dict[str, go.Figure] | None = None) -> Path:
     """Load ``runs`` (names; all when None) of ``experiment`` from MLflow and write the page to ``out``
     (default ``reports/<experiment>.html`` in the repo), with ``extra_figures`` at the end. Returns its path."""
-    uri = tracking_uri or default_tracking_uri()
-    data = load_runs(experiment, runs, uri)
+    store = Store(tracking_uri)
+    data = _load(store, experiment, runs)
     out = Path(out) if out is not None else project_dir() / "reports" / f"{experiment}.html"
-    return write_report(data, metric, out, source=f"MLflow experiment {experiment!r} at {redact(uri)}",
+    return write_report(data, metric, out, source=f"MLflow experiment {experiment!r} at {redact(store.uri)}",
                         extra_figures=extra_figures)

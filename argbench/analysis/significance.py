@@ -17,13 +17,12 @@ compared, or a task or metric they lack).
 from __future__ import annotations
 
 import plotly.graph_objects as go
-from mlflow import MlflowClient
 
-from argbench.analysis.compare import OFFICIAL, compare, resolve_runs
+from argbench.analysis.compare import OFFICIAL, compare
 from argbench.analysis.stats import METRICS, holm
 from argbench.errors import UserError
 from argbench.experiments.registry import RegistryError, distinct_members, groups, list_ablations, run_name
-from argbench.paths import default_tracking_uri
+from argbench.track.store import NotInStore, Store
 
 ALPHA = 0.05
 
@@ -40,10 +39,9 @@ class ComparisonError(UserError):
 
 def find_runs(ref: str, *, experiment: str = "argbench", tracking_uri: str | None = None) -> list[str]:
     """Ids of the runs that make system `ref` (its FINISHED seeds, or the run itself); UnknownRun if none."""
-    client = MlflowClient(tracking_uri or default_tracking_uri())
     try:
-        return [run.info.run_id for run in resolve_runs(client, ref, experiment)]
-    except ValueError as err:  # resolve_runs raises ValueError only for what it cannot find
+        return [run.run_id for run in Store(tracking_uri).system(ref, experiment).seeds]
+    except NotInStore as err:
         raise UnknownRun(str(err)) from err
 
 

@@ -65,7 +65,8 @@ def add_commands(sub, data_args, run_args) -> None:
     cmp.set_defaults(func=cmd_compare)
 
     rep = sub.add_parser("report", help="one HTML page of plotly comparisons, or (--table) significance tables")
-    rep.add_argument("--runs", nargs="*", help="run names for the page (default: every run of the experiment)")
+    rep.add_argument("--runs", nargs="*", help="run names or ids for the page (default: every name with a FINISHED "
+                                               "top-level run); a multi-seed entry shows the mean of its seeds")
     rep.add_argument("--metric", help=f"page: metric per epoch (default {HTML_METRIC}); --table: acc@1 or mrr "
                                       "(default acc@1; the page's significance part uses mrr for an mrr metric)")
     rep.add_argument("-o", "--out", type=Path, default=Path("mlruns/report.html"))
@@ -140,7 +141,7 @@ def cmd_defaults(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from argbench.cli.app import shortcut_overrides
+    from argbench.cli.options import shortcut_overrides
     from argbench.experiments.runner import run_ablation
 
     open_store()

@@ -141,15 +141,6 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
 
 
-def shortcut_overrides(args) -> list[str]:
-    """``--encoder/--epochs/--seed`` as ``--set`` overrides (applied before explicit ``--set``s)."""
-    extra = []
-    for flag, key in (("encoder", "model.encoder"), ("epochs", "train.epochs"), ("seed", "train.seed")):
-        if getattr(args, flag, None) is not None:
-            extra.append(f"{key}={getattr(args, flag)}")
-    return extra + list(args.overrides)
-
-
 def cmd_data_stats(args) -> int:
     from argbench.data.corpus import load_corpus, stats
 
@@ -267,6 +258,7 @@ def _eval_export(args, corpus) -> int:
 
 
 def cmd_train(args) -> int:
+    from argbench.cli.options import shortcut_overrides
     from argbench.config import load_config
     from argbench.data.corpus import load_corpus
     from argbench.train.console import EpochPrinter

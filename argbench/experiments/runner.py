@@ -119,14 +119,5 @@ def _log_seed_summary(parent, results: list[RunResult]) -> dict:
     summary[primary] = s
     flat.update({f"{primary}/mean": s["mean"], f"{primary}/std": s["std"], f"{primary}/ci_lo": s["ci"][0],
                  f"{primary}/ci_hi": s["ci"][1]})
-    parent.client.log_batch(parent.run_id, metrics=_as_metrics(flat))
+    parent.store.log_metrics(parent.run_id, flat)
     return summary
-
-
-def _as_metrics(values: dict[str, float]):
-    import time
-
-    from mlflow.entities import Metric
-
-    now = int(time.time() * 1000)
-    return [Metric(key, float(v), now, 0) for key, v in values.items()]

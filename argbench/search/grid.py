@@ -209,22 +209,14 @@ def _existing_parent(study: optuna.Study, spec: GridSpec) -> str:
 
 def _create_parent_run(spec: GridSpec) -> str:
     """The study's MLflow parent run, left RUNNING until the last cell is done (workers come and go)."""
-    from mlflow import MlflowClient
-    from mlflow.entities import Param
+    from argbench.track.tracker import open_run
 
-    from argbench.track.store_init import ensure_store
-    from argbench.track.tracker import default_tracking_uri, experiment_id, redact
-
-    uri = spec.tracking_uri or default_tracking_uri()
-    ensure_store(uri)
-    client = MlflowClient(uri)
     tags = {"study": spec.study, "base": spec.base, "group": spec.group or "none", "grid": "parent",
-            "profile": spec.profile or "research", "storage": redact(storage_url(spec.storage))}
-    run = client.create_run(experiment_id(client, spec.experiment), run_name=f"study-{spec.study}", tags=tags)
+            "profile": spec.profile or "research", "storage": storage_url(spec.storage)}
     params = {"study.entries": ",".join(spec.entries), "study.seeds": ",".join(map(str, spec.seeds)),
               "study.overrides": " ".join(spec.overrides) or "none", "study.split": spec.split}
-    client.log_batch(run.info.run_id, params=[Param(k, redact(v)) for k, v in params.items()])
-    return run.info.run_id
+    return open_run(run_name=f"study-{spec.study}", experiment=spec.experiment, tracking_uri=spec.tracking_uri,
+                    tags=tags, params=params)
 
 
 # --- one worker ----------------------------------------------------------------------------------------------------
@@ -397,18 +389,17 @@ def _table(spec: GridSpec, runs: dict[str, list[str]], view: str) -> dict:
 def _log_tables(spec: GridSpec, parent: str, tables: dict) -> None:
     """Each view's table on the parent run as CSV and HTML, the cell count as a metric; the parent FINISHED."""
     import pandas as pd
-    from mlflow import MlflowClient
 
     from argbench.analysis import significance
-    from argbench.track.tracker import default_tracking_uri
+    from argbench.track.store import Store
 
-    client = MlflowClient(spec.tracking_uri or default_tracking_uri())
+    store = Store(spec.tracking_uri)
     for view, table in tables.items():
-        client.log_text(parent, pd.DataFrame(table["rows"]).to_csv(index=False), f"significance/{view}.csv")
+        store.log_text(parent, pd.DataFrame(table["rows"]).to_csv(index=False), f"significance/{view}.csv")
         html = significance.table_figure(table).to_html(include_plotlyjs="inline")
-        client.log_text(parent, html, f"significance/{view}.html")
-    client.log_metric(parent, "study/cells_complete", len(spec.cells))
-    client.set_terminated(parent, "FINISHED")
+        store.log_text(parent, html, f"significance/{view}.html")
+    store.log_metrics(parent, {"study/cells_complete": len(spec.cells)})
+    store.end_if_running(parent, "FINISHED")
 
 
 def summary(spec: GridSpec, states: dict, parent: str, tables: dict) -> dict:

@@ -87,21 +87,13 @@ class _RetryStaleTrial(RetryHeartbeatStaleTrialCallback):
         self.tracking_uri = tracking_uri
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        from mlflow import MlflowClient
-        from mlflow.exceptions import MlflowException
+        from argbench.track.store import Store
 
-        from argbench.paths import default_tracking_uri
-
-        client = MlflowClient(self.tracking_uri or default_tracking_uri())
+        store = Store(self.tracking_uri)
         for attr in ("mlflow_run_id", "mlflow_parent_run_id"):
             run_id = trial.user_attrs.get(attr)
-            try:
-                if run_id and client.get_run(run_id).info.status == "RUNNING":
-                    if attr == "mlflow_run_id":
-                        client.set_tag(run_id, "trial.state", "FAIL")
-                    client.set_terminated(run_id, "KILLED")
-            except MlflowException:  # logged to another tracking store: not ours to close
-                pass
+            if run_id:  # a run of another tracking store is not ours to close: end_if_running leaves it alone
+                store.end_if_running(run_id, "KILLED", tags={"trial.state": "FAIL"} if attr == "mlflow_run_id" else {})
         super().__call__(study, trial)
 
 

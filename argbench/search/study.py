@@ -18,7 +18,6 @@ import os
 import signal
 import sys
 import threading
-import time
 import warnings
 from collections import Counter
 from collections.abc import Sequence
@@ -127,7 +126,7 @@ class _Objective:
                     raise KeyboardInterrupt  # inside the run: MLflow KILLED, Optuna FAIL
                 state = "PRUNED" if hook.pruned_at is not None else "COMPLETE"
             finally:
-                tracker.client.set_tag(tracker.run_id, "trial.state", state)
+                tracker.store.log(tracker.run_id, tags={"trial.state": state})
                 if self.interrupted.is_set():
                     trial.study.stop()  # start no further trial (worker threads)
         if hook.pruned_at is not None:
@@ -197,10 +196,10 @@ def _optimize_tracked(study: optuna.Study, objective: _Objective, storage: str, 
                      tracking_uri=objective.tracking_uri, config=objective.cfg,
                      tags={**objective.tags, "storage": storage, "search": "parent"}) as parent:
         objective.parent_run_id = parent.run_id
-        parent.client.log_batch(parent.run_id, params=_params({
+        parent.store.log(parent.run_id, params={
             "search.study": study.study_name, "search.storage": storage,
-            "search.space": str(objective.space.path), **{f"search.{k}": v for k, v in settings.items()}}))
-        parent.client.log_text(parent.run_id, objective.space.path.read_text(), "search_space.yaml")
+            "search.space": str(objective.space.path), **{f"search.{k}": v for k, v in settings.items()}})
+        parent.store.log_text(parent.run_id, objective.space.path.read_text(), "search_space.yaml")
         with _stop_on_ctrl_c(objective.interrupted, threads=settings["jobs"] > 1):
             try:  # a trial that raises (a bug, not a NaN loss or an invalid combination) stops the search
                 study.optimize(objective, n_trials=settings["trials"], timeout=settings["timeout"],
@@ -213,12 +212,6 @@ def _optimize_tracked(study: optuna.Study, objective: _Objective, storage: str, 
         result = summary(study, objective.started, storage=storage, parent_run_id=parent.run_id)
         _log_results(parent, study, result)
     return result
-
-
-def _params(values: dict) -> list:
-    from mlflow.entities import Param as MlflowParam
-
-    return [MlflowParam(k, "none" if v is None else str(v)) for k, v in values.items()]
 
 
 @contextmanager
@@ -269,16 +262,14 @@ def summary(study: optuna.Study, numbers: list[int], *, storage: str, parent_run
 
 def _log_results(parent, study: optuna.Study, result: dict) -> None:
     """Best value, ``best.<key>`` params and the study's plotly figures (HTML artifacts) on the parent run."""
-    from mlflow.entities import Metric, RunTag
-
-    client, run_id, now = parent.client, parent.run_id, int(time.time() * 1000)
+    store, run_id = parent.store, parent.run_id
     counts = {f"search.n_{state.lower()}": n for state, n in result["n_trials"].items()}
-    client.log_batch(run_id, params=_params({f"best.{k}": v for k, v in (result["best_params"] or {}).items()}))
+    store.log(run_id, params={f"best.{k}": v for k, v in (result["best_params"] or {}).items()},
+              tags={"best_trial": result["best_trial"]})
     metrics = {**counts, **({"best_value": result["best_value"]} if result["best_value"] is not None else {})}
-    client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
-                     tags=[RunTag("best_trial", str(result["best_trial"]))])
+    store.log_metrics(run_id, metrics)
     for name, figure in study_figures(study).items():
-        client.log_text(run_id, figure.to_html(include_plotlyjs="cdn"), f"figures/{name}.html")
+        store.log_text(run_id, figure.to_html(include_plotlyjs="cdn"), f"figures/{name}.html")
 
 
 def study_figures(study: optuna.Study) -> dict:
@@ -329,7 +320,7 @@ def add_worker_arguments(parser: argparse.ArgumentParser, unit: str) -> None:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from argbench.cli.app import shortcut_overrides
+    from argbench.cli.options import shortcut_overrides
 
     keys = ("ablation", "space", "trials", "timeout", "study_name", "storage", "jobs", "pruner", "seed", "data",
             "experiment", "tracking_uri", "heartbeat_interval", "grace_period", "max_retry")

@@ -20,7 +20,8 @@ the hook passed to ``argbench.train.trainer.fit``. What one run holds:
 * where it runs: tags ``process.host``, ``process.pid`` and a ``process.heartbeat`` refreshed by a thread and
   every epoch, so that :mod:`argbench.track.stale` can close it as KILLED once its process is gone.
 
-Every call goes through one ``MlflowClient`` bound to the run's tracking URI; no global MLflow state (active run,
+Every call goes through one :class:`argbench.track.store.Store` (and its ``MlflowClient``) bound to the run's
+tracking URI, which callers reach as ``tracker.store`` to log more on the run; no global MLflow state (active run,
 global tracking URI) is read or changed, so runs on different stores can coexist in one process.
 """
 
@@ -30,7 +31,6 @@ import contextvars
 import re
 import subprocess
 import tempfile
-import time
 import warnings
 from contextlib import contextmanager
 from importlib.util import find_spec
@@ -40,7 +40,7 @@ from typing import Iterator
 import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking.context.registry import resolve_tags
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
@@ -48,13 +48,13 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from argbench.config import Config, flatten, to_yaml
 from argbench.paths import PACKAGE_DIR, default_tracking_uri
 from argbench.track import stale
+from argbench.track.store import RANKS, Store, redact
 from argbench.track.store_init import ensure_store, sqlite_path
 
 DEFAULT_EXPERIMENT = "argbench"
 RUN_ID_FILE = "mlflow_run_id"
 MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
 MAX_ERROR_CHARS = 5000
-BATCH = 100  # MLflow's limit on params + tags per log_batch call
 LOSS_KEYS = {"total": "train/loss", "triplet": "train/loss_triplet", "ce_pos": "train/loss_ce_pos",
              "ce_neg": "train/loss_ce_neg", "in_batch": "train/loss_in_batch"}
 NEGATIVE_KEYS = {"point": "negatives/point_frac", "counter": "negatives/counter_frac",
@@ -73,20 +73,6 @@ _open_runs: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("ar
 
 
 # --- names and values --------------------------------------------------------------------------------------------
-
-# scheme://user:PASSWORD@ -- the password runs to the last "@" of the token, so one containing "@" or "/" is
-# hidden whole (a rare "host:port/path@x" is over-redacted rather than a password leaked).
-_URL_PASSWORD = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.\-]*://[^\s:/?#@'\"<>]*:)[^\s'\"<>]*@")
-_QUERY_SECRET = re.compile(r"(?P<head>[?&](?:password|passwd|pwd|secret|token|api_key|apikey)=)[^&#\s'\"<>]*",
-                           re.IGNORECASE)
-
-
-def redact(text: str) -> str:
-    """``text`` with the password of every URL in it (``scheme://user:pw@host``) and every secret query
-    parameter (``?password=``, ``token=``...) replaced by ``***``; anything else unchanged."""
-    text = _URL_PASSWORD.sub(r"\g<head>***@", str(text))
-    return _QUERY_SECRET.sub(r"\g<head>***", text)
-
 
 def metric_key(name: str) -> str:
     """MLflow name of an argbench metric name: ``val/epa/acc@1`` -> ``val/epa/acc_at_1`` (MLflow forbids "@")."""
@@ -195,9 +181,9 @@ class MlflowTracker:
     that never reached MLflow (e.g. an interruption between checkpoint and hook).
     """
 
-    def __init__(self, client: MlflowClient, run_id: str, *, config: Config | None = None,
+    def __init__(self, store: Store, run_id: str, *, config: Config | None = None,
                  tags: dict | None = None, out_dir: Path | None = None, log_model: bool = False):
-        self.client, self.run_id, self.config = client, run_id, config
+        self.store, self.client, self.run_id, self.config = store, store.client, run_id, config
         self.extra_tags = dict(tags or {})
         self.out_dir, self.log_model = (None if out_dir is None else Path(out_dir)), log_model
         self.rows: list[dict] = []  # one flat row per epoch logged by this process
@@ -271,9 +257,7 @@ class MlflowTracker:
 
     def log_artifacts(self, rows: list[dict], with_model: bool = True) -> None:
         """config.yaml, metrics.csv, negatives.csv, learning_curve.html, per_query/*.csv (and the model)."""
-        from argbench.analysis.report import (
-            learning_curve,  # plotly is imported only when a run ends; report imports us
-        )
+        from argbench.track.curve import learning_curve  # plotly is imported only when a run ends
 
         if self.config is not None:
             self.client.log_text(self.run_id, to_yaml(self.config), "config.yaml")
@@ -288,7 +272,7 @@ class MlflowTracker:
             self.client.log_text(self.run_id, negatives.to_csv(index=False), "negatives.csv")
         for split, (epoch, evaluation) in self.ranks.items():
             self.client.log_text(self.run_id, per_query_table(epoch, evaluation).to_csv(index=False),
-                                 f"per_query/{split}.csv")
+                                 RANKS.format(split=split))
         if with_model and self.log_model and self.out_dir is not None and (self.out_dir / "checkpoint").is_dir():
             self._log_export(max((row["epoch"] for row in rows), default=0))
 
@@ -315,8 +299,7 @@ class MlflowTracker:
 
     # logging helpers --------------------------------------------------------------------------------------------
     def _log_epoch(self, epoch: int, values: dict[str, float]) -> None:
-        now = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, epoch) for k, v in values.items()])
+        self.store.log_metrics(self.run_id, values, step=epoch)
         self.logged_steps.add(epoch)
         self.rows = [r for r in self.rows if r["epoch"] != epoch] + [{"epoch": epoch, **values}]
 
@@ -330,13 +313,8 @@ class MlflowTracker:
         return {k: v for k, v in params.items() if k not in existing}
 
     def log(self, params: dict | None = None, tags: dict | None = None) -> None:
-        """Log ``params`` and ``tags`` (values redacted) in batches MLflow accepts."""
-        entries = [Param(k, redact(str(v))) for k, v in (params or {}).items()] + \
-                  [RunTag(k, redact(str(v))) for k, v in (tags or {}).items()]
-        for start in range(0, len(entries), BATCH):
-            chunk = entries[start:start + BATCH]
-            self.client.log_batch(self.run_id, params=[e for e in chunk if isinstance(e, Param)],
-                                  tags=[e for e in chunk if isinstance(e, RunTag)])
+        """Log ``params`` and ``tags`` (values redacted) in batches MLflow accepts: :meth:`Store.log`."""
+        self.store.log(self.run_id, params, tags)
 
 
 def per_query_table(epoch: int, evaluation) -> pd.DataFrame:
@@ -354,6 +332,20 @@ def per_query_table(epoch: int, evaluation) -> pd.DataFrame:
 
 
 # --- the run -----------------------------------------------------------------------------------------------------
+
+def open_run(*, run_name: str, experiment: str = DEFAULT_EXPERIMENT, tracking_uri: str | None = None,
+             tags: dict | None = None, params: dict | None = None) -> str:
+    """Create a RUNNING run that outlives this process and return its id: a parent that workers on several
+    machines add children to (a grid study's), closed by whoever finishes it (``Store.end_if_running``). Tags and
+    params are redacted."""
+    uri = tracking_uri or default_tracking_uri()
+    ensure_store(uri)
+    store = Store(uri)
+    run = store.client.create_run(experiment_id(store.client, experiment), run_name=run_name,
+                                  tags={k: redact(str(v)) for k, v in (tags or {}).items()})
+    store.log(run.info.run_id, params=params)
+    return run.info.run_id
+
 
 @contextmanager
 def tracked_run(*, run_name: str, experiment: str = DEFAULT_EXPERIMENT, tracking_uri: str | None = None,
@@ -373,7 +365,8 @@ def tracked_run(*, run_name: str, experiment: str = DEFAULT_EXPERIMENT, tracking
     """
     uri = tracking_uri or default_tracking_uri()
     ensure_store(uri)  # a new SQLite store: one process creates its tables, concurrent ones wait
-    client = MlflowClient(uri)
+    store = Store(uri)
+    client = store.client
     all_tags = {"ablation": run_name, "group": "none", **(tags or {})}
     if resume_run_id:
         run_id = _reopen(client, resume_run_id)
@@ -386,7 +379,7 @@ def tracked_run(*, run_name: str, experiment: str = DEFAULT_EXPERIMENT, tracking
                                    tags=resolve_tags(start_tags)).info.run_id
     if out_dir is not None:
         save_run_id(out_dir, run_id)
-    tracker = MlflowTracker(client, run_id, config=config, tags=all_tags, out_dir=out_dir, log_model=log_model)
+    tracker = MlflowTracker(store, run_id, config=config, tags=all_tags, out_dir=out_dir, log_model=log_model)
     monitor = _system_monitor(run_id, uri, resumed=bool(resume_run_id)) if system_metrics else None
     tracker.heartbeat = stale.Heartbeat(client, run_id).start()
     status, token = "KILLED", _open_runs.set(_open_runs.get() + (run_id,))

@@ -1,0 +1,261 @@
+"""The MLflow store, read and written through one door: every MLflow call outside the trainer hook goes through
+:class:`Store`, which returns plain values (:class:`StoredRun`, :class:`System`, ``{key: [(step, value)]}``
+histories, pandas tables), so no caller sees an MLflow type.
+
+What a reference to a *system* (an ablation name or a run id) stands for is decided here, once, for the report,
+``argbench compare``, the significance tables and the runner:
+
+* a run id stands for that run;
+* a name stands for the newest FINISHED top-level run of that name; a name that only child runs bear (a search's
+  trials, children of the search's parent run) for the newest FINISHED run of that name. A name whose top-level runs
+  all failed or still run stands for nothing: a child of it is never taken in its place;
+* the run's *seeds*: a multi-seed parent (a run with child runs of its own name, as
+  :mod:`argbench.experiments.runner` logs it) is its FINISHED children, oldest first; any other run is its own seed.
+
+Writes: metrics (at ``step``, timestamped now), params and tags (every value through :func:`redact`, in batches
+MLflow accepts), text artifacts, and closing a run left RUNNING by a process that died.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+from argbench.errors import UserError
+from argbench.paths import default_tracking_uri
+
+RANKS = "per_query/{split}.csv"  # the per-query ranks a tracked run logs for each evaluated split
+BATCH = 100  # MLflow's limit on params + tags per log_batch call
+_RUN_ID = re.compile(r"[0-9a-f]{32}")
+
+# scheme://user:PASSWORD@ -- the password runs to the last "@" of the token, so one containing "@" or "/" is
+# hidden whole (a rare "host:port/path@x" is over-redacted rather than a password leaked).
+_URL_PASSWORD = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.\-]*://[^\s:/?#@'\"<>]*:)[^\s'\"<>]*@")
+_QUERY_SECRET = re.compile(r"(?P<head>[?&](?:password|passwd|pwd|secret|token|api_key|apikey)=)[^&#\s'\"<>]*",
+                           re.IGNORECASE)
+
+
+class NotInStore(UserError):
+    """An experiment, run id or run name the store does not hold, or a name with no FINISHED run to stand for;
+    the message says what is there instead."""
+
+
+def redact(text: str) -> str:
+    """``text`` with the password of every URL in it (``scheme://user:pw@host``) and every secret query
+    parameter (``?password=``, ``token=``...) replaced by ``***``; anything else unchanged."""
+    text = _URL_PASSWORD.sub(r"\g<head>***@", str(text))
+    return _QUERY_SECRET.sub(r"\g<head>***", text)
+
+
+@dataclass(frozen=True)
+class StoredRun:
+    """One MLflow run as plain values; ``metrics`` holds each metric's latest value."""
+
+    run_id: str
+    name: str
+    status: str
+    start_time: int  # ms since the epoch
+    experiment_id: str
+    tags: dict[str, str] = field(default_factory=dict)
+    params: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def parent_id(self) -> str | None:
+        """Id of the run this one is nested under (a multi-seed or search parent), None for a top-level run."""
+        return self.tags.get(MLFLOW_PARENT_RUN_ID)
+
+
+@dataclass(frozen=True)
+class System:
+    """What a reference stands for: ``run`` (the run picked for a name, or the run of an id), its ``seeds`` (the
+    runs whose results make the system; ``[run]`` for a single run) and ``passed_over``, the number of other
+    runs of the name that were not picked (0 for a run id)."""
+
+    ref: str
+    run: StoredRun
+    seeds: list[StoredRun]
+    passed_over: int = 0
+
+
+def _stored(run) -> StoredRun:
+    return StoredRun(run_id=run.info.run_id, name=run.info.run_name, status=run.info.status,
+                     start_time=run.info.start_time, experiment_id=run.info.experiment_id, tags=dict(run.data.tags),
+                     params=dict(run.data.params), metrics=dict(run.data.metrics))
+
+
+def _newest_finished(runs: list[StoredRun]) -> tuple[StoredRun | None, int]:
+    """The picking rule over the runs of one name: (the run the name stands for, or None; how many other runs
+    were passed over). Top-level runs only, unless no top-level run bears the name."""
+    candidates = [r for r in runs if r.parent_id is None] or runs
+    finished = [r for r in candidates if r.status == "FINISHED"]
+    picked = max(finished, key=lambda r: r.start_time) if finished else None
+    return picked, len(candidates) - 1
+
+
+class Store:
+    """The MLflow store at ``tracking_uri`` (default :func:`argbench.paths.default_tracking_uri`).
+
+    Lookup errors are :class:`NotInStore` (a UserError, so a ValueError) naming what is missing and what exists;
+    the URI in a message is redacted.
+    ``client`` is for :mod:`argbench.track` only."""
+
+    def __init__(self, tracking_uri: str | None = None):
+        self.uri = tracking_uri or default_tracking_uri()
+        self.client = MlflowClient(self.uri)
+
+    # --- finding runs -------------------------------------------------------------------------------------------
+    def experiment_id(self, name: str) -> str:
+        """Id of experiment ``name``; NotInStore listing the experiments there if it is missing."""
+        found = self.client.get_experiment_by_name(name)
+        if found is None:
+            known = ", ".join(e.name for e in self.client.search_experiments()) or "none"
+            raise NotInStore(f"no MLflow experiment {name!r} at {redact(self.uri)}; experiments there: {known}")
+        return found.experiment_id
+
+    def _search(self, experiment_ids: list[str], filter_string: str = "") -> list[StoredRun]:
+        """Every run matching ``filter_string`` (all pages), oldest first."""
+        runs, token = [], None
+        while True:
+            page = self.client.search_runs(experiment_ids, filter_string, max_results=1000, page_token=token,
+                                           order_by=["attributes.start_time ASC"])
+            runs.extend(_stored(r) for r in page)
+            token = page.token
+            if not token:
+                return runs
+
+    def runs(self, experiment: str) -> list[StoredRun]:
+        """Every run of ``experiment``, any status, oldest first."""
+        return self._search([self.experiment_id(experiment)])
+
+    def run(self, run_id: str) -> StoredRun:
+        """The run with id ``run_id``, wherever its experiment; NotInStore if the store has none."""
+        try:
+            return _stored(self.client.get_run(run_id))
+        except MlflowException as err:
+            raise NotInStore(f"no MLflow run with id {run_id} at tracking URI {redact(self.uri)}") from err
+
+    def system(self, ref: str, experiment: str) -> System:
+        """What ``ref`` (a run id, or a run name in ``experiment``) stands for, with its seeds (module rules)."""
+        if _RUN_ID.fullmatch(ref):
+            run, passed_over = self.run(ref), 0
+        else:
+            if "'" in ref:
+                raise NotInStore(f"run name {ref!r}: quotes are not allowed")
+            exp_id = self.experiment_id(experiment)
+            named = self._search([exp_id], f"attributes.run_name = '{ref}'")
+            run, passed_over = _newest_finished(named)
+            if run is None:
+                raise NotInStore(self._no_run(ref, experiment, exp_id, named))
+        return System(ref, run, self.seeds(run), passed_over)
+
+    def _no_run(self, name: str, experiment: str, exp_id: str, named: list[StoredRun]) -> str:
+        where = f"no FINISHED run named {name!r} (nor a run id) in experiment {experiment!r}"
+        if named:
+            return f"{where}; its runs of that name are {', '.join(sorted({r.status for r in named}))}"
+        close = difflib.get_close_matches(name, sorted({r.name for r in self._search([exp_id])}), n=3)
+        return where + (f"; did you mean {close}?" if close else "")
+
+    def seeds(self, run: StoredRun) -> list[StoredRun]:
+        """The FINISHED children of ``run`` that bear its name (a multi-seed parent's seeds, oldest first), or
+        ``[run]`` when it has none; NotInStore when it has such children but none FINISHED."""
+        children = [c for c in self._search([run.experiment_id], f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{run.run_id}'")
+                    if c.name == run.name]
+        if not children:
+            return [run]
+        finished = [c for c in children if c.status == "FINISHED"]
+        if not finished:
+            raise NotInStore(f"{run.name!r}: parent run {run.run_id} has {len(children)} seed runs, none FINISHED "
+                             f"(statuses {sorted({c.status for c in children})})")
+        return finished
+
+    def names(self, experiment: str) -> list[str]:
+        """The names a FINISHED top-level run of ``experiment`` bears, in the order of their oldest run."""
+        top = [r for r in self.runs(experiment) if r.parent_id is None]
+        finished = {r.name for r in top if r.status == "FINISHED"}
+        return [name for name in dict.fromkeys(r.name for r in top) if name in finished]
+
+    def systems(self, experiment: str, refs: list[str] | None = None) -> list[System]:
+        """The systems ``refs`` stand for, in that order (default :meth:`names`); one NotInStore says why for
+        every ref that stands for nothing."""
+        names = self.names(experiment)  # also checks that the experiment exists
+        found, errors = [], []
+        for ref in names if refs is None else refs:
+            try:
+                found.append(self.system(ref, experiment))
+            except NotInStore as err:
+                errors.append(str(err))
+        if errors:
+            raise NotInStore(f"{'; '.join(errors)} (at {redact(self.uri)}; names with a FINISHED run there: "
+                             f"{', '.join(sorted(names)) or 'none'})")
+        return found
+
+    # --- reading what a run logged ------------------------------------------------------------------------------
+    def history(self, run_id: str, key: str) -> list[tuple[int, float]]:
+        """[(step, value)] of metric ``key``, sorted by step; a step logged twice keeps its latest value."""
+        points = sorted(self.client.get_metric_history(run_id, key), key=lambda m: m.timestamp)
+        return sorted({m.step: m.value for m in points}.items())
+
+    def histories(self, run: StoredRun, skip_prefix: str = "system/") -> dict[str, list[tuple[int, float]]]:
+        """:meth:`history` of every metric of ``run`` except those starting with ``skip_prefix`` (MLflow's
+        own system metrics by default)."""
+        return {key: self.history(run.run_id, key) for key in run.metrics if not key.startswith(skip_prefix)}
+
+    def table(self, run_id: str, artifact: str) -> pd.DataFrame:
+        """The CSV artifact ``artifact`` of run ``run_id``; FileNotFoundError naming the files logged beside it."""
+        with tempfile.TemporaryDirectory() as scratch:
+            try:
+                return pd.read_csv(self.client.download_artifacts(run_id, artifact, scratch))
+            except (MlflowException, OSError) as err:
+                folder = str(Path(artifact).parent)
+                logged = [Path(f.path).name for f in self.client.list_artifacts(run_id, folder)]
+                raise FileNotFoundError(f"run {run_id}: no artifact {artifact}; files logged in {folder}/: "
+                                        f"{logged or 'none'}") from err
+
+    def ranks(self, run_id: str, split: str) -> pd.DataFrame:
+        """The per-query ranks run ``run_id`` logged for ``split`` (:data:`RANKS`; see argbench.track.tracker)."""
+        return self.table(run_id, RANKS.format(split=split))
+
+    # --- writing ------------------------------------------------------------------------------------------------
+    def log_metrics(self, run_id: str, values: dict[str, float], step: int = 0) -> None:
+        """Log ``values`` ({key: number}) at ``step`` in one batch, all with the same timestamp (now)."""
+        now = int(time.time() * 1000)
+        self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in values.items()])
+
+    def log(self, run_id: str, params: dict | None = None, tags: dict | None = None) -> None:
+        """Log ``params`` and ``tags`` (values as text, None as "none", redacted) in batches MLflow accepts."""
+        def text(value) -> str:
+            return redact("none" if value is None else str(value))
+
+        entries = [Param(k, text(v)) for k, v in (params or {}).items()] + \
+                  [RunTag(k, text(v)) for k, v in (tags or {}).items()]
+        for start in range(0, len(entries), BATCH):
+            chunk = entries[start:start + BATCH]
+            self.client.log_batch(run_id, params=[e for e in chunk if isinstance(e, Param)],
+                                  tags=[e for e in chunk if isinstance(e, RunTag)])
+
+    def log_text(self, run_id: str, text: str, artifact: str) -> None:
+        """Store ``text`` as the artifact file ``artifact`` (a relative path, e.g. ``figures/x.html``)."""
+        self.client.log_text(run_id, text, artifact)
+
+    def end_if_running(self, run_id: str, status: str = "KILLED", tags: dict | None = None) -> bool:
+        """Close run ``run_id`` as ``status`` (after setting ``tags``) if it is RUNNING; True if it was closed.
+        A run this store does not hold is left alone (False): it was logged elsewhere, so it is not ours."""
+        try:
+            if self.client.get_run(run_id).info.status != "RUNNING":
+                return False
+        except MlflowException:
+            return False
+        self.log(run_id, tags=tags)
+        self.client.set_terminated(run_id, status)
+        return True
