@@ -22,11 +22,15 @@ def _modules() -> dict[str, Path]:
 
 
 def _imports(path: Path, name: str, known: set[str]) -> set[str]:
-    """Every module ``path`` imports anywhere in it: ``from P import x`` counts as ``P.x`` when that is a module,
-    else as ``P``."""
+    """Every module ``path`` imports anywhere in it at run time: ``from P import x`` counts as ``P.x`` when that is a
+    module, else as ``P``. Imports under ``if TYPE_CHECKING:`` are for annotations only and are left out."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    tree = ast.parse(path.read_text(), str(path))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and getattr(node.test, "id", getattr(node.test, "attr", None)) == "TYPE_CHECKING":
+            node.body = []  # ast.walk has not entered it yet
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):

@@ -12,7 +12,7 @@ noise so the true counter is often in the top 10; retrieval embeddings (width ``
 :class:`argbench.model.bi_encoder.BiEncoder`'s
 projection of them, and its random classifier (``concatenated`` fusion) reranks.
 
-    python -m argbench.bench.runner eval
+    argbench bench eval
 """
 
 from __future__ import annotations

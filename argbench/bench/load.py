@@ -10,7 +10,7 @@ extrapolated linearly to all queries (rows say from how many). Corpus loading is
 the reference's total counts argbench's loading time. Agreement is exact: for every timed query and task the
 reference's candidate set (by file path) equals argbench's mask row.
 
-    python -m argbench.bench.runner load
+    argbench bench load
 """
 
 from __future__ import annotations

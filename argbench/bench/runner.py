@@ -14,15 +14,13 @@ train     training sequences/s vs sentence-transformers' trainer (same encoder, 
 frozen    frozen_encoder epochs with the encoder's outputs computed once vs at every use (same config, metrics)
 ========= =============================================================================================
 
-    python -m argbench.bench.runner all [--json] [--device cuda]
+    argbench bench all [--json] [--device cuda]
 """
 
 from __future__ import annotations
 
-import argparse
 import inspect
 import json
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -111,38 +109,3 @@ def run(benches: list[str], json_output: bool = False, **opts) -> int:
     results = run_benches(benches, progress=True, **opts)
     print(json.dumps(results, indent=2) if json_output else format_table(results))
     return int(any(row.get("agree") is False for rows in results.values() for row in rows))
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("benches", nargs="+", choices=(*BENCHES, "all"))
-    parser.add_argument("--json", action="store_true", help="print the rows as JSON")
-    parser.add_argument("--data", help="corpus path or 'sample' (default: $ARGBENCH_DATA, else the sample)")
-    parser.add_argument("--device", help="train: cpu (default) or cuda (random BERT-base, bf16 autocast)")
-    parser.add_argument("--steps", type=int, help="train: optimizer steps per contender and round")
-    parser.add_argument("--batch-size", type=int, help="train: triplets per step")
-    parser.add_argument("--peak-tflops", type=float, help="train on cuda: the GPU's dense bf16 peak, for MFU "
-                                                          "(default: looked up from the device name)")
-    parser.add_argument("--ns", type=int, nargs="+", help="mining: numbers of pairs N (default 4065 40000)")
-    parser.add_argument("--repeats", type=int, help="timed runs per contender (median reported)")
-
-
-def cmd_bench(args: argparse.Namespace) -> int:
-    """``argbench bench``: exit 1 when a correctness check disagreed, 2 on bad options."""
-    opts = {k: v for k, v in vars(args).items() if k not in ("benches", "json", "func")}
-    try:
-        return run(args.benches, args.json, **opts)
-    except (ValueError, ImportError) as err:
-        print(f"argbench bench: error: {err}", file=sys.stderr)
-        return 2
-
-
-def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    parser = argparse.ArgumentParser(prog="python -m argbench.bench.runner", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    return cmd_bench(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

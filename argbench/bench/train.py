@@ -19,7 +19,7 @@ On CUDA (``device="cuda"``) the default encoder is a random-weight BERT-base (76
 autocast, and the rows add model FLOP utilisation: 6 · non-embedding encoder parameters · real (unpadded) tokens
 per second, over the GPU's dense bf16 peak.
 
-    python -m argbench.bench.runner train [--device cuda]
+    argbench bench train [--device cuda]
 """
 
 from __future__ import annotations

@@ -103,23 +103,18 @@ def build_parser() -> argparse.ArgumentParser:
     tr.set_defaults(func=cmd_train)
 
     from argbench.cli import ablation as cli_ablation
+    from argbench.cli import bench, search, study
     from argbench.cli import model as cli_model
-    from argbench.search import study as search
 
     cli_ablation.add_commands(sub, _data_args, _run_args)
     cli_model.add_commands(sub, _data_args)
     sp = sub.add_parser("search", help="Optuna search over an ablation's hyperparameters, tracked in MLflow")
     search.add_arguments(sp)
     sp.set_defaults(func=search.cmd_search)
-    from argbench.search import grid
-
     st = sub.add_parser("study", help="a group × seeds grid as one resumable Optuna study shared by many workers, "
                                       "with its significance table")
-    grid.add_arguments(st)
-    st.set_defaults(func=grid.cmd_study)
-
-    from argbench.bench import runner as bench
-
+    study.add_arguments(st)
+    st.set_defaults(func=study.cmd_study)
     bp = sub.add_parser("bench", help="side-by-side benchmarks against the original's methods")
     bench.add_arguments(bp)
     bp.set_defaults(func=bench.cmd_bench)

@@ -32,7 +32,6 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-import sys
 import time
 import warnings
 from collections.abc import Sequence
@@ -419,22 +418,6 @@ def significance_text(table: dict) -> str:
     from argbench.analysis.significance import format_table
 
     return f"view {table['view']}\n{format_table(table)}"
-
-
-def format_summary(result: dict) -> str:
-    """The summary for a terminal: cell counts, then each view's table (or what is still open)."""
-    head = (f"study {result['study']}: {result['complete']}/{result['cells']} cells done, {result['failed']} "
-            f"failed, {result['running']} running ({result.get('ran_now', 0)} run now); MLflow parent run "
-            f"{result['parent_run_id']}")
-    lines = [head]
-    if result["text"]:
-        lines += result["text"]
-    else:
-        lines.append("the table comes when every cell is done: rerun this command to resume, or "
-                     f"`argbench study report {result['study']}` once the other workers finish")
-    return "\n".join(lines)
-
-
 def spec_of_study(name: str, *, storage: str | None = None, **settings) -> GridSpec:
     """The GridSpec of existing study `name`, read from its stored grid (for ``argbench study report NAME``)."""
     backend = _storage(GridSpec(study=name, base="", members=[], seeds=[], storage=storage))
@@ -451,68 +434,3 @@ def spec_of_study(name: str, *, storage: str | None = None, **settings) -> GridS
     entries = stored["entries"]
     return GridSpec(study=name, base=entries[0], members=entries[1:], seeds=stored["seeds"],
                     overrides=stored["overrides"], profile=stored["profile"], storage=storage, **settings)
-
-
-# --- command line --------------------------------------------------------------------------------------------------
-
-def add_arguments(parser) -> None:
-    from argbench.search.study import add_worker_arguments
-
-    parser.add_argument("names", nargs="*", metavar="NAME",
-                        help="registry entries to compare with the base (or --group); `report STUDY` prints the "
-                             "table of an existing study")
-    parser.add_argument("--group", help="every distinct member of this registry group")
-    parser.add_argument("--base", help="the recipe the members' deltas apply to, compared with each (default "
-                                       "baseline)")
-    parser.add_argument("--seeds", type=int, default=1, help="seeds per entry: train.seed and the next N-1")
-    parser.add_argument("--jobs", type=int, default=1, help="worker processes on this machine")
-    parser.add_argument("--storage", help="Optuna storage URL or journal:///file.log (default "
-                                          "mlruns/optuna.db; postgresql://… for several machines)")
-    parser.add_argument("--study", help="study name (default GROUP@BASE-Nseeds)")
-    parser.add_argument("--profile", help="overlay ablations/profiles/PROFILE.yaml (cpu, gpu; default embedded on "
-                                          "the sample corpus)")
-    parser.add_argument("--split", default="test", choices=("test", "val"), help="split of the table")
-    parser.add_argument("--json", action="store_true", help="print the summary and table as JSON on stdout")
-    add_worker_arguments(parser, "cell")
-
-
-def cmd_study(args) -> int:
-    from argbench.cli.ablation import _quiet_downloads
-    from argbench.cli.app import shortcut_overrides
-
-    _quiet_downloads()  # before workers spawn: they inherit the environment
-    settings = {"experiment": args.experiment, "tracking_uri": args.tracking_uri, "split": args.split,
-                "heartbeat_interval": args.heartbeat_interval, "grace_period": args.grace_period,
-                "max_retry": args.max_retry}
-    if args.names[:1] == ["report"]:  # "report" is no registry entry, so it cannot be meant as one
-        if len(args.names) != 2:
-            raise GridError("usage: argbench study report STUDY [--storage URL] [--json]")
-        result = report(spec_of_study(args.names[1], storage=args.storage, **settings))
-    else:
-        overrides = shortcut_overrides(_shortcuts(args))
-        spec = plan(args.names, group=args.group, base=args.base, seeds=args.seeds, study=args.study,
-                    overrides=overrides, profile=args.profile, data=args.data, storage=args.storage, **settings)
-        result = run_study(spec, jobs=args.jobs)
-    if args.json:
-        print(json.dumps({k: v for k, v in result.items() if k != "text"}, indent=2, default=str))
-    else:
-        print(format_summary(result))
-    return 0
-
-
-def _shortcuts(args):
-    """Only --encoder/--epochs are shortcuts here (``--seeds`` counts seeds; the first is the config's)."""
-    import argparse
-
-    return argparse.Namespace(encoder=args.encoder, epochs=args.epochs, overrides=args.overrides)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m argbench.search.grid``: the same as ``argbench study`` (what test workers and remote hosts run)."""
-    from argbench import cli
-
-    return cli.main(["study", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -117,7 +117,7 @@ def logged_model_id(client: MlflowClient, run_id: str) -> str:
 
 def download_export(run_id: str, dest: Path, tracking_uri: str | None = None) -> Path:
     """Copy the export folder of run ``run_id``'s logged model to ``dest`` (replaced if present); returns it."""
-    from argbench.track.tracker import default_tracking_uri
+    from argbench.paths import default_tracking_uri
 
     uri = tracking_uri or default_tracking_uri()
     client = MlflowClient(uri)

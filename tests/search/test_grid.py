@@ -52,9 +52,9 @@ def child_runs(spec: grid.GridSpec, parent: str) -> list:
 
 
 def worker(spec: grid.GridSpec, *extra: str, env: dict | None = None) -> subprocess.Popen:
-    """``python -m argbench.search.grid`` (= ``argbench study``) on spec's grid, summary JSON on stdout."""
+    """``python -m argbench study`` on spec's grid, summary JSON on stdout."""
     sets = [arg for item in TINY for arg in ("--set", item)]
-    command = [sys.executable, "-m", "argbench.search.grid", *spec.members, "--base", spec.base, "--seeds",
+    command = [sys.executable, "-m", "argbench", "study", *spec.members, "--base", spec.base, "--seeds",
                str(len(spec.seeds)), "--data", "sample", "--storage", spec.storage, "--study", spec.study,
                "--experiment", EXPERIMENT, "--json", *sets, *extra]
     if spec.tracking_uri:

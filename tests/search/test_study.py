@@ -21,10 +21,11 @@ from mlflow import MlflowClient
 from mlflow.entities import ViewType
 
 from argbench import cli
+from argbench.cli.search import format_summary
 from argbench.data.corpus import load_corpus
 from argbench.search.space import SearchSpaceError, load_space
 from argbench.search.storage import DEFAULT_STORAGE, storage_url
-from argbench.search.study import format_summary, run_search
+from argbench.search.study import run_search
 from argbench.train import trainer as train
 from tests.conftest import PG_PASSWORD, free_port
 
