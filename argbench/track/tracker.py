@@ -222,7 +222,7 @@ class MlflowTracker:
             params = self._new_params(param_values(self.config))
         self.log(params=params, tags={**tags, **self.extra_tags})
         if info.get("corpus") is not None:
-            from argbench.lineage import log_dataset
+            from argbench.track.lineage import log_dataset
 
             log_dataset(self.client, self.run_id, info["corpus"])
 
