@@ -147,8 +147,9 @@ def evaluate(
     ``query_emb`` [Q, d] embeds the split's queries (row i = query i), ``cand_emb`` [n, d] every argument (row j =
     ``split.args`` row j); separate encoders give different matrices, a shared one gives ``cand_emb[query_idx]`` for
     the queries. Ranks are also computed without the copies of each query (``dedup_ranks``), and ``split.unseen``
-    is carried over (see :class:`Evaluation`). With a ``scorer``, also the original protocol: take the top ``rerank_depth`` of ``rerank_task``'s pool
-    by embedding score, rerank them by the scorer, and count how often the top one is the true counter.
+    is carried over (see :class:`Evaluation`). With a ``scorer``, also the original protocol: take the top
+    ``rerank_depth`` of ``rerank_task``'s pool by embedding score, rerank them by the scorer, and count how often
+    the top one is the true counter.
     """
     n_queries = len(split.query_idx)
     if query_emb.shape[0] != n_queries or cand_emb.shape[0] != len(split.args):

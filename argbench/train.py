@@ -99,7 +99,8 @@ class Trainer:
         self.history: list[dict] = []
         self.info = {"config": cfg, "data.source": corpus.source.describe(), "data.hash": corpus.hash,
                      "device": str(runtime.device), "world_size": runtime.world_size,
-                     "train_pairs_before": pair_counts["corpus"], "train_pairs_cleaned": len(self.train_split.query_idx),
+                     "train_pairs_before": pair_counts["corpus"],
+                     "train_pairs_cleaned": len(self.train_split.query_idx),
                      "train_pairs": len(self.pairs), "params_trainable": _count(self.model, trainable=True),
                      "params_total": _count(self.model, trainable=False)}
 
