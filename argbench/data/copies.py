@@ -139,7 +139,8 @@ def in_batch_copies(anchor_groups: np.ndarray, positive_groups: np.ndarray) -> n
     """bool [b, b] for one batch: entry (i, j), j ≠ i, is True when row j's positive (an in-batch candidate of
     row i) has the text of row i's positive or of its anchor. The diagonal (row i's own positive) is False."""
     anchor_groups, positive_groups = np.asarray(anchor_groups), np.asarray(positive_groups)
-    copies = (positive_groups[None, :] == positive_groups[:, None]) | (positive_groups[None, :] == anchor_groups[:, None])
+    candidate = positive_groups[None, :]
+    copies = (candidate == positive_groups[:, None]) | (candidate == anchor_groups[:, None])
     np.fill_diagonal(copies, False)
     return copies
 
