@@ -258,7 +258,7 @@ class MlflowTracker:
 
     def log_artifacts(self, rows: list[dict], with_model: bool = True) -> None:
         """config.yaml, metrics.csv, negatives.csv, learning_curve.html, per_query/*.csv (and the model)."""
-        from argbench.report import learning_curve  # plotly is imported only when a run ends; report imports us
+        from argbench.report import learning_curve  # plotly is imported on first use; report imports us
 
         if self.config is not None:
             self.client.log_text(self.run_id, to_yaml(self.config), "config.yaml")
