@@ -30,6 +30,16 @@ def project_folder(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def empty_mlflow_db(tmp_path_factory):
+    """An MLflow SQLite store with its tables made, once: creating them takes seconds, copying the file does not."""
+    from mlflow import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture(scope="session")
 def tiny_encoder():
     """(model, tokenizer) of "tiny-random-bert", loaded once per session, in eval mode. Do not modify it in a test;
     use `fresh_tiny_encoder` for a copy you may train."""

@@ -25,6 +25,7 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
 
 from argbench.errors import UserError
+from argbench.track.store import redact
 
 MODEL_NAME = "model"
 ARTIFACT_KEY = "export"  # the export folder inside the model's artifacts
@@ -105,7 +106,7 @@ def logged_model_id(client: MlflowClient, run_id: str) -> str:
         run = client.get_run(run_id)
     except MlflowException as err:
         raise ModelNotLogged(f"{run_id!r} is neither a folder nor an MLflow run at "
-                             f"{client.tracking_uri}: {err.message}") from None
+                             f"{redact(client.tracking_uri)}: {err.message}") from None
     outputs = run.outputs.model_outputs if run.outputs else []
     models = [client.get_logged_model(o.model_id) for o in outputs]
     models = sorted((m for m in models if m.name == MODEL_NAME), key=lambda m: m.creation_timestamp)

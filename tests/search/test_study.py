@@ -40,14 +40,6 @@ def stores(folder: Path) -> dict:
     return {"storage": f"sqlite:///{folder / 'optuna.db'}", "tracking_uri": f"sqlite:///{folder / 'mlflow.db'}"}
 
 
-@pytest.fixture(scope="session")
-def empty_mlflow_db(tmp_path_factory) -> Path:
-    """An MLflow SQLite store with its tables made, once: creating them takes seconds, copying the file does not."""
-    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
-    MlflowClient(f"sqlite:///{path}").search_experiments()
-    return path
-
-
 @pytest.fixture
 def folder(tmp_path, empty_mlflow_db) -> Path:
     """A test's store folder: an empty MLflow store (mlflow.db) and room for optuna.db."""

@@ -39,16 +39,9 @@ def dead_pid() -> int:
     return child.pid
 
 
-@pytest.fixture(scope="module")
-def empty_store(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("template") / "mlflow.db"
-    MlflowClient(f"sqlite:///{path}").search_experiments()
-    return path
-
-
 @pytest.fixture
-def store(tmp_path, empty_store) -> str:
-    shutil.copy(empty_store, tmp_path / "mlflow.db")
+def store(tmp_path, empty_mlflow_db) -> str:
+    shutil.copy(empty_mlflow_db, tmp_path / "mlflow.db")
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
 
 
