@@ -161,6 +161,15 @@ class TrainConfig(_Section):
     num_threads: int | None = option(None, "torch CPU threads; null = torch's default", min=1)
 
 
+PRIMARY = "val/epa/acc_at_1"
+
+
+def metric_name(name: str) -> str:
+    """MLflow's name of a metric, which forbids "@": ``val/epa/acc@1`` (the old spelling, still read from user
+    YAML, overrides and old run folders) -> ``val/epa/acc_at_1``; a name in MLflow's spelling is returned as is."""
+    return name.replace("@", "_at_")
+
+
 @dataclass(frozen=True)
 class EvalConfig(_Section):
     """Retrieval distance, the metric that picks the best epoch, and the classifier's rerank depth."""
@@ -168,10 +177,15 @@ class EvalConfig(_Section):
     section: ClassVar[str] = "eval"
     metric: str = option("euclidean", "retrieval distance on the retrieval embedding",
                          choices=("euclidean", "cosine"))
-    primary: str = option("val/epa/acc@1", "metric name that selects the best epoch and is optimised by search",
+    primary: str = option(PRIMARY, "metric name that selects the best epoch and is optimised by search "
+                                   "(acc@1 is read as acc_at_1)",
                           pattern=(r"\S+", "a non-empty metric name"))
     every: int = option(1, "evaluate every this many epochs", min=1)
     rerank_depth: int = option(10, "candidates reranked by the pair classifier", min=1)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "primary", metric_name(self.primary))
 
 
 @dataclass(frozen=True)

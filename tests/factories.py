@@ -48,15 +48,16 @@ def tiny_config(epochs: int):
 
 
 def trainer_metrics(epoch: int, acc: float = 0.5) -> dict:
-    """A metrics dict shaped like the trainer's (argbench.train.trainer docstring), values chosen by hand."""
-    trained = epoch > 0
-    return {"epoch": epoch,
-            "loss": {"total": 3.0, "triplet": 1.0, "ce_pos": 0.5, "ce_neg": 1.5, "in_batch": 0.0} if trained else None,
-            "negatives": {"point": 0.25, "counter": 0.25, "random": 0.5, "same_debate": 0.1, "same_theme": 0.2,
-                          "mean_distance": 1.25} if trained else None,
-            "random_rate": 0.8 if trained else None, "train_seq_per_s": 10.0 if trained else None,
-            "val": {t: {"acc@1": acc, "acc@3": 0.6, "acc@5": 0.7, "acc@10": 0.8, "mrr": 0.55} for t in TASKS},
-            "val_rerank_acc@1": None, "epoch_seconds": 2.0}
+    """A flat metrics dict shaped like the trainer's (argbench.train.trainer docstring), values chosen by hand: no
+    classifier (so no ``val/rerank/acc_at_1``), nothing trained at epoch 0."""
+    trained = {"train/loss": 3.0, "train/loss_triplet": 1.0, "train/loss_ce_pos": 0.5, "train/loss_ce_neg": 1.5,
+               "train/loss_in_batch": 0.0, "negatives/point_frac": 0.25, "negatives/counter_frac": 0.25,
+               "negatives/random_frac": 0.5, "negatives/same_debate_frac": 0.1, "negatives/same_theme_frac": 0.2,
+               "negatives/mean_distance": 1.25, "schedule/random_rate": 0.8, "perf/train_seq_per_s": 10.0}
+    val = {f"val/{t}/{name}": value for t in TASKS
+           for name, value in (("acc_at_1", acc), ("acc_at_3", 0.6), ("acc_at_5", 0.7), ("acc_at_10", 0.8),
+                               ("mrr", 0.55))}
+    return {"epoch": epoch, **(trained if epoch > 0 else {}), **val, "perf/epoch_seconds": 2.0}
 
 
 _clock = iter(range(1_000_000_000_000, 2_000_000_000_000, 1_000))

@@ -57,6 +57,16 @@ def test_yaml_round_trip(tmp_path):
     assert from_dict(yaml.safe_load(to_yaml(cfg))) == cfg
 
 
+def test_the_primary_metric_is_mlflows_name_and_the_old_spelling_is_read_as_it(tmp_path):
+    assert Config().eval.primary == "val/epa/acc_at_1"
+    old = "val/dedup/epa/acc@1"  # how configs and run folders spelled it before
+    assert load_config(overrides=[f"eval.primary={old}"]).eval.primary == "val/dedup/epa/acc_at_1"
+    from_file = load_config(write(tmp_path, f"eval:\n  primary: {old}\n"))
+    assert from_file.eval.primary == "val/dedup/epa/acc_at_1"
+    assert load_config(write(tmp_path, to_yaml(from_file), "again.yaml")) == from_file
+    assert load_config(overrides=["eval.primary=val/sdoc/mrr"]).eval.primary == "val/sdoc/mrr"  # as is
+
+
 def test_file_is_a_delta_over_defaults_and_base(tmp_path):
     path = write(tmp_path, "model:\n  layernorm: true\ntrain:\n  lr: 1e-5\n")  # YAML 1.1 reads 1e-5 as a string
     cfg = load_config(path, base={"model": {"proj_dim": 64}, "train": {"lr": 1.0}})

@@ -5,7 +5,7 @@
 mean per epoch, and :meth:`RunData.band` their 95 % bootstrap interval, drawn as a band around the mean curve. The
 figure functions each take those runs and return a ``go.Figure``; ``write_report`` puts them on one page with
 plotly.js inlined once, so it opens on a machine without internet. Metric names are MLflow's
-(``val/epa/acc_at_1``); argbench names (``val/epa/acc@1``) are converted.
+(``val/epa/acc_at_1``); the old spelling (``val/epa/acc@1``) is read as MLflow's.
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
 from argbench.analysis.stats import seed_summary
+from argbench.config import PRIMARY, metric_name
 from argbench.data.tasks import TASKS
 from argbench.paths import project_dir
 from argbench.track.curve import epoch_ticks
 from argbench.track.store import Store, System, redact
-from argbench.track.tracker import metric_key
 
 SOURCES = {"point": "negatives/point_frac", "counter": "negatives/counter_frac", "random": "negatives/random_frac"}
 COLOURS = qualitative.Plotly
@@ -109,7 +109,7 @@ def _mean_history(histories: list[dict[str, list[tuple[int, float]]]]) -> dict[s
 def metric_per_epoch(runs: list[RunData], metric: str) -> go.Figure:
     """``metric`` against epoch, one line per run; a multi-seed run's line is the mean over its seeds, drawn over
     a band of the same colour: the 95 % interval of that mean (:meth:`RunData.band`)."""
-    key = metric_key(metric)
+    key = metric_name(metric)
     figure = go.Figure()
     for i, run in enumerate(runs):
         colour = COLOURS[i % len(COLOURS)]
@@ -150,7 +150,7 @@ def negative_sources(runs: list[RunData]) -> go.Figure:
 def final_table(runs: list[RunData], metrics: list[str] | None = None) -> go.Figure:
     """A table of the runs' final metrics: ``metrics``, then val acc@1 per task, rerank acc@1 and epa acc@1 in the
     dedup and unseen views (argbench.data.copies)."""
-    keys = list(dict.fromkeys(metric_key(m) for m in (metrics or [])))
+    keys = list(dict.fromkeys(metric_name(m) for m in (metrics or [])))
     keys += [k for k in [f"val/{t}/acc_at_1" for t in TASKS] + ["val/rerank/acc_at_1"] if k not in keys]
     keys += [k for k in [f"val/{view}/epa/acc_at_1" for view in ("dedup", "unseen")] if k not in keys]
     cells = [[r.label for r in runs], [r.run_id for r in runs], [r.status for r in runs],
@@ -175,7 +175,7 @@ def _number(value: float | None) -> str:
 
 def figures(runs: list[RunData], metric: str) -> dict[str, go.Figure]:
     """The report's figures by div id, in page order."""
-    split = metric_key(metric).split("/")[0] if "/" in metric else "val"
+    split = metric_name(metric).split("/")[0] if "/" in metric else "val"
     return {"fig-metric": metric_per_epoch(runs, metric), "fig-loss": metric_per_epoch(runs, "train/loss"),
             "fig-tasks": final_task_bars(runs, split), "fig-negatives": negative_sources(runs),
             "fig-table": final_table(runs, [metric])}
@@ -187,7 +187,7 @@ def write_report(runs: list[RunData], metric: str, path: Path, *, source: str = 
     ``extra_figures`` (div id -> figure, e.g. argbench.analysis.significance's) follow the standard ones."""
     if not runs:
         raise ValueError("no runs to report; expected at least one run")
-    key = metric_key(metric)
+    key = metric_name(metric)
     if not any(key in r.history for r in runs):
         known = sorted({k for r in runs for k in r.history})
         raise ValueError(f"no run logged metric {key!r}; logged metrics include: {', '.join(known[:20])}")
@@ -221,7 +221,7 @@ def _page(runs: list[RunData], key: str, source: str, divs: list[str]) -> str:
             + "\n".join(divs) + "\n</body></html>\n")
 
 
-def report(experiment: str, runs: list[str] | None = None, metric: str = "val/epa/acc@1",
+def report(experiment: str, runs: list[str] | None = None, metric: str = PRIMARY,
            out: Path | None = None, tracking_uri: str | None = None,
            extra_figures: dict[str, go.Figure] | None = None) -> Path:
     """Load ``runs`` (names; all when None) of ``experiment`` from MLflow and write the page to ``out``

@@ -51,19 +51,14 @@ def run_frozen_bench(data: str | None = None, encoder: str = "all-MiniLM-L6-v2",
 
 
 def _steady_epoch_seconds(history: list[dict]) -> float:
-    times = [m["epoch_seconds"] for m in history if m["epoch"] >= 2] or [m["epoch_seconds"] for m in history[1:]]
+    times = [m["perf/epoch_seconds"] for m in history if m["epoch"] >= 2] \
+        or [m["perf/epoch_seconds"] for m in history[1:]]
     return sum(times) / len(times)
 
 
-def flat_metrics(row: dict, prefix: str = "") -> dict:
-    """{"val/epa/acc@1": value, "loss/total": value, ...} of a history row, wall-clock timings left out."""
-    out = {}
-    for key, value in row.items():
-        if isinstance(value, dict):
-            out.update(flat_metrics(value, f"{prefix}{key}/"))
-        elif key not in ("epoch_seconds", "train_seq_per_s"):
-            out[f"{prefix}{key}"] = value
-    return out
+def flat_metrics(row: dict) -> dict:
+    """A history row (``{"val/epa/acc_at_1": value, "train/loss": value, ...}``), wall-clock timings left out."""
+    return {key: value for key, value in row.items() if not key.startswith("perf/")}
 
 
 def same_metrics(a: list[dict], b: list[dict]) -> bool:

@@ -230,7 +230,7 @@ def _view_queries(evaluation) -> dict[str, int]:
 def _eval_export(args, corpus) -> int:
     """``eval --encoder EXPORT_DIR``: the exported model's metrics, and how far they are from the run's own."""
     from argbench.model.export import evaluate_export, load_export, recorded_difference
-    from argbench.train.console import task_table
+    from argbench.train.console import view_table
     from argbench.train.trainer import SPLIT_KEYS
 
     if args.track:
@@ -239,12 +239,12 @@ def _eval_export(args, corpus) -> int:
         raise UserError(f"--track: {args.encoder} is an exported run, already tracked; expected a zero-shot encoder")
     exported = load_export(args.encoder)
     evaluation = evaluate_export(exported, corpus.split(args.split), batch_size=args.batch_size)
-    difference = recorded_difference(exported, SPLIT_KEYS[args.split], evaluation.metrics)
+    difference = recorded_difference(exported, SPLIT_KEYS[args.split], evaluation)
     if args.json:
         print(json.dumps({args.split: evaluation.metrics, f"{args.split}_rerank_acc@1": evaluation.rerank_acc1,
                           "max_abs_difference_from_run": difference}, indent=2))
         return 0
-    print(task_table(evaluation.metrics, title=f"{args.encoder} on {args.split} ({corpus.source.describe()})"))
+    print(view_table(evaluation.views(), title=f"{args.encoder} on {args.split} ({corpus.source.describe()})"))
     if difference is None:
         print(f"the run recorded no {args.split} metrics at its last epoch to compare with")
     else:

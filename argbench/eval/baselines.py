@@ -42,10 +42,9 @@ def log_baseline(evaluation: Evaluation, *, name: str, split_key: str, params: d
     split's metrics at step 0 in every view (``<split_key>/<task>/acc_at_1``, ``<split_key>/dedup/<task>/...``,
     ``<split_key>/unseen/<task>/...``) and its per-query ranks, so that ``argbench compare NAME <ablation>`` tests a
     trained system against the baseline. Returns the run id."""
-    from argbench.data.copies import view_key
     from argbench.track.tracker import tracked_run
 
-    metrics = {"epoch": 0, **{view_key(split_key, view): values for view, values in evaluation.views().items()}}
+    metrics = {"epoch": 0, **evaluation.flat(split_key)}
     with tracked_run(run_name=name, experiment=experiment, tracking_uri=tracking_uri, system_metrics=False,
                      tags={"group": "baselines", **(tags or {})}) as tracker:
         tracker.log(params=params)

@@ -21,7 +21,7 @@ import numpy as np
 import scipy.sparse
 import torch
 
-from argbench.data.copies import query_copy_mask
+from argbench.data.copies import query_copy_mask, view_key
 from argbench.data.tasks import TASKS, SplitData
 
 KS = (1, 3, 5, 10)
@@ -57,6 +57,18 @@ class Evaluation:
             out["dedup"] = {task: summarise(r) for task, r in self.dedup_ranks.items()}
         if self.unseen is not None and self.unseen.any():
             out["unseen"] = {task: summarise(r[self.unseen]) for task, r in self.ranks.items()}
+        return out
+
+    def flat(self, split_key: str) -> dict[str, float]:
+        """The MLflow-safe metric names and values of this evaluation of split key ``split_key`` (``val``, ``test``,
+        ``train``), the one place they are spelled: ``val/epa/acc_at_1`` (``@`` -> ``_at_``: MLflow forbids "@"),
+        ``val/epa/mrr``, the same under ``val/dedup/`` and ``val/unseen/`` for those views, and
+        ``val/rerank/acc_at_1`` when a scorer reranked."""
+        out = {f"{view_key(split_key, view)}/{task}/{name.replace('@', '_at_')}": float(value)
+               for view, tasks in self.views().items() for task, values in tasks.items()
+               for name, value in values.items()}
+        if self.rerank_acc1 is not None:
+            out[f"{split_key}/rerank/acc_at_1"] = float(self.rerank_acc1)
         return out
 
     @property

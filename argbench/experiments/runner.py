@@ -16,7 +16,7 @@ from argbench.config import Config, replace
 from argbench.data.corpus import Corpus, load_corpus, resolve_data
 from argbench.experiments.registry import DEFAULT_BASE, alias_under, get, resolve, run_name
 from argbench.paths import runs_dir
-from argbench.track.tracker import epoch_metrics, load_run_id, tracked_run
+from argbench.track.tracker import load_run_id, tracked_run
 from argbench.train import checkpoint
 from argbench.train.console import EpochPrinter
 from argbench.train.trainer import best, fit
@@ -106,7 +106,7 @@ def train_seed(name, cfg: Config, corpus: Corpus, tags: dict, out: Path, *, expe
 
 def _log_seed_summary(parent, results: list[RunResult]) -> dict:
     """Mean, std and bootstrap CI over seeds of every final-epoch metric, logged on the parent run."""
-    finals = [epoch_metrics(r.history[-1]) for r in results]
+    finals = [{k: v for k, v in r.history[-1].items() if k != "epoch"} for r in results]
     keys = sorted(set.intersection(*(set(f) for f in finals)))
     summary, flat = {}, {}
     for key in keys:
@@ -114,7 +114,7 @@ def _log_seed_summary(parent, results: list[RunResult]) -> dict:
         summary[key] = s
         flat.update({f"{key}/mean": s["mean"], f"{key}/std": s["std"], f"{key}/ci_lo": s["ci"][0],
                      f"{key}/ci_hi": s["ci"][1]})
-    primary = f"best/{results[0].config.eval.primary.replace('@', '_at_')}"
+    primary = f"best/{results[0].config.eval.primary}"
     s = seed_summary([r.best for r in results])
     summary[primary] = s
     flat.update({f"{primary}/mean": s["mean"], f"{primary}/std": s["std"], f"{primary}/ci_lo": s["ci"][0],

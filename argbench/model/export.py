@@ -38,7 +38,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from argbench.config import Config, from_dict, load_config, to_dict
-from argbench.data.tasks import SplitData
+from argbench.data.tasks import TASKS, SplitData
 from argbench.errors import UserError
 from argbench.model.bi_encoder import BiEncoder, Encoded, build_model
 from argbench.model.encoders import embed
@@ -200,7 +200,7 @@ def _run_info(run: TrainedRun, digest: str) -> dict:
         "data": run.data, "epoch": last.get("epoch"), "weights_digest": digest, "dimension": run.model.emb_dim,
         "sharing": cfg.model.sharing, "routes": routes, "pooling": cfg.model.pooling, "metric": cfg.eval.metric,
         "classifier": cfg.model.classifier, "fusion": cfg.model.fusion,
-        "metrics": {k: v for k, v in last.items() if k in ("train", "val", "test") or k.endswith("_rerank_acc@1")},
+        "metrics": {k: v for k, v in last.items() if _is_retrieval_metric(k)},
         "config": to_dict(cfg),
     }
 
@@ -246,17 +246,25 @@ def model_card(info: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _is_retrieval_metric(name: str) -> bool:
+    """Whether trainer metric ``name`` is an evaluated split's (``val/epa/acc_at_1``, ``val/dedup/epa/mrr``,
+    ``val/rerank/acc_at_1``), not a loss, negatives or timing figure."""
+    return name.rsplit("/", 1)[-1].startswith("acc_at_") or name.endswith("/mrr")
+
+
 def _metric_lines(metrics: dict) -> list[str]:
+    """The model card's tables of the official-pool metrics of ``metrics`` (flat trainer names)."""
     lines = []
     for key, name in (("test", "test"), ("val", "validation")):
-        if key not in metrics:
+        tasks = [t for t in TASKS if f"{key}/{t}/acc_at_1" in metrics]
+        if not tasks:
             continue
-        tasks = metrics[key]
         lines += [f"## Final {name} metrics (official pools)", "",
                   "| metric | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
-        for metric in ("acc@1", "acc@5", "mrr"):
-            lines.append(f"| {metric} | " + " | ".join(f"{tasks[t][metric]:.4f}" for t in tasks) + " |")
-        rerank = metrics.get(f"{key}_rerank_acc@1")
+        for metric in ("acc_at_1", "acc_at_5", "mrr"):
+            lines.append(f"| {metric.replace('_at_', '@')} | "
+                         + " | ".join(f"{metrics[f'{key}/{t}/{metric}']:.4f}" for t in tasks) + " |")
+        rerank = metrics.get(f"{key}/rerank/acc_at_1")
         lines += [""] + ([f"Top-10 reranked by the pair classifier (epa): acc@1 {rerank:.4f}.", ""] if rerank else [])
     return lines or ["No evaluated split was recorded for the last epoch.", ""]
 
@@ -348,11 +356,11 @@ def evaluate_export(exported: ExportedModel, split: SplitData, batch_size: int =
                     rerank_depth=exported.config.eval.rerank_depth)
 
 
-def recorded_difference(exported: ExportedModel, split_key: str, metrics: dict) -> float | None:
-    """Largest |difference| between ``metrics`` ({task: {metric: value}}) and the run's recorded final metrics of
-    ``split_key`` ("val", "test", "train"); None when the run did not evaluate that split at its last epoch."""
-    recorded = exported.info["metrics"].get(split_key)
-    if recorded is None:
-        return None
-    return max(abs(metrics[t][m] - recorded[t][m]) for t in recorded for m in recorded[t])
+def recorded_difference(exported: ExportedModel, split_key: str, evaluation) -> float | None:
+    """Largest |difference| between ``evaluation`` (an :class:`argbench.eval.evaluate.Evaluation` of split key
+    ``split_key``: "val", "test", "train") and the run's recorded final metrics of the same names; None when the run
+    recorded none of them at its last epoch (it did not evaluate that split then)."""
+    metrics = evaluation.flat(split_key)
+    shared = [k for k in exported.info["metrics"] if k in metrics]
+    return max((abs(metrics[k] - exported.info["metrics"][k]) for k in shared), default=None)
 

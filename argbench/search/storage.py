@@ -107,7 +107,7 @@ def retried_trial_number(trial: optuna.Trial) -> int | None:
 
 
 def label_study(study: optuna.Study, metric: str, attrs: dict[str, str]) -> None:
-    """Name the study's objective ``metric`` (optuna-dashboard then shows ``val/epa/acc@1``, not "Objective 0")
+    """Name the study's objective ``metric`` (optuna-dashboard then shows ``val/epa/acc_at_1``, not "Objective 0")
     and record ``attrs`` (ablation, base, data hash, space) as study user attributes."""
     if study.metric_names != [metric]:
         study.set_metric_names([metric])

@@ -65,14 +65,13 @@ class _PruningHook:
     the pruner says so, or when a Ctrl-C asked the threads to stop (``interrupted``)."""
 
     def __init__(self, trial: optuna.Trial, primary: str, interrupted: threading.Event):
-        self.trial, self.primary, self.interrupted = trial, primary.split("/"), interrupted
+        self.trial, self.primary, self.interrupted = trial, primary, interrupted
         self.pruned_at: int | None = None
 
     def on_epoch_end(self, epoch: int, metrics: dict) -> bool | None:
         if self.interrupted.is_set():
             return True
-        split, task, name = self.primary
-        value = metrics.get(split, {}).get(task, {}).get(name)
+        value = metrics.get(self.primary)
         if epoch < 1 or value is None:  # epoch 0: untrained model; None: epoch not evaluated (eval.every)
             return None
         self.trial.report(value, epoch)

@@ -6,7 +6,9 @@ half-written run), then logs the run exactly as a tracked run is logged, through
 :class:`argbench.track.tracker.MlflowTracker`: the config's params, every epoch's metrics at ``step = epoch``, the
 artifacts (config, metrics.csv, learning curve), FINISHED. It adds the tag ``imported_from`` (the folder) and any
 ``tags`` given, e.g. ``device=H100``. Per-query ranks are not in those files, so an imported run has none and
-``argbench compare`` cannot use it; its metrics and curves appear in the MLflow UI and ``argbench report``.
+``argbench compare`` cannot use it; its metrics and curves appear in the MLflow UI and ``argbench report``. A
+``metrics.jsonl`` of an older argbench, whose rows nest the metrics (``{"val": {"epa": {"acc@1": ...}}, "loss":
+{...}}``), is read as the flat rows ``fit`` writes now (:func:`legacy_row`), under the same MLflow names.
 
     argbench ablation import RUN_DIR --name learning_recipe_in_batch --tag device=H100
 """
@@ -16,13 +18,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from argbench.config import Config, ConfigError, load_config
+from argbench.config import Config, ConfigError, load_config, metric_name
 from argbench.errors import UserError
 from argbench.experiments.registry import RegistryError, get
 from argbench.track.tracker import tracked_run
-from argbench.train.trainer import best
+from argbench.train.trainer import LOSS_NAMES, NEGATIVE_NAMES, best
 
 CONFIG, METRICS = "config.yaml", "metrics.jsonl"
+# Scalars of the old nested rows and their names now
+LEGACY_SCALARS = {"random_rate": "schedule/random_rate", "epoch_seconds": "perf/epoch_seconds",
+                  "train_seq_per_s": "perf/train_seq_per_s"}
 
 
 class RunFolderError(UserError):
@@ -65,10 +70,31 @@ def read_run_folder(run_dir: Path) -> tuple[Config, list[dict]]:
             raise RunFolderError(f"{where}: epoch {epoch} after epoch {history[-1]['epoch']}; expected increasing "
                                  "epochs (a resumed run's file is rewritten whole, so this file was edited)")
         _check_numbers(row, where)
-        history.append(row)
+        history.append(legacy_row(row))
     if not history:
         raise RunFolderError(f"{run_dir / METRICS}: no epochs; expected at least the untrained epoch 0")
     return cfg, history
+
+
+def legacy_row(row: dict) -> dict:
+    """The flat metrics row (as ``fit`` writes it now) of a checked ``metrics.jsonl`` row; a row of an older
+    argbench nests them: ``loss`` {total, ...}, ``negatives`` {point, ...}, split keys (``val``, ``val/dedup``)
+    {task: {"acc@1", ...}}, ``val_rerank_acc@1``, ``random_rate``, ``epoch_seconds``. A flat row is returned as is;
+    ``None`` values (nothing measured) are left out."""
+    out: dict = {}
+    for key, value in row.items():
+        if key == "loss":
+            out.update({LOSS_NAMES.get(part, f"train/loss_{part}"): v for part, v in (value or {}).items()})
+        elif key == "negatives":
+            out.update({NEGATIVE_NAMES.get(part, f"negatives/{part}"): v for part, v in (value or {}).items()})
+        elif isinstance(value, dict):
+            out.update({f"{key}/{task}/{metric_name(m)}": v for task, values in value.items()
+                        for m, v in values.items()})
+        elif key.endswith("_rerank_acc@1"):
+            out[f"{key.removesuffix('_rerank_acc@1')}/rerank/acc_at_1"] = value
+        else:
+            out[LEGACY_SCALARS.get(key, key)] = value
+    return {k: v for k, v in out.items() if v is not None}
 
 
 def _check_numbers(value, where: str, key: str = "") -> None:

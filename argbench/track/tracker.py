@@ -6,7 +6,7 @@ the hook passed to ``argbench.train.trainer.fit``. What one run holds:
 * params: the flattened resolved config (None -> "none", lists comma-joined), logged once;
 * tags: ablation, group, seed, data.source, data.hash, encoder, device, git.commit, any extra tags; every tag,
   param and error message goes through :func:`redact`, so a password in a URL is never stored;
-* metrics, ``step = epoch`` (0 = untrained model), names from :func:`epoch_metrics`: ``train/loss*``,
+* metrics, ``step = epoch`` (0 = untrained model), the trainer's per-epoch dict as is: ``train/loss*``,
   ``{split}/{task}/acc_at_{1,3,5,10}``, ``{split}/{task}/mrr``, ``{split}/rerank/acc_at_1``, the same per task
   under ``{split}/dedup/`` and ``{split}/unseen/`` (the views of argbench.data.copies), ``negatives/*``,
   ``schedule/random_rate``, ``perf/*``; plus MLflow's own ``system/*`` metrics when psutil is installed;
@@ -45,7 +45,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking.context.registry import resolve_tags
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-from argbench.config import Config, flatten, to_yaml
+from argbench.config import PRIMARY, Config, flatten, to_yaml
 from argbench.paths import PACKAGE_DIR, default_tracking_uri
 from argbench.track import stale
 from argbench.track.store import RANKS, Store, redact
@@ -55,14 +55,6 @@ DEFAULT_EXPERIMENT = "argbench"
 RUN_ID_FILE = "mlflow_run_id"
 MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
 MAX_ERROR_CHARS = 5000
-LOSS_KEYS = {"total": "train/loss", "triplet": "train/loss_triplet", "ce_pos": "train/loss_ce_pos",
-             "ce_neg": "train/loss_ce_neg", "in_batch": "train/loss_in_batch"}
-NEGATIVE_KEYS = {"point": "negatives/point_frac", "counter": "negatives/counter_frac",
-                 "random": "negatives/random_frac", "same_debate": "negatives/same_debate_frac",
-                 "same_theme": "negatives/same_theme_frac", "mean_distance": "negatives/mean_distance",
-                 "copy": "negatives/copy_frac"}
-SCALAR_KEYS = {"random_rate": "schedule/random_rate", "epoch_seconds": "perf/epoch_seconds",
-               "train_seq_per_s": "perf/train_seq_per_s"}
 # The experiment tag MLflow's UI reads to pick its view (MLflow 3.17: "genai_development" opens on traces and
 # evaluation runs, "custom_model_development" on runs, charts and models).
 EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
@@ -74,30 +66,9 @@ _open_runs: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("ar
 
 # --- names and values --------------------------------------------------------------------------------------------
 
-def metric_key(name: str) -> str:
-    """MLflow name of an argbench metric name: ``val/epa/acc@1`` -> ``val/epa/acc_at_1`` (MLflow forbids "@")."""
-    return name.replace("@", "_at_")
-
-
-def epoch_metrics(metrics: dict) -> dict[str, float]:
-    """The MLflow metrics of one epoch's trainer ``metrics`` dict (see argbench.train.trainer), None values left out.
-
-    Every dict-valued key other than ``loss`` and ``negatives`` is an evaluated split ({task: {metric: value}}).
-    """
-    out: dict[str, float | None] = {}
-    for part, key in LOSS_KEYS.items():
-        out[key] = (metrics.get("loss") or {}).get(part)
-    for name, key in NEGATIVE_KEYS.items():
-        out[key] = (metrics.get("negatives") or {}).get(name)
-    for name, key in SCALAR_KEYS.items():
-        out[key] = metrics.get(name)
-    for split, tasks in metrics.items():
-        if split in ("loss", "negatives") or not isinstance(tasks, dict):
-            continue
-        for task, values in tasks.items():
-            out.update({f"{split}/{task}/{metric_key(m)}": v for m, v in values.items()})
-        out[f"{split}/rerank/acc_at_1"] = metrics.get(f"{split}_rerank_acc@1")
-    return {k: float(v) for k, v in out.items() if v is not None}
+def _row(metrics: dict) -> dict[str, float]:
+    """The metrics of one epoch's trainer dict (see argbench.train.trainer), ``epoch`` left out."""
+    return {k: v for k, v in metrics.items() if k != "epoch"}
 
 
 def param_values(cfg: Config) -> dict[str, str]:
@@ -196,7 +167,7 @@ class MlflowTracker:
 
     @property
     def primary_key(self) -> str:
-        return metric_key(self.config.eval.primary if self.config else "val/epa/acc@1")
+        return self.config.eval.primary if self.config else PRIMARY
 
     def _steps_in_run(self) -> set[int]:
         keys = {EPOCH_MARKER, "train/loss", self.primary_key}
@@ -230,7 +201,7 @@ class MlflowTracker:
         """Log the epoch's metrics at ``step=epoch`` in one batch, unless the run already has that step, then the
         artifacts so far (all but the model), and beat the heartbeat."""
         if not self.logged_steps or epoch > max(self.logged_steps):
-            self._log_epoch(epoch, epoch_metrics(metrics))
+            self._log_epoch(epoch, _row(metrics))
             self.log_artifacts(self.rows, with_model=False)
         if self.heartbeat is not None:
             self.heartbeat.beat()
@@ -248,10 +219,10 @@ class MlflowTracker:
         when None), then log the artifacts (``config``, if given, replaces the one the run started with).
         Called by :func:`tracked_run` on exit if the caller did not."""
         self.config = config or self.config
-        rows = self.rows if history is None else [{"epoch": m["epoch"], **epoch_metrics(m)} for m in history]
+        rows = self.rows if history is None else [dict(m) for m in history]
         for row in list(rows):
             if row["epoch"] not in self.logged_steps:
-                self._log_epoch(row["epoch"], {k: v for k, v in row.items() if k != "epoch"})
+                self._log_epoch(row["epoch"], _row(row))
         self.log_artifacts(rows)
         self.finished = True
 
@@ -289,7 +260,7 @@ class MlflowTracker:
         """A resumed run's rows and negatives before this session: the epochs of the checkpoint's ``history`` and
         the examples of the run's negatives.csv up to the checkpoint's epoch, so that the artifacts rewritten at
         each epoch hold the whole run."""
-        self.rows = [{"epoch": m["epoch"], **epoch_metrics(m)} for m in history]
+        self.rows = [dict(m) for m in history]
         try:
             with tempfile.TemporaryDirectory() as scratch:
                 earlier = pd.read_csv(self.client.download_artifacts(self.run_id, "negatives.csv", scratch))

@@ -21,18 +21,19 @@ def view_table(views: dict[str, dict[str, dict[str, float]]], columns=("acc@1", 
 
 
 def epoch_line(metrics: dict, primary: str) -> str:
-    """``epoch 3  loss 2.3091  val/epa/acc@1 0.458  rerank 0.125  random 0.76  31.2 s``."""
+    """``epoch 3  loss 2.3091  val/epa/acc_at_1 0.458  rerank 0.125  random 0.76  31.2 s`` of the trainer's flat
+    ``metrics`` (rerank: that of the primary metric's split key)."""
     parts = [f"epoch {metrics['epoch']:>3}"]
-    if metrics.get("loss"):
-        parts.append(f"loss {metrics['loss']['total']:.4f}")
-    key, task, metric = primary.rsplit("/", 2)
-    if key in metrics:
-        parts.append(f"{primary} {metrics[key][task][metric]:.3f}")
-        if metrics.get(f"{key}_rerank_acc@1") is not None:
-            parts.append(f"rerank {metrics[f'{key}_rerank_acc@1']:.3f}")
-    if metrics.get("negatives"):
-        parts.append(f"random {metrics['negatives']['random']:.2f}")
-    parts.append(f"{metrics['epoch_seconds']:.1f} s")
+    if "train/loss" in metrics:
+        parts.append(f"loss {metrics['train/loss']:.4f}")
+    if primary in metrics:
+        parts.append(f"{primary} {metrics[primary]:.3f}")
+        rerank = f"{primary.split('/')[0]}/rerank/acc_at_1"
+        if rerank in metrics:
+            parts.append(f"rerank {metrics[rerank]:.3f}")
+    if "negatives/random_frac" in metrics:
+        parts.append(f"random {metrics['negatives/random_frac']:.2f}")
+    parts.append(f"{metrics['perf/epoch_seconds']:.1f} s")
     return "  ".join(parts)
 
 

@@ -15,12 +15,14 @@ The trainer knows nothing of MLflow or Optuna. A hook is any object with some of
 * ``on_evaluation(epoch: int, split: str, evaluation: Evaluation)`` — per-query ranks, for paired comparisons;
 * ``on_negatives(epoch: int, examples: list[dict])`` — a few mined (point, negative, source) texts.
 
-``metrics`` per epoch: ``epoch``; ``loss`` {total, triplet, ce_pos, ce_neg, in_batch} (``None`` at epoch 0);
-per evaluated split key (``val``, ``test``, ``train``) {task: {"acc@1", "acc@3", "acc@5", "acc@10", "mrr"}} and
-``<key>_rerank_acc@1``, and the same task dicts under ``<key>/dedup`` and ``<key>/unseen`` (the views of
-:mod:`argbench.data.copies`; unseen only where a query is unseen in training); ``negatives`` {point, counter, random,
-same_debate, same_theme, mean_distance, copy} of the negatives trained on (``None`` at epoch 0); ``random_rate``;
-``epoch_seconds``; ``train_seq_per_s``.
+``metrics`` per epoch: one flat dict of MLflow-safe names, logged as is by the tracker: ``epoch``; ``train/loss``,
+``train/loss_{triplet,ce_pos,ce_neg,in_batch}`` (:data:`LOSS_NAMES`), ``negatives/{point,counter,random}_frac``,
+``negatives/{same_debate,same_theme,copy}_frac`` and ``negatives/mean_distance`` of the negatives trained on
+(:data:`NEGATIVE_NAMES`; a figure that does not apply is absent), ``schedule/random_rate`` and
+``perf/train_seq_per_s`` (all absent at epoch 0); per evaluated split key (``val``, ``test``, ``train``) the names of
+:meth:`argbench.eval.evaluate.Evaluation.flat` (``val/epa/acc_at_1``, ``val/dedup/epa/mrr``, ``val/rerank/acc_at_1``,
+...; the views of :mod:`argbench.data.copies`, unseen only where a query is unseen in training); and
+``perf/epoch_seconds``. A name that is absent was not measured that epoch (``eval.every``).
 
 Training pairs are the corpus's, less (by default) those whose texts occur in validation or test and the
 text-identical repeats (:mod:`argbench.data.copies`); a training split in ``data.eval_splits`` is evaluated on the pairs
@@ -41,7 +43,7 @@ import torch
 from tqdm import tqdm
 
 from argbench.config import Config, ConfigError, to_yaml
-from argbench.data.copies import in_batch_copies, training_frame, view_key
+from argbench.data.copies import in_batch_copies, training_frame
 from argbench.data.corpus import Corpus
 from argbench.data.tasks import SplitData, build_split
 from argbench.errors import RunError
@@ -56,6 +58,13 @@ from argbench.train.negatives import mine
 from argbench.train.schedule import schedule_from_config
 
 SPLIT_KEYS = {"training": "train", "validation": "val", "test": "test"}
+# Metric names of the loss parts (combined_loss) and of the negatives' stats (MiningResult.stats)
+LOSS_NAMES = {"total": "train/loss", "triplet": "train/loss_triplet", "ce_pos": "train/loss_ce_pos",
+              "ce_neg": "train/loss_ce_neg", "in_batch": "train/loss_in_batch"}
+NEGATIVE_NAMES = {"point": "negatives/point_frac", "counter": "negatives/counter_frac",
+                  "random": "negatives/random_frac", "same_debate": "negatives/same_debate_frac",
+                  "same_theme": "negatives/same_theme_frac", "mean_distance": "negatives/mean_distance",
+                  "copy": "negatives/copy_frac"}
 
 
 class NonFiniteLoss(RunError, FloatingPointError):
@@ -147,23 +156,23 @@ class Trainer:
 
     def _epoch(self, epoch: int) -> dict:
         t0 = time.perf_counter()
-        metrics: dict = {"epoch": epoch, "loss": None, "negatives": None, "random_rate": None,
-                         "train_seq_per_s": None}
+        metrics: dict = {"epoch": epoch}
         if epoch > 0:
             rate = self.schedule.rate(epoch - 1)
             negatives, stats = self._mine(epoch, rate)
             t_train = time.perf_counter()
-            metrics["loss"] = self._train_epoch(epoch, negatives)
-            metrics["train_seq_per_s"] = 3 * len(self.pairs) / (time.perf_counter() - t_train)
-            metrics["negatives"] = {k: v for k, v in stats.items() if k != "rate"}
-            metrics["random_rate"] = rate
+            loss = self._train_epoch(epoch, negatives)
+            metrics["perf/train_seq_per_s"] = 3 * len(self.pairs) / (time.perf_counter() - t_train)
+            metrics.update({name: float(loss[part]) for part, name in LOSS_NAMES.items() if part in loss})
+            metrics.update({name: float(stats[part]) for part, name in NEGATIVE_NAMES.items()
+                            if stats.get(part) is not None})
+            metrics["schedule/random_rate"] = rate
         if self.runtime.is_main and (epoch % self.cfg.eval.every == 0 or epoch == self.cfg.train.epochs):
             for key, split in self.eval_splits.items():
                 evaluation = self._evaluate(key, split)
-                metrics.update({view_key(key, view): values for view, values in evaluation.views().items()})
-                metrics[f"{key}_rerank_acc@1"] = evaluation.rerank_acc1
+                metrics.update(evaluation.flat(key))
                 self._call("on_evaluation", epoch, key, evaluation)
-        metrics["epoch_seconds"] = time.perf_counter() - t0
+        metrics["perf/epoch_seconds"] = time.perf_counter() - t0
         return metrics
 
     def _finish_epoch(self, epoch: int, metrics: dict) -> bool:
@@ -364,7 +373,7 @@ def _count(model: torch.nn.Module, trainable: bool) -> int:
 
 
 def best(history: list[dict], primary: str) -> float:
-    """Best value of ``primary`` (e.g. ``val/epa/acc@1``) over the epochs that evaluated it; NaN if none did."""
-    key, task, metric = primary.rsplit("/", 2)  # the key of a view has a slash itself: val/dedup/epa/acc@1
-    values = [m[key][task][metric] for m in history if key in m]
+    """Best value of metric ``primary`` (e.g. ``val/epa/acc_at_1``) over the epochs that evaluated it; NaN if none
+    did."""
+    values = [m[primary] for m in history if primary in m]
     return max(values) if values else math.nan

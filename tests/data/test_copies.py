@@ -298,7 +298,7 @@ def test_trainer_trains_on_the_cleaned_pairs_and_reports_them(sample_corpus, lea
     cleaned = before if leaky else before - refiled_pairs(sample_corpus) - 1
     assert (hook.info["train_pairs_before"], hook.info["train_pairs_cleaned"], hook.info["train_pairs"]) == \
         (before, cleaned, cleaned)
-    assert {"val", "val/dedup", "val/unseen"} <= set(history[0])
+    assert {"val/epa/acc_at_1", "val/dedup/epa/acc_at_1", "val/unseen/epa/acc_at_1"} <= set(history[0])
 
 
 def test_copy_fraction_reaches_the_epoch_metrics(sample_corpus):
@@ -308,7 +308,7 @@ def test_copy_fraction_reaches_the_epoch_metrics(sample_corpus):
     fractions = {}
     for exclude in (True, False):
         cfg = load_config(overrides=[*overrides, f"negatives.exclude_copies={str(exclude).lower()}"])
-        fractions[exclude] = fit(cfg, sample_corpus)[1]["negatives"]["copy"]
+        fractions[exclude] = fit(cfg, sample_corpus)[1]["negatives/copy_frac"]
     # the reused pair is a text-identical training pair: two anchors whose copy lies at distance 0
     assert fractions == {True: 0.0, False: pytest.approx(2 / (len(sample_corpus.split("training").query_idx)
                                                                 - refiled_pairs(sample_corpus)))}

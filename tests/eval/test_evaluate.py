@@ -4,7 +4,7 @@ import torch
 
 from argbench.data.corpus import load_corpus
 from argbench.data.tasks import TASKS
-from argbench.eval.evaluate import evaluate, ranks_from_scores, summarise
+from argbench.eval.evaluate import Evaluation, evaluate, ranks_from_scores, summarise
 from tests.factories import write_pairs, write_small_corpus
 
 
@@ -41,6 +41,22 @@ def test_summarise():
     got = summarise(np.array([1, 2, 4, 20]))
     assert got["acc@1"] == 0.25 and got["acc@3"] == 0.5 and got["acc@5"] == 0.75 and got["acc@10"] == 0.75
     assert got["mrr"] == pytest.approx((1 + 1 / 2 + 1 / 4 + 1 / 20) / 4)
+
+
+def test_flat_names_every_view_and_the_rerank_in_mlflows_spelling():
+    ranks, dedup = np.array([1, 2, 4, 20]), np.array([1, 1, 4, 20])
+    got = Evaluation(metrics={"epa": summarise(ranks)}, ranks={"epa": ranks}, rerank_acc1=0.5,
+                     dedup_ranks={"epa": dedup}, unseen=np.array([True, False, True, False])).flat("test")
+    assert got == pytest.approx({
+        "test/epa/acc_at_1": 0.25, "test/epa/acc_at_3": 0.5, "test/epa/acc_at_5": 0.75, "test/epa/acc_at_10": 0.75,
+        "test/epa/mrr": (1 + 1 / 2 + 1 / 4 + 1 / 20) / 4,
+        "test/dedup/epa/acc_at_1": 0.5, "test/dedup/epa/acc_at_3": 0.5, "test/dedup/epa/acc_at_5": 0.75,
+        "test/dedup/epa/acc_at_10": 0.75, "test/dedup/epa/mrr": (1 + 1 + 1 / 4 + 1 / 20) / 4,
+        "test/unseen/epa/acc_at_1": 0.5, "test/unseen/epa/acc_at_3": 0.5, "test/unseen/epa/acc_at_5": 1.0,
+        "test/unseen/epa/acc_at_10": 1.0, "test/unseen/epa/mrr": (1 + 1 / 4) / 2,  # queries 0 and 2
+        "test/rerank/acc_at_1": 0.5})
+    plain = Evaluation(metrics={"epa": summarise(ranks)}, ranks={"epa": ranks}).flat("val")
+    assert set(plain) == {f"val/epa/{m}" for m in ("acc_at_1", "acc_at_3", "acc_at_5", "acc_at_10", "mrr")}
 
 
 @pytest.fixture(scope="module")

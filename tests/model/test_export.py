@@ -120,9 +120,10 @@ def test_eval_of_the_export_reproduces_the_run_metrics(trained_run, tmp_path, ca
     assert main(["eval", "--encoder", str(tmp_path / "model"), "--data", "sample", "--split", "test", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     recorded = json.loads((trained_run / "metrics.jsonl").read_text().splitlines()[-1])
-    for task, values in recorded["test"].items():
-        assert result["test"][task] == pytest.approx(values, abs=1e-4), task
-    assert result["test_rerank_acc@1"] == pytest.approx(recorded["test_rerank_acc@1"], abs=1e-4)
+    for task, values in result["test"].items():  # eval --json nests split -> task -> metric
+        for metric, value in values.items():
+            assert value == pytest.approx(recorded[f"test/{task}/{metric.replace('@', '_at_')}"], abs=1e-4)
+    assert result["test_rerank_acc@1"] == pytest.approx(recorded["test/rerank/acc_at_1"], abs=1e-4)
     assert result["max_abs_difference_from_run"] <= 1e-4
     card = (tmp_path / "model" / "README.md").read_text()
     assert load_corpus("sample").hash in card and "Final test metrics" in card

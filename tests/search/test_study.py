@@ -32,7 +32,7 @@ from tests.conftest import PG_PASSWORD, free_port
 OVERRIDES = ["model.encoder=tiny-random-bert", "data.max_train_pairs=16", "model.max_length=32", "train.epochs=2",
              "data.eval_splits=[validation]"]
 SPACE_KEYS = {"loss.margin", "train.lr", "negatives.step"}
-PRIMARY = "val/epa/acc_at_1"  # MLflow's name of val/epa/acc@1
+PRIMARY = "val/epa/acc_at_1"  # eval.primary's default
 EXPERIMENT = "search-test"
 
 
@@ -80,7 +80,7 @@ class MetricOverride:
 
     def on_epoch_end(self, epoch, metrics):
         if self.value is not None and epoch >= 1:
-            metrics["val"]["epa"]["acc@1"] = self.value
+            metrics[PRIMARY] = self.value
         if epoch == self.interrupt_at:
             raise KeyboardInterrupt
         if epoch == self.sigint_at:
@@ -209,7 +209,7 @@ def test_search_runs_every_trial_with_the_space_params(first_search):
         (best.number, best.value, best.params)
     assert summary["seconds_per_trial"] > 0
     study = optuna.load_study(study_name="baseline-default", storage=storage_url(stores(folder)["storage"]))
-    assert study.metric_names == ["val/epa/acc@1"]
+    assert study.metric_names == [PRIMARY]
     assert study.user_attrs == {"ablation": "baseline", "base": "base.yaml", "data.hash": load_corpus("sample").hash,
                                 "space": "default", "space.file": str(load_space("default").path)}
 

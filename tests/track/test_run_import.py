@@ -49,12 +49,39 @@ def test_an_imported_run_is_logged_like_a_tracked_one(run_dir, store):
     assert run.data.tags["device"] == "H100" and run.data.tags["imported_from"] == str(run_dir.resolve())
     assert param_values(cfg).items() <= run.data.params.items()
     logged = {m.step: m.value for m in client.get_metric_history(run.info.run_id, PRIMARY)}
-    assert logged == pytest.approx({m["epoch"]: m["val"]["epa"]["acc@1"] for m in history})
+    assert logged == pytest.approx({m["epoch"]: m[PRIMARY] for m in history})
     assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [1, 2]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "metrics.csv", "learning_curve.html"} <= artifacts
     assert result == {"run_id": run.info.run_id, "ablation": "with_relu", "epochs": 3,
-                      "best": {"val/epa/acc@1": best(history, "val/epa/acc@1")}}
+                      "best": {PRIMARY: best(history, PRIMARY)}}
+
+
+def test_an_old_folder_with_nested_metrics_imports_under_the_same_names(run_dir, store, tmp_path):
+    # metrics.jsonl as argbench wrote it before the flat names, and a config that spells the primary metric acc@1
+    old = tmp_path / "old"
+    shutil.copytree(run_dir, old, ignore=shutil.ignore_patterns("checkpoint"))
+    (old / "config.yaml").write_text((old / "config.yaml").read_text().replace("acc_at_1", "acc@1"))
+    tasks = {"epa": {"acc@1": 0.25, "mrr": 0.5}, "sdoc": {"acc@1": 0.75, "mrr": 0.875}}
+    rows = [{"epoch": 0, "loss": None, "negatives": None, "random_rate": None, "train_seq_per_s": None,
+             "val": tasks, "val/dedup": {"epa": {"acc@1": 0.5, "mrr": 0.625}}, "val_rerank_acc@1": None,
+             "epoch_seconds": 2.0},
+            {"epoch": 1, "loss": {"total": 3.0, "triplet": 1.0}, "negatives": {"random": 0.8, "copy": None},
+             "random_rate": 0.8, "train_seq_per_s": 10.0, "val": {"epa": {"acc@1": 0.5, "mrr": 0.75}},
+             "val_rerank_acc@1": 0.125, "epoch_seconds": 4.0}]
+    (old / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    result = import_run(old, name="old_run", experiment="imported", tracking_uri=store)
+    client = MlflowClient(store)
+    history = {key: {m.step: m.value for m in client.get_metric_history(result["run_id"], key)}
+               for key in client.get_run(result["run_id"]).data.metrics}
+    assert history == {PRIMARY: {0: 0.25, 1: 0.5}, "val/epa/mrr": {0: 0.5, 1: 0.75}, "val/sdoc/acc_at_1": {0: 0.75},
+                       "val/sdoc/mrr": {0: 0.875}, "val/dedup/epa/acc_at_1": {0: 0.5},
+                       "val/dedup/epa/mrr": {0: 0.625}, "val/rerank/acc_at_1": {1: 0.125},
+                       "train/loss": {1: 3.0}, "train/loss_triplet": {1: 1.0}, "negatives/random_frac": {1: 0.8},
+                       "schedule/random_rate": {1: 0.8}, "perf/train_seq_per_s": {1: 10.0},
+                       "perf/epoch_seconds": {0: 2.0, 1: 4.0}}
+    assert result["best"] == {PRIMARY: 0.5}  # the old primary spelling reads as the new name
 
 
 def damaged(run_dir, tmp_path, file: str, text: str):
@@ -68,6 +95,7 @@ def damaged(run_dir, tmp_path, file: str, text: str):
     ("metrics.jsonl", '{"epoch": 0}\nnot json\n', r"metrics.jsonl, line 2: not JSON"),
     ("metrics.jsonl", '{"epoch": 1}\n{"epoch": 0}\n', r"line 2: epoch 0 after epoch 1"),
     ("metrics.jsonl", '{"epoch": "0"}\n', r"line 1: 'epoch' is '0'; expected an integer"),
+    ("metrics.jsonl", '{"epoch": 0, "val/epa/acc_at_1": "high"}\n', r"line 1: val/epa/acc_at_1 is 'high'"),
     ("metrics.jsonl", '{"epoch": 0, "val": {"epa": {"acc@1": "high"}}}\n', r"line 1: val/epa/acc@1 is 'high'"),
     ("metrics.jsonl", "\n", r"no epochs"),
     ("config.yaml", "train:\n  epocs: 3\n", r"config.yaml.*epocs"),

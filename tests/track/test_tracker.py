@@ -13,7 +13,7 @@ from argbench.config import flatten
 from argbench.data.corpus import load_corpus
 from argbench.data.tasks import TASKS
 from argbench.track import tracker as tracking
-from argbench.track.tracker import epoch_metrics, load_run_id, redact, save_run_id, tracked_run
+from argbench.track.tracker import load_run_id, redact, save_run_id, tracked_run
 from argbench.train.trainer import fit
 from tests.factories import tiny_config, trainer_metrics
 
@@ -72,9 +72,9 @@ def test_trained_run_is_finished_with_every_metric_once_per_epoch(trained):
     for key in TRAINED_KEYS:
         assert steps(client, run_id, key) == [1, 2], key
     logged = {m.step: m.value for m in client.get_metric_history(run_id, "train/loss")}
-    assert logged == pytest.approx({m["epoch"]: m["loss"]["total"] for m in history[1:]})
+    assert logged == pytest.approx({m["epoch"]: m["train/loss"] for m in history[1:]})
     logged = {m.step: m.value for m in client.get_metric_history(run_id, "val/epa/acc_at_1")}
-    assert logged == pytest.approx({m["epoch"]: m["val"]["epa"]["acc@1"] for m in history})
+    assert logged == pytest.approx({m["epoch"]: m["val/epa/acc_at_1"] for m in history})
 
 
 def test_trained_run_params_are_the_flattened_config(trained):
@@ -115,7 +115,7 @@ def test_trained_run_artifacts(trained, tmp_path, store, corpus):
     assert (ranks["rank_dedup"] <= ranks["rank"]).all() and ranks["unseen"].all()
     # acc@1 recomputed from the per-query ranks equals the logged metric
     epa = ranks[ranks["task"] == "epa"]
-    assert (epa["rank"] == 1).mean() == pytest.approx(history[-1]["val"]["epa"]["acc@1"])
+    assert (epa["rank"] == 1).mean() == pytest.approx(history[-1]["val/epa/acc_at_1"])
     assert load_run_id(out_dir) == run_id
 
 
@@ -227,14 +227,16 @@ def test_resumed_tracker_ignores_epochs_already_logged_and_backfills_missing_one
                                                                                                  2: 0.5}
 
 
-def test_epoch_metrics_names_and_skips_none():
-    logged = epoch_metrics(trainer_metrics(1))
-    assert logged["train/loss"] == 3.0 and logged["train/loss_ce_neg"] == 1.5
-    assert logged["negatives/random_frac"] == 0.5 and logged["negatives/mean_distance"] == 1.25
-    assert logged["schedule/random_rate"] == 0.8 and logged["perf/train_seq_per_s"] == 10.0
-    assert logged["val/sdoc/acc_at_10"] == 0.8 and logged["val/epa/mrr"] == 0.55
-    assert "val/rerank/acc_at_1" not in logged  # None: no classifier
-    assert set(epoch_metrics(trainer_metrics(0))) == set(EVAL_KEYS) - {"val/rerank/acc_at_1"}
+def test_the_trainers_metrics_are_logged_under_their_own_names(tmp_path):
+    metrics = {0: trainer_metrics(0), 1: trainer_metrics(1, acc=0.75)}
+    with tracked_run(run_name="flat", experiment="tracking", tracking_uri=f"sqlite:///{tmp_path / 'm.db'}",
+                     system_metrics=False) as tracker:
+        for epoch, m in metrics.items():
+            tracker.on_epoch_end(epoch, m)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'm.db'}")
+    logged = client.get_run(tracker.run_id).data.metrics  # the last step of each name
+    assert logged == {k: v for k, v in metrics[1].items() if k != "epoch"}
+    assert steps(client, tracker.run_id, "train/loss") == [1] and steps(client, tracker.run_id, "val/epa/mrr") == [0, 1]
 
 
 @pytest.mark.parametrize("text, expected", [

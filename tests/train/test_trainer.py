@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import re
 import shutil
@@ -28,8 +29,14 @@ from tests.conftest import single_torch_thread
 
 TINY = ["model.encoder=tiny-random-bert", "model.max_length=64", "train.batch_size=16", "data.max_train_pairs=32",
         "train.device=cpu"]
-TIMINGS = ("epoch_seconds", "train_seq_per_s")  # wall-clock measurements: the only fields allowed to differ
-METRICS = {"acc@1", "acc@3", "acc@5", "acc@10", "mrr"}
+TIMINGS = ("perf/epoch_seconds", "perf/train_seq_per_s")  # wall-clock measurements: the only fields allowed to differ
+METRICS = ("acc_at_1", "acc_at_3", "acc_at_5", "acc_at_10", "mrr")
+# The names of the trainer's flat per-epoch dict (argbench.train.trainer): evaluated each epoch, trained epochs only
+EVALUATED = {f"val{view}/{task}/{metric}" for view in ("", "/dedup", "/unseen") for task in TASKS
+             for metric in METRICS} | {"val/rerank/acc_at_1"}
+TRAINED = {"train/loss", *(f"train/loss_{c}" for c in COMPONENTS), "schedule/random_rate", "perf/train_seq_per_s",
+           *(f"negatives/{n}_frac" for n in ("point", "counter", "random", "same_debate", "same_theme", "copy")),
+           "negatives/mean_distance"}
 EXAMPLES = 5  # negatives.examples default
 
 
@@ -95,31 +102,26 @@ def three_epochs(corpus, tmp_path_factory):
 def test_history_has_every_epoch_with_the_documented_keys(three_epochs):
     _, history, _, _ = three_epochs
     assert [m["epoch"] for m in history] == [0, 1, 2, 3]
-    for m in history:
-        assert set(m) == {"epoch", "loss", "negatives", "random_rate", "train_seq_per_s", "epoch_seconds",
-                          "val", "val_rerank_acc@1", "val/dedup", "val/unseen"}
-        assert set(m["val"]) == set(m["val/dedup"]) == set(m["val/unseen"]) == set(TASKS)
-        assert all(set(task) == METRICS and all(0 <= v <= 1 for v in task.values()) for task in m["val"].values())
-        assert 0 <= m["val_rerank_acc@1"] <= 1 and m["epoch_seconds"] > 0
     untrained, trained = history[0], history[1:]
-    assert untrained["loss"] is untrained["negatives"] is untrained["random_rate"] is untrained["train_seq_per_s"] \
-        is None
+    assert set(untrained) == {"epoch", "perf/epoch_seconds", *EVALUATED}  # nothing trained at epoch 0
+    for m in history:
+        assert all(0 <= m[k] <= 1 for k in EVALUATED) and m["perf/epoch_seconds"] > 0
     for m in trained:
-        assert set(m["loss"]) == {"total", *COMPONENTS}
-        assert all(torch.isfinite(torch.tensor(v)) for v in m["loss"].values())
-        assert m["loss"]["in_batch"] == 0.0  # off by default
-        fractions = m["negatives"]
-        assert set(fractions) == {"point", "counter", "random", "same_debate", "same_theme", "mean_distance", "copy"}
-        assert fractions["copy"] == 0.0  # negatives.exclude_copies is on by default
-        assert fractions["point"] + fractions["counter"] + fractions["random"] == pytest.approx(1.0)
-        assert m["train_seq_per_s"] > 0
+        assert set(m) == {"epoch", "perf/epoch_seconds", *EVALUATED, *TRAINED}
+        assert all(isinstance(v, float) for k, v in m.items() if k != "epoch")  # JSON- and MLflow-ready
+        assert all(math.isfinite(m[k]) for k in TRAINED if k.startswith("train/"))
+        assert m["train/loss_in_batch"] == 0.0  # off by default
+        assert m["negatives/copy_frac"] == 0.0  # negatives.exclude_copies is on by default
+        assert m["negatives/point_frac"] + m["negatives/counter_frac"] + m["negatives/random_frac"] == \
+            pytest.approx(1.0)
+        assert m["perf/train_seq_per_s"] > 0
 
 
 def test_random_rate_follows_the_schedule(three_epochs):
     # linear, start 0.8, step 0.02: epoch e trains on negatives mined with r(e - 1).
     cfg, history, _, _ = three_epochs
     assert (cfg.negatives.schedule, cfg.negatives.start, cfg.negatives.step) == ("linear", 0.8, 0.02)
-    assert [m["random_rate"] for m in history] == [None, 0.8, 0.78, 0.76]
+    assert [m.get("schedule/random_rate") for m in history] == [None, 0.8, 0.78, 0.76]
 
 
 def test_metrics_jsonl_rows_equal_the_history(three_epochs):
@@ -134,7 +136,9 @@ def test_config_yaml_round_trips(three_epochs):
 
 def test_best_reads_the_primary_metric(three_epochs):
     _, history, _, _ = three_epochs
-    assert best(history, "val/epa/acc@1") == max(m["val"]["epa"]["acc@1"] for m in history)
+    assert best(history, "val/epa/acc_at_1") == max(m["val/epa/acc_at_1"] for m in history)
+    assert best(history, "val/dedup/sdoc/mrr") == max(m["val/dedup/sdoc/mrr"] for m in history)
+    assert math.isnan(best(history, "test/epa/acc_at_1"))  # test was never evaluated
 
 
 def test_hooks_are_called_as_documented(three_epochs, corpus):
@@ -150,9 +154,9 @@ def test_hooks_are_called_as_documented(three_epochs, corpus):
     evaluations = hook.named("on_evaluation")
     assert [(e, split) for e, split, _ in evaluations] == [(e, "val") for e in range(4)]
     for epoch, _, evaluation in evaluations:
-        assert evaluation.metrics == history[epoch]["val"]
-        assert evaluation.views()["dedup"] == history[epoch]["val/dedup"]
-        assert evaluation.rerank_acc1 == history[epoch]["val_rerank_acc@1"]
+        assert {k: v for k, v in history[epoch].items() if k.startswith("val/")} == evaluation.flat("val")
+        assert history[epoch]["val/dedup/epa/mrr"] == evaluation.views()["dedup"]["epa"]["mrr"]
+        assert history[epoch]["val/rerank/acc_at_1"] == evaluation.rerank_acc1
 
     train = corpus.split("training")
     texts = train.texts
@@ -189,7 +193,7 @@ def test_how_many_negatives_are_shown_does_not_change_training(three_epochs, cor
 def test_another_seed_gives_other_metrics(three_epochs, corpus):
     _, history, _, _ = three_epochs
     other = fit(tiny("train.epochs=1", "train.seed=7"), corpus)
-    assert other[1]["loss"] != history[1]["loss"]
+    assert other[1]["train/loss"] != history[1]["train/loss"]
 
 
 # ------------------------------------------------------------------------------------------------ resume
@@ -358,8 +362,7 @@ def test_two_process_gloo_ddp_run_completes(tmp_path):
     proc = torchrun(tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     rows = jsonl(tmp_path / "run" / "metrics.jsonl")  # written by rank 0 only
-    assert [m["epoch"] for m in rows] == [0, 1] and set(rows[1]["val"]) == set(TASKS)
-    assert set(rows[1]["loss"]) == {"total", *COMPONENTS}
+    assert [m["epoch"] for m in rows] == [0, 1] and EVALUATED <= set(rows[1]) and TRAINED <= set(rows[1])
     # The ranks split one shared batch order: disjoint shards that together cover all 32 training pairs.
     shard0, shard1 = (jsonl(tmp_path / f"rows-{rank}.jsonl") for rank in (0, 1))
     assert len(shard0) == len(shard1) == 1
@@ -368,7 +371,7 @@ def test_two_process_gloo_ddp_run_completes(tmp_path):
     # The logged loss is the mean over both ranks' steps (4 each), not rank 0's alone.
     steps = [json.loads(line) for rank in (0, 1) for line in (tmp_path / f"loss-{rank}.jsonl").read_text().split()]
     assert len(steps) == 8
-    assert rows[1]["loss"]["total"] == pytest.approx(sum(steps) / 8, rel=1e-6)
+    assert rows[1]["train/loss"] == pytest.approx(sum(steps) / 8, rel=1e-6)
 
 
 @pytest.mark.slow
@@ -386,7 +389,7 @@ def test_a_few_epochs_beat_the_untrained_model(corpus):
     cfg = load_config(overrides=["model.encoder=all-MiniLM-L6-v2", "model.max_length=128", "train.epochs=3",
                                  "train.device=cpu"])
     history = fit(cfg, corpus)
-    untrained, trained = history[0]["val"]["epa"]["acc@1"], history[-1]["val"]["epa"]["acc@1"]
+    untrained, trained = history[0]["val/epa/acc_at_1"], history[-1]["val/epa/acc_at_1"]
     assert trained > untrained, f"val epa acc@1 {untrained:.3f} at epoch 0 -> {trained:.3f} at epoch 3"
 
 
@@ -533,7 +536,7 @@ def test_frozen_encoder_computed_once_gives_the_metrics_of_computing_it_every_st
     cached = fit(cfg, corpus)
     monkeypatch.setattr(Trainer, "cache_frozen_encoder", False)
     every_step = fit(cfg, corpus)
-    assert cached[2]["loss"]["total"] != cached[1]["loss"]["total"]  # the heads did train
+    assert cached[2]["train/loss"] != cached[1]["train/loss"]  # the heads did train
     for a, b in zip(cached, every_step):
         a, b = flat_metrics(a), flat_metrics(b)
         assert a.keys() == b.keys()
