@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import sys
 import time
 import warnings
 from collections.abc import Sequence
@@ -45,7 +46,7 @@ from argbench import config
 from argbench.data.copies import VIEWS  # official, dedup, unseen: one table (one Holm family) each
 from argbench.errors import UserError
 from argbench.experiments import registry
-from argbench.search.storage import open_storage, storage_url
+from argbench.search.storage import close_stale_trials, open_storage, record_trial, storage_url
 from argbench.train import trainer as train
 
 CELL_PARAMS = ("entry", "seed")
@@ -240,6 +241,7 @@ class _CellObjective:
             trial.set_user_attr("duplicate_of", taken)
             raise optuna.TrialPruned(f"cell {entry}/seed {seed} is trial {taken}'s")
         self.ran.append(trial.number)
+        record_trial(trial)  # host and pid: a worker killed here is found dead at once by the next command
         cfg = config.replace(self.configs[entry], **{"train.seed": seed})
         tags = {**cell_tags(entry, self.spec.base, self.spec.profile), "entry": entry, "seed": seed,
                 "study": self.spec.study, "trial.number": trial.number}
@@ -277,9 +279,7 @@ def work(spec: GridSpec, threads: int | None = None) -> list[int]:
         objective = _CellObjective(spec, configs, corpus, parent)
         requeued: set = set()
         while True:
-            with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna
-                warnings.simplefilter("ignore", ExperimentalWarning)
-                optuna.storages.fail_stale_trials(study)  # a dead worker's cell: FAIL, its run KILLED, queued again
+            _close_stale(spec, study, storage)  # a dead worker's cell: FAIL, its run KILLED, queued again below
             states = cell_states(spec, study.get_trials(deepcopy=False))
             for cell, state in states.items():
                 if state == "failed" and cell not in requeued:
@@ -293,6 +293,18 @@ def work(spec: GridSpec, threads: int | None = None) -> list[int]:
                 study.optimize(objective, n_trials=1, catch=(train.NonFiniteLoss, config.ConfigError))
     finally:
         _dispose(storage)
+
+
+def _close_stale(spec: GridSpec, study: optuna.Study, storage) -> None:
+    """Fail the trials of dead workers (pid gone on this host at once, else Optuna's heartbeat rule; their MLflow
+    runs end KILLED), then close every other stale MLflow run of the store, one line each on stderr."""
+    from argbench.paths import default_tracking_uri
+    from argbench.track import stale
+
+    for number in close_stale_trials(study, storage):
+        print(f"argbench: failed stale trial {number} of study {study.study_name}: its process on this host is gone",
+              file=sys.stderr)
+    stale.sweep(spec.tracking_uri or default_tracking_uri())
 
 
 def _dispose(storage) -> None:
@@ -352,6 +364,7 @@ def report(spec: GridSpec) -> dict:
     storage = _storage(spec)
     try:
         study, parent = open_study(spec, storage)
+        _close_stale(spec, study, storage)
         trials = study.get_trials(deepcopy=False)
     finally:
         _dispose(storage)
