@@ -331,3 +331,12 @@ def test_real_corpus_copies_table():
     assert table == {"training": (1844, 1862, None), "validation": (179, 183, 574), "test": (214, 218, 616)}
     assert (got["training"]["pairs_in_heldout"], got["training"]["distinct_pairs"]) == (1269, 3103)
     assert got["test"]["query_copy_in_pool"]["epa"] == 214
+
+
+def test_data_stats_text_shows_the_copies_table(sample_corpus, capsys):
+    assert cli.main(["data", "stats", "--data", "sample"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    distinct = next(line for line in lines if line.startswith("distinct training pairs"))
+    assert distinct.split()[-3:] == [str(len(sample_corpus.split("training").query_idx) - 1), "–", "–"]
+    leaked = next(line for line in lines if line.startswith("pairs whose point and counter both occur in training"))
+    assert leaked.split()[-3:] == ["–", "0", str(refiled_pairs(sample_corpus))]
