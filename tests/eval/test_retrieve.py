@@ -15,7 +15,7 @@ from argbench.config import load_config
 from argbench.data.corpus import load_corpus
 from argbench.eval.retrieve import candidates, distances, retrieve
 from argbench.model.export import export_run, load_export
-from argbench.train.trainer import _training_pairs, fit
+from argbench.train.trainer import _clean_training_split, _training_pairs, fit
 from tests.conftest import single_torch_thread
 
 one_torch_thread = pytest.fixture(autouse=True, scope="module")(single_torch_thread)
@@ -41,7 +41,7 @@ def exported(corpus, tmp_path_factory):
 
 def test_trained_pairs_get_their_true_counter_first(exported, corpus, tmp_path):
     model, cfg = exported
-    split = corpus.split("training")
+    split, _ = _clean_training_split(corpus, cfg)  # the pairs the trainer kept (decontaminated, de-duplicated)
     pairs = _training_pairs(split, PAIRS, np.random.default_rng(cfg.train.seed))  # the trainer's draw
     texts = split.texts
     results = retrieve(model, candidates(model, split, corpus.hash, tmp_path), [texts[split.points_idx[p]]
