@@ -48,10 +48,10 @@ test: $(STAMP) ## run the whole test suite (real-corpus tests too when ARGBENCH_
 test-fast: $(STAMP) ## the quick edit-test loop: skip tests marked slow
 	$(BIN)/pytest -q -m "not slow"
 
-stats: $(STAMP) ## corpus statistics and mean pool sizes per task (ARGS="--data PATH --json")
+stats: $(STAMP) ## corpus statistics, mean pool sizes per task, copies and leakage (ARGS="--data PATH --json")
 	$(BIN)/argbench data stats $(ARGS)
 
-baselines: $(STAMP) ## zero-shot baselines on the test split, tracked in MLflow: TF-IDF and all-MiniLM-L6-v2
+baselines: $(STAMP) ## zero-shot TF-IDF and all-MiniLM-L6-v2 on the test split (three views), tracked in MLflow
 	$(BIN)/argbench eval --encoder tfidf --split test --track $(ARGS)
 	$(BIN)/argbench eval --encoder all-MiniLM-L6-v2 --pooling mean --max-length 256 --split test --track $(ARGS)
 
