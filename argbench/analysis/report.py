@@ -23,6 +23,7 @@ from plotly.subplots import make_subplots
 from argbench.analysis.stats import seed_summary
 from argbench.config import PRIMARY, metric_name
 from argbench.data.tasks import TASKS
+from argbench.errors import UserError
 from argbench.paths import project_dir
 from argbench.track.curve import epoch_ticks
 from argbench.track.store import Store, System, redact
@@ -186,7 +187,7 @@ def write_report(runs: list[RunData], metric: str, path: Path, *, source: str = 
     """Write one self-contained HTML page comparing ``runs`` on ``metric`` to ``path`` (plotly.js inlined once);
     ``extra_figures`` (div id -> figure, e.g. argbench.analysis.significance's) follow the standard ones."""
     if not runs:
-        raise ValueError("no runs to report; expected at least one run")
+        raise UserError("no FINISHED run to report; train one (`argbench ablation run NAME`) or name runs with --runs")
     key = metric_name(metric)
     if not any(key in r.history for r in runs):
         known = sorted({k for r in runs for k in r.history})

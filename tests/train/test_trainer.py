@@ -519,7 +519,8 @@ def test_a_full_tmpfs_while_checkpointing_is_one_line_exit_1(tmp_path):
     assert "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith(
         f"argbench: error: no space left on the device of {mount}/run while writing the checkpoint of epoch 0")
-    assert done.stdout.split("status=1")[1].split() == ["config.yaml", "metrics.jsonl"]  # no partial checkpoint
+    left = done.stdout.split("status=1")[1].split()
+    assert left == ["config.yaml", "data.json", "metrics.jsonl"]  # no partial checkpoint
 
 
 # ------------------------------------------------------------------------------------------------ frozen encoder
