@@ -116,6 +116,8 @@ class LossConfig(_Section):
     in_batch_weight: float = option(0.0, "weight of the in-batch-negatives InfoNCE loss; 0 = off", min=0)
     in_batch_temperature: float = option(0.05, "softmax temperature of the InfoNCE loss",
                                          min=0, min_exclusive=True)
+    in_batch_symmetric: bool = option(False, "InfoNCE in both directions (points -> counters and counters -> "
+                                             "points, averaged); false = points -> counters only")
 
 
 @dataclass(frozen=True)
@@ -137,6 +139,10 @@ class NegativesConfig(_Section):
     examples: int = option(5, "mined negatives shown per epoch for inspection", min=0)
     exclude_copies: bool = option(True, "never mine a copy of the anchor's or its positive's text as a negative "
                                         "(false = exclude by index only, as the original)")
+    max_ratio: float | None = option(None, "positive-aware mining: pass over hard candidates whose cosine "
+                                           "similarity to the point exceeds this fraction of its counter's "
+                                           "(NV-Retriever TopK-PercPos, e.g. 0.95); null = off",
+                                     min=0, min_exclusive=True)
 
 
 @dataclass(frozen=True)
@@ -146,6 +152,9 @@ class TrainConfig(_Section):
     section: ClassVar[str] = "train"
     epochs: int = option(200, "training epochs (0 = evaluate the untrained model)", min=0)
     batch_size: int = option(8, "training triplets per step", min=1)
+    mini_batch_size: int | None = option(None, "gradient cache: encode a step's triplets this many at a time (the same "
+                                               "gradients as the whole batch, encoder memory of this many); "
+                                               "null = the whole batch at once", min=1)
     lr: float = option(3e-6, "learning rate of the encoder", min=0, min_exclusive=True)
     head_lr: float | None = option(None, "learning rate of projection and classifier; null = lr",
                                    min=0, min_exclusive=True)
@@ -181,6 +190,8 @@ class EvalConfig(_Section):
                                    "(acc@1 is read as acc_at_1)",
                           pattern=(r"\S+", "a non-empty metric name"))
     every: int = option(1, "evaluate every this many epochs", min=1)
+    at_start: bool = option(True, "evaluate the untrained model at epoch 0 (false saves one evaluation per run; "
+                                  "the curve then starts at epoch 1)")
     rerank_depth: int = option(10, "candidates reranked by the pair classifier", min=1)
 
     def __post_init__(self) -> None:

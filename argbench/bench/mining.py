@@ -18,7 +18,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from argbench.train.negatives import mine, mine_reference
+from argbench.train.negatives import mine
+from argbench.train.reference import mine_reference
 
 
 def run_mining_bench(

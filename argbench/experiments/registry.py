@@ -15,7 +15,9 @@ misspelt meta key fails as an unknown section naming the file.
 
 A resolved config is, in order: base.yaml › the extends chain, root first › the entry's delta › a profile
 (``profiles/<name>.yaml``: ``embedded`` for the generated sample, ``cpu``/``gpu`` study budgets) › ``--set``
-overrides. An alias resolves to its target's config but keeps its own name.
+overrides. An alias resolves to its target's config but keeps its own name. A profile is a budget for what the
+entries leave at base.yaml: it sets no key that one of the applied entries sets (``length_256`` keeps its length
+under a profile that shortens every other entry's), while ``--set`` overrides everything.
 
 Every entry is written as a delta over ``baseline`` (= base.yaml). With a *base* R (``--base R``) the same delta
 is applied over R instead: base.yaml › R's chain › the entry's chain minus what R's already holds (and minus
@@ -215,20 +217,33 @@ def resolve(name: str, overrides: Sequence[str] = (), *, embedded: bool = False,
     """The config entry `name` runs with, and the entry itself (an alias keeps its own name).
 
     Layers: base.yaml › `base`'s chain (if given) › extends chain › the entry's delta › ``profiles/<profile>.yaml``
-    (``embedded`` = ``profile="embedded"``: the data are the generated sample) › `overrides`
-    ("section.key=value"). ConfigError names the file or "--set" at fault.
+    less the keys those entries set (``embedded`` = ``profile="embedded"``: the data are the generated sample) ›
+    `overrides` ("section.key=value"). ConfigError names the file or "--set" at fault.
     """
     root = ablations_dir(directory)
     cfg = load_config(root / BASE_FILE)
+    ablated: set[tuple[str, str]] = set()
     for entry in layers(name, base, root):
-        cfg = _layer(cfg, _delta(read_yaml(entry.path)), entry.path)
+        delta = _delta(read_yaml(entry.path))
+        cfg = _layer(cfg, delta, entry.path)
+        ablated |= {(section, key) for section, values in delta.items() if isinstance(values, Mapping)
+                    for key in values}
     profile = profile or ("embedded" if embedded else None)
     if profile:
         path = profile_path(profile, root)
-        cfg = _layer(cfg, read_yaml(path), path)
+        cfg = _layer(cfg, _without(read_yaml(path), ablated), path)
     if overrides:
         cfg = load_config(overrides=overrides, base=cfg)
     return cfg, chain(name, root)[-1]
+
+
+def _without(profile, ablated: set[tuple[str, str]]):
+    """`profile`'s sections without the (section, key) pairs in `ablated` (a malformed profile is passed on as it is,
+    for :func:`_layer` to reject naming the file)."""
+    if not isinstance(profile, Mapping):
+        return profile
+    return {section: {k: v for k, v in values.items() if (section, k) not in ablated}
+            if isinstance(values, Mapping) else values for section, values in profile.items()}
 
 
 def alias_under(name: str, base: str | None, directory: str | os.PathLike | None = None) -> str | None:

@@ -11,17 +11,24 @@ never returned, whatever the embeddings (duplicates included). Given the argumen
 (`argbench.data.copies`), "other" means *another text*: no copy of point i's or counter i's text is returned, hard or
 random (`exclude_copies`), and each result says which negatives are such copies (its `copy` statistic).
 
+Positive-aware mining (`max_ratio`, NV-Retriever's TopK-PercPos, Moreira et al. 2024): a hard candidate whose cosine
+similarity to point i is above `max_ratio` × the cosine similarity of point i to counter i is probably another
+valid counter (a false negative) and is passed over for the next one; the result counts how many were passed over
+(`ratio_skipped`). A row left with no candidate below the threshold gets a random negative instead.
+
 Nearest neighbours are exact Euclidean with one deterministic order — ascending float64 distance, then lower
 index — whichever backend ("torch", "balltree", "faiss") found the candidates; see `nearest`.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from argbench.train.schedule import check_rate
 
@@ -175,7 +182,8 @@ class MiningResult:
     neg_kind: "point"|"counter" — which array the negative text comes from; neg_index: row in that array;
     source: "point"|"counter" (hard) or "random"; distance: Euclidean distance (float64) from point i's
     embedding to the negative's; rate: the random rate used; copy: whether the negative's text is that of point i
-    or of counter i (None when mined without copy groups).
+    or of counter i (None when mined without copy groups); ratio_skipped: hard candidates passed over per query,
+    point and counter searches together, for being too similar to the query (`max_ratio`; None when off).
     """
 
     neg_kind: np.ndarray
@@ -184,6 +192,7 @@ class MiningResult:
     distance: np.ndarray
     rate: float
     copy: np.ndarray | None = None
+    ratio_skipped: float | None = None
 
     def stats(self, debate: np.ndarray, theme: np.ndarray) -> dict:
         """Summary for logging. `debate` / `theme`: per-pair labels [N] (a pair's point and counter share them;
@@ -192,7 +201,8 @@ class MiningResult:
         Keys: "point", "counter", "random" (fractions of sources, sum to 1), "same_debate", "same_theme"
         (fraction of negatives from the query's own debate / theme), "mean_distance" (mean over the hard
         negatives; None when every negative is random), "copy" (fraction of negatives that are a copy of the
-        query's point or counter; None without copy groups), "rate".
+        query's point or counter; None without copy groups), "ratio_skipped" (None unless mined with max_ratio),
+        "rate".
         """
         debate, theme = np.asarray(debate), np.asarray(theme)
         for name, labels in (("debate", debate), ("theme", theme)):
@@ -207,6 +217,7 @@ class MiningResult:
             "same_theme": float(np.mean(theme[self.neg_index] == theme)),
             "mean_distance": float(self.distance[hard].mean()) if hard.any() else None,
             "copy": float(np.mean(self.copy)) if self.copy is not None else None,
+            "ratio_skipped": self.ratio_skipped,
             "rate": float(self.rate),
         }
 
@@ -233,6 +244,7 @@ def mine(
     candidate_pool_size: int | None = None,
     copy_groups: tuple[np.ndarray, np.ndarray] | None = None,
     exclude_copies: bool = True,
+    max_ratio: float | None = None,
 ) -> MiningResult:
     """Mine one negative per true pair from `point_emb` / `counter_emb` [N, d] (row i of each = pair i).
 
@@ -248,8 +260,11 @@ def mine(
     i's or counter i's text, and with `exclude_copies` no such copy is returned, hard or random (without groups,
     or with `exclude_copies` False, only point i and counter i themselves are excluded, as in the original).
     ValueError when a row has no allowed argument left.
+
+    `max_ratio` (None = off): hard candidates c with cos(point i, c) > max_ratio · cos(point i, counter i) are passed
+    over (module docstring); a row with none left below the threshold is drawn at random like a random row.
     """
-    n = _check_pairs(point_emb, counter_emb)
+    n = check_pairs(point_emb, counter_emb)
     point_emb, counter_emb = point_emb.detach(), counter_emb.detach()
     check_rate(rate, "rate")
     if not isinstance(generator, torch.Generator) or generator.device.type != "cpu":
@@ -260,15 +275,19 @@ def mine(
     point_ex, counter_ex = groups if groups is not None and exclude_copies else (own, own)
     point_ex_t, counter_ex_t = (torch.from_numpy(g).to(point_emb.device) for g in (point_ex, counter_ex))
     forbidden = torch.stack([point_ex_t, counter_ex_t], dim=1)
-    p_dist, p_idx = _nearest_excluding(point_emb, point_emb, point_ex_t, forbidden, k, backend, candidate_pool_size)
-    c_dist, c_idx = _nearest_excluding(counter_emb, point_emb, counter_ex_t, forbidden, k, backend,
-                                       candidate_pool_size)
+    ceiling = None if max_ratio is None else max_ratio * F.cosine_similarity(point_emb.double(),
+                                                                             counter_emb.double(), dim=-1)
+    p_dist, p_idx, p_skip = _nearest_excluding(point_emb, point_emb, point_ex_t, forbidden, k, backend,
+                                               candidate_pool_size, ceiling)
+    c_dist, c_idx, c_skip = _nearest_excluding(counter_emb, point_emb, counter_ex_t, forbidden, k, backend,
+                                               candidate_pool_size, ceiling)
     is_point = (p_dist <= c_dist).cpu().numpy()
     neg_kind = np.where(is_point, POINT, COUNTER)
     neg_index = np.where(is_point, p_idx.cpu().numpy(), c_idx.cpu().numpy())
     source = neg_kind.copy()
 
     is_random = torch.rand(n, generator=generator) < rate  # one draw per row, whatever the rate
+    is_random |= torch.from_numpy(~np.isfinite(np.minimum(p_dist.cpu().numpy(), c_dist.cpu().numpy())))
     rows = torch.nonzero(is_random).squeeze(1)
     argument = _draw_arguments(rows, np.concatenate([point_ex, counter_ex]), forbidden.cpu(), generator).numpy()
     rows = rows.numpy()
@@ -280,7 +299,8 @@ def mine(
     if groups is not None:
         negative = np.where(neg_kind == POINT, groups[0][neg_index], groups[1][neg_index])
         copy = (negative == groups[0]) | (negative == groups[1])
-    return MiningResult(neg_kind, neg_index.astype(np.int64), source, distance, float(rate), copy)
+    skipped = None if max_ratio is None else float((p_skip + c_skip).double().mean())
+    return MiningResult(neg_kind, neg_index.astype(np.int64), source, distance, float(rate), copy, skipped)
 
 
 def _checked_groups(copy_groups, n: int) -> tuple[np.ndarray, np.ndarray] | None:
@@ -293,7 +313,7 @@ def _checked_groups(copy_groups, n: int) -> tuple[np.ndarray, np.ndarray] | None
     return point_groups, counter_groups
 
 
-def _check_pairs(point_emb: torch.Tensor, counter_emb: torch.Tensor) -> int:
+def check_pairs(point_emb: torch.Tensor, counter_emb: torch.Tensor) -> int:
     _check_matrix(point_emb, "point_emb")
     _check_matrix(counter_emb, "counter_emb")
     if point_emb.shape != counter_emb.shape:
@@ -309,27 +329,42 @@ def _check_pairs(point_emb: torch.Tensor, counter_emb: torch.Tensor) -> int:
 
 def _nearest_excluding(
     index_emb: torch.Tensor, query_emb: torch.Tensor, index_groups: torch.Tensor, forbidden: torch.Tensor, k: int,
-    backend: str, candidates: int | None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Distance and index [q] of each query's nearest index row whose group (`index_groups` [m]) is not one of
-    the query's `forbidden` groups [q, 2]."""
-    dist = torch.empty(len(forbidden), dtype=torch.float64, device=query_emb.device)
-    idx = torch.empty(len(forbidden), dtype=torch.int64, device=query_emb.device)
-    pending = torch.arange(len(forbidden), device=query_emb.device)
+    backend: str, candidates: int | None, ceiling: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Distance, index and skipped count [q] of each query's nearest index row whose group (`index_groups` [m]) is
+    not one of the query's `forbidden` groups [q, 2] and, with `ceiling` [q], whose cosine similarity to the query
+    is at most the query's ceiling. Skipped: the rows passed over for the ceiling alone. A query with no row under
+    its ceiling gets distance inf (index 0); a query with no allowed group at all is a ValueError."""
+    q, m = len(forbidden), index_emb.shape[0]
+    dist = torch.empty(q, dtype=torch.float64, device=query_emb.device)
+    idx = torch.empty(q, dtype=torch.int64, device=query_emb.device)
+    skipped = torch.zeros(q, dtype=torch.int64, device=query_emb.device)
+    pending = torch.arange(q, device=query_emb.device)
     while pending.numel():
         d, i = nearest(index_emb, query_emb[pending], k, backend, candidates=candidates)
         group = index_groups[i]
-        allowed = (group != forbidden[pending, 0, None]) & (group != forbidden[pending, 1, None])
+        other = (group != forbidden[pending, 0, None]) & (group != forbidden[pending, 1, None])
+        allowed = other
+        if ceiling is not None:
+            cos = F.cosine_similarity(query_emb[pending, None].double(), index_emb[i].double(), dim=-1)
+            allowed = other & (cos <= ceiling[pending, None])
         found = allowed.any(1)
         first = allowed.int().argmax(1, keepdim=True)  # first allowed column in (distance, index) order
         dist[pending[found]] = d.gather(1, first).squeeze(1)[found]
         idx[pending[found]] = i.gather(1, first).squeeze(1)[found]
+        before = torch.arange(i.shape[1], device=i.device)[None, :] < first
+        skipped[pending] = (other & ~allowed & before).sum(1)
+        if k >= m and not found.all():  # every row seen: the rest has none under its ceiling, or no allowed group
+            none_other = ~other.any(1) & ~found
+            if none_other.any():
+                raise ValueError(f"no allowed neighbour among all {m} index rows for queries "
+                                 f"{pending[none_other].tolist()[:5]}")
+            dist[pending[~found]], idx[pending[~found]] = math.inf, 0
+            skipped[pending[~found]] = other[~found].sum(1)
+            break
         pending = pending[~found]  # every neighbour excluded: ask these rows for more
-        if pending.numel() and k >= index_emb.shape[0]:
-            raise ValueError(f"no allowed neighbour among all {index_emb.shape[0]} index rows "
-                             f"for queries {pending.tolist()[:5]}")
         k *= 2
-    return dist, idx
+    return dist, idx, skipped
 
 
 def _draw_arguments(rows: torch.Tensor, groups: np.ndarray, forbidden: torch.Tensor,
@@ -355,46 +390,3 @@ def _distances_to(point_emb, counter_emb, neg_kind: np.ndarray, neg_index: np.nd
     is_point = torch.as_tensor(neg_kind == POINT, device=point_emb.device)[:, None]
     negative = torch.where(is_point, point_emb[index], counter_emb[index])
     return torch.linalg.vector_norm(negative.double() - point_emb.double(), dim=-1).cpu().numpy()
-
-
-# ------------------------------------------------------------------------------- the original, for checks
-def mine_reference(point_emb, counter_emb, rate: float, rng: np.random.Generator,
-                   queries: int | None = None) -> MiningResult:
-    """The original protocol as the research code ran it — slow baseline for benchmarks and cross-checks.
-
-    One sklearn BallTree(leaf_size=2) per array, k=3 neighbours for each point, then a Python loop per query.
-    With rate=0 it picks the same negatives as `mine(..., rate=0)` (barring exact float ties). ``queries`` mines
-    only the first that many points (trees still over all N): queries are independent, so a benchmark can time a
-    subset and extrapolate.
-    """
-    from sklearn.neighbors import BallTree
-
-    points, counters = _as_float64(point_emb), _as_float64(counter_emb)
-    n = _check_pairs(torch.from_numpy(points), torch.from_numpy(counters))
-    asked = points[:queries] if queries else points
-    p_dist, p_idx = BallTree(points, leaf_size=2).query(asked, k=3)
-    c_dist, c_idx = BallTree(counters, leaf_size=2).query(asked, k=3)
-    kinds, indices, sources, distances = [], [], [], []
-    for i in range(len(asked)):
-        p_col = next(c for c in range(3) if p_idx[i, c] != i)
-        c_col = next(c for c in range(3) if c_idx[i, c] != i)
-        if rng.random() < rate:
-            arg = i
-            while arg in (i, n + i):
-                arg = int(rng.integers(2 * n))
-            kind, j = (POINT, arg) if arg < n else (COUNTER, arg - n)
-            other = points[j] if kind == POINT else counters[j]
-            kinds.append(kind), indices.append(j), sources.append(RANDOM)
-            distances.append(float(np.linalg.norm(points[i] - other)))
-        elif p_dist[i, p_col] <= c_dist[i, c_col]:
-            kinds.append(POINT), indices.append(p_idx[i, p_col]), sources.append(POINT)
-            distances.append(p_dist[i, p_col])
-        else:
-            kinds.append(COUNTER), indices.append(c_idx[i, c_col]), sources.append(COUNTER)
-            distances.append(c_dist[i, c_col])
-    return MiningResult(np.array(kinds), np.array(indices, dtype=np.int64), np.array(sources),
-                        np.array(distances, dtype=np.float64), float(rate))
-
-
-def _as_float64(emb) -> np.ndarray:
-    return emb.detach().cpu().double().numpy() if isinstance(emb, torch.Tensor) else np.asarray(emb, np.float64)

@@ -17,12 +17,12 @@ The trainer knows nothing of MLflow or Optuna. A hook is any object with some of
 
 ``metrics`` per epoch: one flat dict of MLflow-safe names, logged as is by the tracker: ``epoch``; ``train/loss``,
 ``train/loss_{triplet,ce_pos,ce_neg,in_batch}`` (:data:`LOSS_NAMES`), ``negatives/{point,counter,random}_frac``,
-``negatives/{same_debate,same_theme,copy}_frac`` and ``negatives/mean_distance`` of the negatives trained on
-(:data:`NEGATIVE_NAMES`; a figure that does not apply is absent), ``schedule/random_rate`` and
+``negatives/{same_debate,same_theme,copy}_frac``, ``negatives/mean_distance`` and ``negatives/ratio_skipped`` of the
+negatives trained on (:data:`NEGATIVE_NAMES`; a figure that does not apply is absent), ``schedule/random_rate`` and
 ``perf/train_seq_per_s`` (all absent at epoch 0); per evaluated split key (``val``, ``test``, ``train``) the names of
 :meth:`argbench.eval.evaluate.Evaluation.flat` (``val/epa/acc_at_1``, ``val/dedup/epa/mrr``, ``val/rerank/acc_at_1``,
 ...; the views of :mod:`argbench.data.copies`, unseen only where a query is unseen in training); and
-``perf/epoch_seconds``. A name that is absent was not measured that epoch (``eval.every``).
+``perf/epoch_seconds``. A name that is absent was not measured that epoch (``eval.every``, ``eval.at_start``).
 
 Training pairs are the corpus's, less (by default) those whose texts occur in validation or test and the
 text-identical repeats (:mod:`argbench.data.copies`); a training split in ``data.eval_splits`` is evaluated on the pairs
@@ -46,7 +46,7 @@ from argbench.config import Config, ConfigError, to_yaml
 from argbench.data.copies import in_batch_copies, training_frame
 from argbench.data.corpus import Corpus
 from argbench.data.tasks import SplitData, build_split
-from argbench.errors import RunError
+from argbench.errors import RunError, UserError
 from argbench.eval.evaluate import evaluate
 from argbench.model.bi_encoder import BiEncoder, Encoded, build_model
 from argbench.model.encoders import embed, hidden_size
@@ -54,6 +54,7 @@ from argbench.model.loss import combined_loss
 from argbench.model.tokens import TokenizedTexts, bucketed_batches, pad_batch, tokenize_texts
 from argbench.train import checkpoint
 from argbench.train.distributed import Runtime, broadcast_flag, mean_over_ranks, setup, shard, teardown
+from argbench.train.grad_cache import cached_step
 from argbench.train.negatives import mine
 from argbench.train.schedule import schedule_from_config
 
@@ -64,7 +65,7 @@ LOSS_NAMES = {"total": "train/loss", "triplet": "train/loss_triplet", "ce_pos": 
 NEGATIVE_NAMES = {"point": "negatives/point_frac", "counter": "negatives/counter_frac",
                   "random": "negatives/random_frac", "same_debate": "negatives/same_debate_frac",
                   "same_theme": "negatives/same_theme_frac", "mean_distance": "negatives/mean_distance",
-                  "copy": "negatives/copy_frac"}
+                  "copy": "negatives/copy_frac", "ratio_skipped": "negatives/ratio_skipped"}
 
 
 class NonFiniteLoss(RunError, FloatingPointError):
@@ -97,6 +98,9 @@ class Trainer:
 
     def __init__(self, cfg: Config, corpus: Corpus, hooks, runtime: Runtime, out_dir: Path | None, progress: bool):
         self.cfg, self.hooks, self.runtime, self.out_dir = cfg, list(hooks), runtime, out_dir
+        if cfg.train.mini_batch_size and runtime.world_size > 1:
+            raise UserError(f"train.mini_batch_size={cfg.train.mini_batch_size}: the gradient cache runs in one "
+                            f"process only, not under torchrun ({runtime.world_size} processes); expected null")
         self.progress = progress and sys.stderr.isatty() and runtime.is_main
         _seed_everything(cfg.train.seed, cfg.train.num_threads)
         self.np_rng = np.random.default_rng(cfg.train.seed)
@@ -167,7 +171,7 @@ class Trainer:
             metrics.update({name: float(stats[part]) for part, name in NEGATIVE_NAMES.items()
                             if stats.get(part) is not None})
             metrics["schedule/random_rate"] = rate
-        if self.runtime.is_main and (epoch % self.cfg.eval.every == 0 or epoch == self.cfg.train.epochs):
+        if self.runtime.is_main and self._evaluates(epoch):
             for key, split in self.eval_splits.items():
                 evaluation = self._evaluate(key, split)
                 metrics.update(evaluation.flat(key))
@@ -187,6 +191,12 @@ class Trainer:
         stop = any(self._call("on_epoch_end", epoch, metrics)) if self.runtime.is_main else False
         return broadcast_flag(stop, self.runtime)
 
+    def _evaluates(self, epoch: int) -> bool:
+        """Whether ``epoch`` evaluates: every ``eval.every``-th epoch and the last; epoch 0 with ``eval.at_start``."""
+        if epoch == 0:
+            return self.cfg.eval.at_start
+        return epoch % self.cfg.eval.every == 0 or epoch == self.cfg.train.epochs
+
     # ------------------------------------------------------------------------------------------- parts
     def _mine(self, epoch: int, rate: float):
         """Embed the training pairs with the current model and mine one negative per pair."""
@@ -197,7 +207,7 @@ class Trainer:
         result = mine(points.to(self.runtime.device), counters.to(self.runtime.device), rate=rate,
                       generator=self.miner_rng, backend=self.cfg.negatives.backend, k=self.cfg.negatives.k,
                       copy_groups=(groups[split.points_idx[self.pairs]], groups[split.counters_idx[self.pairs]]),
-                      exclude_copies=self.cfg.negatives.exclude_copies)
+                      exclude_copies=self.cfg.negatives.exclude_copies, max_ratio=self.cfg.negatives.max_ratio)
         labels = split.args.loc[split.points_idx[self.pairs]]
         stats = result.stats((labels["theme"] + "/" + labels["debate"]).to_numpy(), labels["theme"].to_numpy())
         negative_rows = _negative_rows(split, self.pairs, result)
@@ -225,22 +235,25 @@ class Trainer:
         bar = tqdm(batches, desc=f"epoch {epoch}", unit="batch", disable=not self.progress, leave=False)
         for step, rows in enumerate(bar, start=1):
             sides = ((anchors[rows], "point"), (positives[rows], "candidate"), (negative_rows[rows], "candidate"))
+            masks = self._in_batch_masks(groups[anchors[rows]], groups[positives[rows]])
             if cached:  # the frozen encoder's pooled vectors: only the heads run
                 inputs = [self._frozen_pooled(tok, r, side).to(device) for r, side in sides]
             else:
                 inputs = [pad_batch(tok, r, device) for r, _ in sides]
-            with self._autocast():
-                out = self.ddp_model(*inputs)
-                copies = torch.from_numpy(in_batch_copies(groups[anchors[rows]], groups[positives[rows]])) \
-                    if self.cfg.loss.in_batch_weight > 0 else None
-                parts = combined_loss(out, self.cfg.loss, copies)
+            if self.cfg.train.mini_batch_size and not cached:  # gradient cache: same step, less memory
+                parts, backward = cached_step(self.model, *inputs, self.cfg.train.mini_batch_size,
+                                              lambda out: combined_loss(out, self.cfg.loss, *masks), self._autocast)
+            else:
+                with self._autocast():
+                    parts = combined_loss(self.ddp_model(*inputs), self.cfg.loss, *masks)
+                backward = parts["total"].backward
             if not torch.isfinite(parts["total"]):
                 raise NonFiniteLoss(f"non-finite loss {parts['total'].item()} at epoch {epoch}, step {step} "
                                     f"(components: { {k: round(v.item(), 4) for k, v in parts.items()} }); "
                                     f"the checkpoint of epoch {epoch - 1} is kept; try a smaller train.lr or loss "
                                     "weights in a new run")
             self.optimizer.zero_grad(set_to_none=True)
-            parts["total"].backward()
+            backward()
             if self.cfg.train.grad_clip:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
             self.optimizer.step()
@@ -248,6 +261,15 @@ class Trainer:
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
             bar.set_postfix(loss=f"{sums['total'] / step:.4f}")
         return mean_over_ranks({k: v / max(len(batches), 1) for k, v in sums.items()}, self.runtime)
+
+    def _in_batch_masks(self, anchor_groups: np.ndarray, positive_groups: np.ndarray) -> tuple:
+        """The in-batch copy masks the loss needs: (points -> counters, counters -> points), None where unused."""
+        loss = self.cfg.loss
+        if loss.in_batch_weight == 0:
+            return None, None
+        forward = torch.from_numpy(in_batch_copies(anchor_groups, positive_groups))
+        reverse = torch.from_numpy(in_batch_copies(positive_groups, anchor_groups)) if loss.in_batch_symmetric else None
+        return forward, reverse
 
     def _evaluate(self, key: str, split: SplitData):
         tok = self.tokens[key]

@@ -23,6 +23,8 @@ REQUIRED = {
     "no_proj": "projection",
     "frozen_encoder": "training", "no_classifier": "training",
     "learning_recipe": "recipe", "learning_recipe_in_batch": "recipe",
+    "length_256": "recipe", "symmetric_in_batch": "recipe", "positive_aware_mining": "recipe",
+    "gradient_cache": "recipe",
     "leaky_training": "data", "mining_keeps_copies": "data",
 }
 ALIASES = {"shared_encoder", "concatenated", "proj_128", "without_layernorm_relu"}
@@ -259,6 +261,18 @@ def test_base_layers_come_before_the_entry_and_the_profile_and_set_after():
     assert (shown["name"], shown["base"], shown["alias_of"]) == ("with_relu", RECIPE, None)
 
 
+def test_a_profile_sets_no_key_an_applied_entry_sets(tmp_registry):
+    # cpu sets model.max_length 128 and train.epochs 1; an entry (or the base under it) that sets a key keeps it.
+    entry(tmp_registry, "long", "group: g\nquestion: q?\nmodel:\n  max_length: 256\n")
+    entry(tmp_registry, "relu", "group: g\nquestion: q?\nmodel:\n  relu: true\n")
+    assert resolved("relu")["model"]["max_length"] == 256  # base.yaml's default, no profile
+    assert to_dict(resolve("relu", profile="cpu")[0])["model"]["max_length"] == 128
+    for name, base in (("long", None), ("relu", "long")):
+        config = to_dict(resolve(name, base=base, profile="cpu")[0])
+        assert (config["model"]["max_length"], config["train"]["epochs"]) == (256, 1), (name, base)
+    assert to_dict(resolve("long", ["model.max_length=64"], profile="cpu")[0])["model"]["max_length"] == 64
+
+
 def test_entry_whose_config_equals_the_base_is_its_alias():
     # learning_recipe is inside the base's own chain; shared_encoder is an alias of baseline; both add nothing
     for name in ("learning_recipe", "shared_encoder", "proj_128"):
@@ -301,7 +315,7 @@ def test_cli_show_base_json_prints_layers_and_nested_config(capsys):
     assert capsys.readouterr().out.startswith(f"# ablation: learning_recipe over {RECIPE} (alias of {RECIPE})")
 
 
-@pytest.mark.parametrize("profile, pairs, epochs", [("cpu", 256, 1), ("gpu", None, 30)])
+@pytest.mark.parametrize("profile, pairs, epochs", [("cpu", 512, 1), ("gpu", None, 30)])
 def test_study_profiles_apply_over_the_entry_and_under_set(profile, pairs, epochs):
     cfg, _ = resolve("with_relu", ["train.epochs=2"], base=RECIPE, profile=profile)
     assert (cfg.data.max_train_pairs, cfg.model.max_length, cfg.data.eval_splits) == (pairs, 128,

@@ -9,7 +9,7 @@ import torch
 
 from argbench.config import LossConfig
 from argbench.model.bi_encoder import Encoded, TripletOutput
-from argbench.model.loss import COMPONENTS, combined_loss, in_batch, pair_ce, triplet
+from argbench.model.loss import COMPONENTS, combined_loss, in_batch, in_batch_term, pair_ce, triplet
 
 # F.triplet_margin_loss adds eps=1e-6 to each coordinate difference before taking the norm.
 EPS = 1e-5
@@ -75,6 +75,23 @@ def test_in_batch_is_lower_when_positives_align_with_anchors():
     aligned = anchors + 0.1 * torch.randn(16, 8, generator=gen)
     shuffled = aligned[torch.roll(torch.arange(16), 1)]  # every anchor gets another row's positive
     assert in_batch(anchors, aligned, 0.05) < in_batch(anchors, shuffled, 0.05)
+
+
+def test_symmetric_in_batch_averages_both_directions_by_hand():
+    # Anchors (1,0), (0,1); both positives (1,0); T = 1. Cosines a_i·p_j = [[1, 1], [0, 0]].
+    # points -> counters: both rows see logits equal across candidates -> log 2 each.
+    # counters -> points: p_i·a_j = [[1, 0], [1, 0]]: row 0 (target 0) log(1 + e^-1), row 1 (target 1) log(1 + e).
+    anchors, positives = t([[1, 0], [0, 1]]), t([[1, 0], [1, 0]])
+    forward, backward = math.log(2), (math.log1p(math.exp(-1)) + math.log1p(math.e)) / 2
+    one_way = LossConfig(in_batch_weight=1.0, in_batch_temperature=1.0)
+    both = LossConfig(in_batch_weight=1.0, in_batch_temperature=1.0, in_batch_symmetric=True)
+    assert in_batch_term(anchors, positives, one_way).item() == pytest.approx(forward, abs=EPS)
+    assert in_batch_term(anchors, positives, both).item() == pytest.approx((forward + backward) / 2, abs=EPS)
+    # the reverse mask takes row 1's wrong candidate (point 0) out: that row's loss becomes 0
+    reverse = torch.tensor([[False, False], [True, False]])
+    masked = (math.log1p(math.exp(-1)) + 0.0) / 2
+    assert in_batch_term(anchors, positives, both, copies_reverse=reverse).item() == \
+        pytest.approx((forward + masked) / 2, abs=EPS)
 
 
 def test_combined_weights_combine_as_documented():

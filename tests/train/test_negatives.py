@@ -11,7 +11,8 @@ import torch
 
 from argbench.bench.mining import run_mining_bench
 from argbench.train import negatives
-from argbench.train.negatives import BACKENDS, mine, mine_reference, nearest
+from argbench.train.negatives import BACKENDS, mine, nearest
+from argbench.train.reference import mine_reference
 from argbench.train.schedule import Schedule, schedule_from_config
 
 # A 2-D layout of six pairs. Answers worked out by hand (d = Euclidean distance):
@@ -199,6 +200,43 @@ def test_faiss_missing_is_a_clear_error(monkeypatch):
         nearest(torch.zeros(3, 2), torch.zeros(1, 2), 1, "faiss")
 
 
+# ------------------------------------------------------------------------------------ positive-aware mining
+# Three pairs on the unit circle (cos = cosine similarity to the query, ceiling = max_ratio 1 x cos(point, counter)):
+#   p0 (1,0)       ceiling cos(p0,c0) = 0.866. p1 (d 0.20, cos 0.98) is passed over -> p2 (d 0.89, cos 0.6);
+#                  nearest other counter c1 (d 1.41, cos 0) is allowed.             -> point 2, 1 skipped
+#   p1 (0.98,0.2)  ceiling 0.2. p0 (cos 0.98) and p2 (cos 0.43) both over: no point; c0 (d 0.32, cos 0.95) passed
+#                  over -> c2 (cos -0.98).                                         -> counter 2, 3 skipped
+#   p2 (0.6,-0.8)  ceiling -0.6. no point (cos 0.6, 0.43); c0 (d 1.33, cos 0.12) passed over -> c1 (cos -0.8)
+#                                                                                   -> counter 1, 3 skipped
+RATIO_POINTS = [(1, 0), (0.98, 0.2), (0.6, -0.8)]
+RATIO_COUNTERS = [(0.866, 0.5), (0, 1), (-1, 0)]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_max_ratio_passes_over_candidates_too_similar_to_the_query(backend):
+    if backend == "faiss":
+        pytest.importorskip("faiss")
+    points, counters = torch.tensor(RATIO_POINTS), torch.tensor(RATIO_COUNTERS)
+    plain = mine(points, counters, rate=0.0, generator=gen(), backend=backend)
+    assert (plain.neg_kind[0], plain.neg_index[0], plain.ratio_skipped) == ("point", 1, None)
+    aware = mine(points, counters, rate=0.0, generator=gen(), backend=backend, max_ratio=1.0)
+    assert list(zip(aware.neg_kind, aware.neg_index.tolist())) == [("point", 2), ("counter", 2), ("counter", 1)]
+    assert list(aware.source) == ["point", "counter", "counter"]
+    assert aware.ratio_skipped == pytest.approx(7 / 3)
+    assert aware.stats(np.arange(3), np.arange(3))["ratio_skipped"] == pytest.approx(7 / 3)
+
+
+def test_max_ratio_row_with_nothing_under_its_ceiling_gets_a_random_negative():
+    # p0 (1,0) and its counter (0,1) are orthogonal: ceiling 0, and every other argument lies in the first quadrant
+    # (cos > 0), so no hard candidate is allowed. p1 (1,1): ceiling 0.5 x 0.999, every other argument has cos >= 0.71.
+    # p2 (0.2,1): ceiling 0.5 x 0.994, and p0 (cos 0.20) is under it.
+    points = torch.tensor([(1.0, 0.0), (1.0, 1.0), (0.2, 1.0)])
+    counters = torch.tensor([(0.0, 1.0), (1.0, 0.9), (0.1, 1.0)])
+    result = mine(points, counters, rate=0.0, generator=gen(), max_ratio=0.5)
+    assert list(result.source) == ["random", "random", "point"] and result.neg_index[2] == 0
+    assert_never_positive(result, 3)
+
+
 # ------------------------------------------------------------------------------------------------- stats
 def test_stats_on_the_layout():
     result = mine(*layout(), rate=0.0, generator=gen())
@@ -211,6 +249,7 @@ def test_stats_on_the_layout():
         "same_debate": pytest.approx(4 / 6), "same_theme": pytest.approx(5 / 6),
         "mean_distance": pytest.approx((1 + 1 + 5 + math.sqrt(200) + 10 + 10) / 6), "rate": 0.0,
         "copy": None,  # mined without copy groups
+        "ratio_skipped": None,  # mined without max_ratio
     }
 
 

@@ -117,6 +117,26 @@ def test_history_has_every_epoch_with_the_documented_keys(three_epochs):
         assert m["perf/train_seq_per_s"] > 0
 
 
+def test_eval_switches_choose_which_epochs_evaluate(corpus, tmp_path):
+    # eval.at_start=false skips the untrained model; eval.every=2 skips epoch 1, and the last epoch always evaluates.
+    history = fit(tiny("train.epochs=3", "eval.at_start=false", "eval.every=2"), corpus, [], out_dir=tmp_path / "run")
+    evaluated = [m["epoch"] for m in history if "val/epa/acc_at_1" in m]
+    assert [m["epoch"] for m in history] == [0, 1, 2, 3] and evaluated == [2, 3]
+    assert set(history[0]) == {"epoch", "perf/epoch_seconds"}
+    assert best(history, "val/epa/acc_at_1") == max(history[2]["val/epa/acc_at_1"], history[3]["val/epa/acc_at_1"])
+
+
+def test_recipe_switches_reach_the_loss_and_the_miner(corpus, tmp_path):
+    # loss.in_batch_symmetric changes the in-batch term of the same batches; negatives.max_ratio reports its skips;
+    # train.mini_batch_size (gradient cache, tests/train/test_grad_cache.py) trains through the trainer.
+    base = ("train.epochs=1", "eval.at_start=false", "loss.in_batch_weight=1.0", "negatives.start=0.0")
+    one_way = fit(tiny(*base), corpus, [], out_dir=tmp_path / "one_way")[-1]
+    both = fit(tiny(*base, "loss.in_batch_symmetric=true", "negatives.max_ratio=0.95", "train.mini_batch_size=3"),
+               corpus, [], out_dir=tmp_path / "both")[-1]
+    assert math.isfinite(both["train/loss_in_batch"]) and both["train/loss_in_batch"] != one_way["train/loss_in_batch"]
+    assert "negatives/ratio_skipped" not in one_way and both["negatives/ratio_skipped"] >= 0
+
+
 def test_random_rate_follows_the_schedule(three_epochs):
     # linear, start 0.8, step 0.02: epoch e trains on negatives mined with r(e - 1).
     cfg, history, _, _ = three_epochs
