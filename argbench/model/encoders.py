@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel, PreTrainedModel
+from transformers.utils import logging as hf_logging
 
 from argbench.errors import UserError
 from argbench.model.tokens import TokenizedTexts, length_sorted_batches, pad_batch, tokenize_texts
@@ -37,8 +38,16 @@ def _minilm_path() -> Path:
 
 
 def _load_pretrained(path: str | Path, cache_dir: str | Path | None = None):
-    model = AutoModel.from_pretrained(path, local_files_only=True, cache_dir=cache_dir)
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, cache_dir=cache_dir)
+    # transformers draws a "Loading weights" bar on stderr; off a terminal (logs, study workers) it is only noise.
+    quiet = not sys.stderr.isatty() and hf_logging.is_progress_bar_enabled()
+    if quiet:
+        hf_logging.disable_progress_bar()
+    try:
+        model = AutoModel.from_pretrained(path, local_files_only=True, cache_dir=cache_dir)
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, cache_dir=cache_dir)
+    finally:
+        if quiet:
+            hf_logging.enable_progress_bar()
     return model, tokenizer
 
 

@@ -87,6 +87,15 @@ def test_a_local_folder_loads(tiny_encoder, tmp_path):
     assert loaded_tokenizer("Cats sleep.")["input_ids"] == tokenizer("Cats sleep.")["input_ids"]
 
 
+def test_loading_off_a_terminal_draws_no_progress_bar_and_restores_the_setting(capfd):
+    from transformers.utils import logging as hf_logging
+
+    assert hf_logging.is_progress_bar_enabled()
+    load_encoder("all-MiniLM-L6-v2")  # stderr is captured here: not a terminal
+    assert "Loading weights" not in capfd.readouterr().err
+    assert hf_logging.is_progress_bar_enabled()
+
+
 def test_a_folder_without_a_model_raises_naming_it(tmp_path):
     with pytest.raises(EncoderError, match=str(tmp_path)):
         load_encoder(tmp_path)
