@@ -12,6 +12,7 @@ mining    hard-negative mining vs BallTree + Python loop (N = 4,065 and 40,000)
 eval      top-10 + classifier rerank on the test split, batched vs one classifier call per candidate
 train     training sequences/s vs sentence-transformers' trainer (same encoder, triplets, batch, steps)
 frozen    frozen_encoder epochs with the encoder's outputs computed once vs at every use (same config, metrics)
+recipe    seconds per epoch and peak memory of each recipe switch vs its base (ratio = cost, not speed-up)
 ========= =============================================================================================
 
     argbench bench all [--json] [--device cuda]
@@ -25,7 +26,7 @@ import sys
 import time
 from collections.abc import Callable
 
-BENCHES = ("load", "mining", "eval", "train", "frozen")
+BENCHES = ("load", "mining", "eval", "train", "frozen", "recipe")
 # Defaults sized for 2 CPU cores: load, eval and train take ~3 minutes together on an idle machine; mining's
 # reference (BallTree, 128-d) at N = 40,000 alone takes far longer (~20 minutes measured under load).
 DEFAULTS: dict[str, dict] = {
@@ -34,6 +35,7 @@ DEFAULTS: dict[str, dict] = {
     "eval": {"repeats": 5},
     "train": {"steps": 10, "rounds": 2, "batch_size": 8, "max_length": 128},
     "frozen": {"epochs": 3, "max_train_pairs": 256, "max_length": 128},
+    "recipe": {"pairs": 128},
 }
 
 
@@ -49,6 +51,8 @@ def bench_function(name: str) -> Callable[..., list[dict]]:
         from argbench.bench.train import run_train_bench as fn
     elif name == "frozen":
         from argbench.bench.frozen import run_frozen_bench as fn
+    elif name == "recipe":
+        from argbench.bench.recipe import run_recipe_bench as fn
     else:
         raise ValueError(f"unknown benchmark {name!r}: expected one of {', '.join(BENCHES)} or all")
     return fn

@@ -19,6 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                           "(default: looked up from the device name)")
     parser.add_argument("--ns", type=int, nargs="+", help="mining: numbers of pairs N (default 4065 40000)")
     parser.add_argument("--repeats", type=int, help="timed runs per contender (median reported)")
+    parser.add_argument("--pairs", type=int, help="recipe: training pairs of the one timed epoch (default 128)")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

@@ -155,3 +155,16 @@ def test_frozen_bench_times_both_paths_and_their_metrics_agree():
     assert row["agree"] is True and row["argbench_s"] > 0 and row["reference_s"] > 0
     assert row["ratio"] == pytest.approx(row["reference_s"] / row["argbench_s"])
     assert row["case"] == "frozen_encoder tiny-random-bert, 16 pairs, len 32, 2 epochs"
+
+
+@pytest.mark.slow
+def test_recipe_bench_measures_each_switch_beside_its_base():
+    rows = runner.run_benches(["recipe"], data="sample", encoder="tiny-random-bert", pairs=32,
+                              entries=("symmetric_in_batch", "gradient_cache"))["recipe"]
+    assert [row["case"] for row in rows] == ["learning_recipe_in_batch", "symmetric_in_batch", "gradient_cache"]
+    base, _, cached = rows
+    assert base["ratio"] == 1.0 and all(row["reference_s"] == base["argbench_s"] for row in rows)
+    for row in rows:
+        assert row["argbench_s"] == pytest.approx(row["mine_s"] + row["train_s"])
+        assert row["peak_mb"] > 0 and row["seq_per_s"] > 0 and row["ratio"] == row["argbench_s"] / base["argbench_s"]
+    assert (base["batch_size"], cached["batch_size"]) == (32, 128)  # the resolved configs, not the defaults
