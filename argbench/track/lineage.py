@@ -11,6 +11,7 @@ import json
 
 from mlflow import MlflowClient
 from mlflow.entities import Dataset, DatasetInput, InputTag
+from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from argbench.data.corpus import SPLITS, Corpus
@@ -37,6 +38,19 @@ def dataset(corpus: Corpus) -> Dataset:
 
 
 def log_dataset(client: MlflowClient, run_id: str, corpus: Corpus, context: str = "training") -> None:
-    """Log ``corpus`` as an input of run ``run_id`` (logging the same corpus again adds nothing)."""
-    client.log_inputs(run_id, datasets=[DatasetInput(dataset(corpus), tags=[InputTag(MLFLOW_DATASET_CONTEXT,
-                                                                                     context)])])
+    """Log ``corpus`` as an input of run ``run_id`` (logging the same corpus again adds nothing).
+
+    MLflow's SQL store looks the dataset up and inserts it when missing, so two runs of one experiment that log the
+    same new corpus at the same moment (study workers, search threads) race: the later insert breaks the unique
+    constraint. The loser tries again and then finds the winner's row."""
+    inputs = [DatasetInput(dataset(corpus), tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])]
+    for attempt in range(_ATTEMPTS):
+        try:
+            client.log_inputs(run_id, datasets=inputs)
+            return
+        except MlflowException as err:
+            if "unique constraint" not in str(err).lower() or attempt == _ATTEMPTS - 1:
+                raise
+
+
+_ATTEMPTS = 3

@@ -90,10 +90,14 @@ def test_a_local_folder_loads(tiny_encoder, tmp_path):
 def test_loading_off_a_terminal_draws_no_progress_bar_and_restores_the_setting(capfd):
     from transformers.utils import logging as hf_logging
 
-    assert hf_logging.is_progress_bar_enabled()
-    load_encoder("all-MiniLM-L6-v2")  # stderr is captured here: not a terminal
-    assert "Loading weights" not in capfd.readouterr().err
-    assert hf_logging.is_progress_bar_enabled()
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.enable_progress_bar()  # as in a fresh process (other tests may have turned it off)
+    try:
+        load_encoder("all-MiniLM-L6-v2")  # stderr is captured here: not a terminal
+        assert "Loading weights" not in capfd.readouterr().err
+        assert hf_logging.is_progress_bar_enabled()
+    finally:
+        (hf_logging.enable_progress_bar if was else hf_logging.disable_progress_bar)()
 
 
 def test_a_folder_without_a_model_raises_naming_it(tmp_path):

@@ -337,8 +337,8 @@ DDP_SCRIPT = """
     train.shard = recording_shard
     real_loss = train.combined_loss
 
-    def recording_loss(out, loss_cfg, copies=None):  # every step's loss on every rank
-        parts = real_loss(out, loss_cfg, copies)
+    def recording_loss(out, loss_cfg, *masks):  # every step's loss on every rank
+        parts = real_loss(out, loss_cfg, *masks)
         with open(record / f"loss-{os.environ['RANK']}.jsonl", "a") as f:
             f.write(json.dumps(parts["total"].item()) + "\\n")
         return parts
@@ -561,8 +561,12 @@ def test_frozen_encoder_computed_once_gives_the_metrics_of_computing_it_every_st
     for a, b in zip(cached, every_step):
         a, b = flat_metrics(a), flat_metrics(b)
         assert a.keys() == b.keys()
-        # the same numbers up to float rounding (batches are padded differently when embedded once)
-        assert a == {k: pytest.approx(v, abs=1e-5) if isinstance(v, float) else v for k, v in b.items()}
+        # the same numbers up to float rounding (batches are padded differently when embedded once). Losses and
+        # accuracies exactly so; an MRR may move by a near-tie deep in a ranking: on an AMD EPYC VM (2026-12-02)
+        # 12 of ~250 MRRs at epoch 2 moved by <= 1.2e-3 (one query of ~49 swapping ranks 4 and 5), on CI's machine
+        # none. A wrong row from the cache moves accuracies by whole queries (>= 0.02).
+        assert a == {k: pytest.approx(v, abs=2e-3 if k.endswith("/mrr") else 1e-5) if isinstance(v, float) else v
+                     for k, v in b.items()}
 
 
 def test_a_frozen_encoder_stays_in_eval_mode(tiny_encoder):
