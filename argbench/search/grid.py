@@ -78,6 +78,7 @@ class GridSpec:
     heartbeat_interval: int = 10
     grace_period: int = 30
     max_retry: int = 2
+    configs: dict = field(default_factory=dict)  # entry -> resolved config (to_dict), fixed when planned
 
     @property
     def entries(self) -> list[str]:
@@ -88,8 +89,11 @@ class GridSpec:
         return [(e, s) for e in self.entries for s in self.seeds]
 
     def grid(self) -> dict:
-        """What fixes the study's cells and their configs (stored with the study, compared on every start)."""
-        return {"entries": self.entries, "seeds": self.seeds, "overrides": self.overrides, "profile": self.profile}
+        """What fixes the study's cells and their configs (stored with the study, compared on every start): the
+        resolved config of every entry too, so that a registry edited mid-study cannot make later cells train
+        something else under the same name."""
+        return {"entries": self.entries, "seeds": self.seeds, "overrides": self.overrides, "profile": self.profile,
+                "configs": self.configs}
 
 
 def plan(names: Sequence[str] = (), *, group: str | None = None, base: str | None = None, seeds: int = 1,
@@ -118,10 +122,12 @@ def plan(names: Sequence[str] = (), *, group: str | None = None, base: str | Non
         raise GridError(f"{'group ' + group if group else ', '.join(names)}: every entry equals the base {base!r} "
                         "under it; nothing to compare")
     profile = data_profile(resolve_data(data), profile)
-    first = registry.resolve(base, overrides, base=base, profile=profile)[0].train.seed
+    configs = {e: registry.resolve(e, overrides, base=base, profile=profile)[0] for e in [base, *members]}
+    first = configs[base].train.seed
     name = study or f"{group or '+'.join(members)}@{base}-{seeds}seeds"
     return GridSpec(study=name, base=base, members=members, seeds=[first + i for i in range(seeds)], group=group,
-                    overrides=list(overrides), profile=profile, data=data, **settings)
+                    overrides=list(overrides), profile=profile, data=data,
+                    configs={e: config.to_dict(cfg) for e, cfg in configs.items()}, **settings)
 
 
 # --- cells and their states --------------------------------------------------------------------------------------
@@ -200,11 +206,31 @@ def _existing_parent(study: optuna.Study, spec: GridSpec) -> str:
             raise GridError(f"study {spec.study!r} has no MLflow parent run after {PARENT_WAIT_S} s (its creator "
                             "died before making it?); delete the study or pick another --study name")
         time.sleep(1)
-    stored = study.user_attrs.get(GRID_ATTR)
-    if stored != spec.grid():
-        raise GridError(f"study {spec.study!r} holds another grid ({json.dumps(stored)}); expected "
-                        f"{json.dumps(spec.grid())}: pick another --study name for this grid")
+    stored, mine = study.user_attrs.get(GRID_ATTR) or {}, spec.grid()
+    if "configs" not in stored:  # a study made before configs were stored: its cells, not their configs
+        mine.pop("configs")
+    cells = {k: v for k, v in stored.items() if k != "configs"}
+    if cells != {k: v for k, v in mine.items() if k != "configs"}:
+        grid = {k: v for k, v in mine.items() if k != "configs"}
+        raise GridError(f"study {spec.study!r} holds another grid ({json.dumps(cells)}); expected "
+                        f"{json.dumps(grid)}: pick another --study name for this grid")
+    if stored.get("configs", {}) != mine.get("configs", {}):
+        raise GridError(f"study {spec.study!r}: {_config_change(stored['configs'], mine['configs'])} since the study "
+                        "was made (registry or --set edited?); its cells must share one config per entry: restore "
+                        "it, or pick another --study name")
     return study.user_attrs[PARENT_ATTR]
+
+
+def _config_change(stored: dict, now: dict) -> str:
+    """The first difference between two {entry: config dict} maps, as "entry E: section.key was A, now B"."""
+    for entry in stored.keys() | now.keys():
+        old, new = stored.get(entry, {}), now.get(entry, {})
+        for section in sorted(old.keys() | new.keys()):
+            for key in sorted(old.get(section, {}).keys() | new.get(section, {}).keys()):
+                a, b = old.get(section, {}).get(key, "<absent>"), new.get(section, {}).get(key, "<absent>")
+                if a != b:
+                    return f"entry {entry}: {section}.{key} was {a!r}, now {b!r}"
+    return "the entries' configs changed"
 
 
 def _create_parent_run(spec: GridSpec) -> str:
@@ -227,12 +253,13 @@ class _CellObjective:
 
     spec: GridSpec
     configs: dict
+    tags: dict  # entry -> its cell_tags, fixed when the worker starts
     corpus: object
     parent_run_id: str
     ran: list = field(default_factory=list)  # numbers of the trials this worker trained
 
     def __call__(self, trial: optuna.Trial) -> float:
-        from argbench.experiments.runner import cell_tags, train_seed
+        from argbench.experiments.runner import train_seed
 
         entry = trial.suggest_categorical("entry", self.spec.entries)
         seed = trial.suggest_categorical("seed", self.spec.seeds)
@@ -243,7 +270,7 @@ class _CellObjective:
         self.ran.append(trial.number)
         record_trial(trial)  # host and pid: a worker killed here is found dead at once by the next command
         cfg = config.replace(self.configs[entry], **{"train.seed": seed})
-        tags = {**cell_tags(entry, self.spec.base, self.spec.profile), "entry": entry, "seed": seed,
+        tags = {**self.tags[entry], "entry": entry, "seed": seed,
                 "study": self.spec.study, "trial.number": trial.number}
         result = train_seed(registry.run_name(entry, self.spec.base), cfg, self.corpus, tags, None,
                             experiment=self.spec.experiment, tracking_uri=self.spec.tracking_uri, hooks=(),
@@ -268,15 +295,17 @@ def work(spec: GridSpec, threads: int | None = None) -> list[int]:
     Loads the corpus and resolves the entries' configs once. A cell that fails with an error (not a dead worker)
     is queued again at most once per call, so a cell that always fails cannot loop forever."""
     from argbench.data.corpus import load_corpus, resolve_data
+    from argbench.experiments.runner import cell_tags
 
-    extra = [f"train.num_threads={threads}"] if threads else []
-    configs = {e: registry.resolve(e, [*extra, *spec.overrides], base=spec.base, profile=spec.profile)[0]
-               for e in spec.entries}
+    configs = {e: config.from_dict(spec.configs[e], f"study {spec.study} entry {e}") for e in spec.entries}
+    if threads and not any(o.startswith("train.num_threads=") for o in spec.overrides):  # --set wins
+        configs = {e: config.replace(cfg, **{"train.num_threads": threads}) for e, cfg in configs.items()}
+    tags = {e: cell_tags(e, spec.base, spec.profile) for e in spec.entries}
     corpus = load_corpus(resolve_data(spec.data))
     storage = _storage(spec)
     try:
         study, parent = open_study(spec, storage)
-        objective = _CellObjective(spec, configs, corpus, parent)
+        objective = _CellObjective(spec, configs, tags, corpus, parent)
         requeued: set = set()
         while True:
             _close_stale(spec, study, storage)  # a dead worker's cell: FAIL, its run KILLED, queued again below
@@ -446,4 +475,5 @@ def spec_of_study(name: str, *, storage: str | None = None, **settings) -> GridS
         raise GridError(f"study {name!r} was not made by `argbench study` (it has no grid)")
     entries = stored["entries"]
     return GridSpec(study=name, base=entries[0], members=entries[1:], seeds=stored["seeds"],
-                    overrides=stored["overrides"], profile=stored["profile"], storage=storage, **settings)
+                    overrides=stored["overrides"], profile=stored["profile"], storage=storage,
+                    configs=stored.get("configs", {}), **settings)

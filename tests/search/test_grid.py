@@ -188,6 +188,35 @@ def test_report_reads_the_grid_from_the_study_and_another_grid_is_refused(two_jo
     assert code == 2 and "holds another grid" in capsys.readouterr().err
 
 
+def test_an_entry_edited_after_the_study_was_made_is_refused_naming_the_key(tmp_path, monkeypatch):
+    # The study stores every entry's resolved config: cells run that, and a later start whose registry resolves
+    # otherwise stops before training anything (exit 2), so one study never mixes two configs under one name.
+    import shutil
+
+    from argbench import paths
+    from argbench.experiments import registry
+
+    folder = tmp_path / "registry"
+    shutil.copytree(paths.packaged_ablations() / "profiles", folder / "profiles")
+    shutil.copy(paths.packaged_ablations() / "base.yaml", folder / "base.yaml")
+    (folder / "b.yaml").write_text("group: g\nquestion: base?\nmodel:\n  pooling: mean\n")
+    (folder / "m.yaml").write_text("group: g\nquestion: member?\nmodel:\n  relu: true\n")
+    monkeypatch.setenv(registry.ENV_VAR, str(folder))
+    settings = dict(base="b", seeds=1, overrides=TINY, data="sample", experiment=EXPERIMENT,
+                    storage=f"sqlite:///{tmp_path / 'optuna.db'}", tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    spec = grid.plan(["m"], **settings)
+    assert spec.configs["m"]["model"]["relu"] is True and spec.configs["b"]["model"]["relu"] is False
+    storage = optuna.storages.RDBStorage(storage_url(spec.storage))
+    try:
+        grid.open_study(spec, storage)
+        grid.open_study(grid.plan(["m"], **settings), storage)  # unchanged: joins the study
+        (folder / "m.yaml").write_text("group: g\nquestion: member?\nmodel:\n  relu: true\n  layernorm: true\n")
+        with pytest.raises(grid.GridError, match=r"entry m: model\.layernorm was False, now True since the study"):
+            grid.open_study(grid.plan(["m"], **settings), storage)
+    finally:
+        storage.engine.dispose()
+
+
 # --- a worker killed mid-cell --------------------------------------------------------------------------------------
 
 @pytest.mark.slow
