@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """``argbench bench``: exit 1 when a correctness check disagreed, 2 on bad options."""
-    opts = {k: v for k, v in vars(args).items() if k not in ("benches", "json", "func")}
+    opts = {k: v for k, v in vars(args).items() if k not in ("benches", "json", "func", "debug")}
     try:
         return run(args.benches, args.json, **opts)
     except (ValueError, ImportError) as err:

@@ -1,6 +1,7 @@
 """The benchmarks as correctness checks: each runs both contenders on the sample corpus or small inputs and the two
 agree; timings are not checked."""
 
+import json
 import time
 
 import numpy as np
@@ -132,6 +133,15 @@ def test_random_negatives_are_never_the_pairs_own_arguments(sample_corpus):
 
     assert not np.any(negatives == split.points_idx) and not np.any(negatives == split.counters_idx)
     assert negatives.min() >= 0 and negatives.max() < len(split.args)
+
+
+def test_the_command_line_runs_a_benchmark_as_json(capsys):
+    # every global flag (--debug) stays out of the benchmarks' options
+    from argbench import cli
+
+    assert cli.main(["bench", "mining", "--ns", "300", "--repeats", "1", "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)["mining"]
+    assert row["agree"] is True and row["case"].startswith("N=300")
 
 
 def test_runner_rejects_unknown_benchmarks_and_options():
