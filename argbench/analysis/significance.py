@@ -270,5 +270,5 @@ def table_figure(result: dict) -> go.Figure:
     columns = [list(column) for column in zip(*rows)] if rows else [[] for _ in header]
     missing = f"; no FINISHED run: {', '.join(result['missing'])}" if result["missing"] else ""
     return go.Figure(go.Table(header={"values": header}, cells={"values": columns})).update_layout(
-        title=f"{result['group']}: {result['metric']} on {result['split']} vs {result['baseline']} "
-              f"(* = p_holm < {ALPHA}){missing}", height=260 + 25 * len(rows))
+        title=f"{result['group']}: {result['metric']} on {result['split']}, {result.get('view', 'official')} view, "
+              f"vs {result['baseline']} (* = p_holm < {ALPHA}){missing}", height=260 + 25 * len(rows))

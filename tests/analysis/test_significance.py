@@ -120,7 +120,9 @@ def test_format_table_and_figures(planted):
     assert relu.error_y.arrayminus[1] == pytest.approx(row["delta"] - row["ci"][0])
     assert list(relu.marker.symbol) == ["circle", "star"]
     assert [(s.y0, s.y1) for s in fig.layout.shapes] == [(0, 0)]  # the zero line
-    table = significance.table_figure(result).data[0]
+    figure = significance.table_figure(result)
+    table = figure.data[0]
+    assert "official view" in figure.layout.title.text  # the HTML page says which view it shows
     assert list(table.cells.values[0]) == ["with_layernorm"] * 2 + ["with_relu"] * 2
     assert list(table.cells.values[-1]) == ["", "", "", "*"]
 
