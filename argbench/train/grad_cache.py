@@ -83,6 +83,8 @@ def cached_step(model: BiEncoder, anchor: Batch, positive: Batch, negative: Batc
     def backward() -> None:
         parts["total"].backward()
         for (_, encoder), pieces, leaf in zip(sides, saved, leaves):
+            if leaf.grad is None:  # the loss does not use this side (e.g. negatives with only the in-batch term)
+                continue
             start = 0
             for chunk, state in pieces:
                 rows = len(chunk[0])

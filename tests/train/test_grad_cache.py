@@ -8,7 +8,7 @@ import torch
 from argbench.config import LossConfig, load_config
 from argbench.model.bi_encoder import build_model
 from argbench.model.encoders import encode
-from argbench.model.loss import combined_loss
+from argbench.model.loss import combined_loss, in_batch
 from argbench.train.grad_cache import cached_step
 
 LOSS = LossConfig(in_batch_weight=1.0, in_batch_symmetric=True)
@@ -77,4 +77,21 @@ def test_with_dropout_the_second_forward_replays_the_first_ones_masks():
     after_forward = torch.get_rng_state()
     backward()
     assert torch.equal(torch.get_rng_state(), after_forward)  # the replay leaves the random stream where it was
+    assert_same_grads(expected, grads(model))
+
+
+
+def test_a_side_the_loss_does_not_use_is_skipped_and_the_rest_still_matches():
+    # A loss of anchors and positives only: the negatives' leaf gets no gradient at all (None), which the cache
+    # must pass over rather than fail on.
+    def without_negatives(out):
+        return {"total": in_batch(out.anchor.emb, out.positive.emb, 0.05)}
+
+    model, batches = model_and_batches("separate")
+    model.eval()
+    without_negatives(model(*batches))["total"].backward()
+    expected = grads(model)
+    model.zero_grad(set_to_none=True)
+    _, backward = cached_step(model, *batches, 4, without_negatives)
+    backward()
     assert_same_grads(expected, grads(model))
