@@ -2,10 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from argbench.data.corpus import load_corpus
 from argbench.data.tasks import TASKS
 from argbench.eval.evaluate import Evaluation, evaluate, ranks_from_scores, summarise
-from tests.factories import write_pairs, write_small_corpus
 
 
 def test_rank_counts_ties_against_the_true_candidate():
@@ -57,14 +55,6 @@ def test_flat_names_every_view_and_the_rerank_in_mlflows_spelling():
         "test/rerank/acc_at_1": 0.5})
     plain = Evaluation(metrics={"epa": summarise(ranks)}, ranks={"epa": ranks}).flat("val")
     assert set(plain) == {f"val/epa/{m}" for m in ("acc_at_1", "acc_at_3", "acc_at_5", "acc_at_10", "mrr")}
-
-
-@pytest.fixture(scope="module")
-def split(tmp_path_factory):
-    root = tmp_path_factory.mktemp("corpus")
-    write_small_corpus(root)
-    write_pairs(root, "test", {("t1", "d1"): {"pro": 5}, ("t3", "d9"): {"con": 4}})
-    return load_corpus(root).split("test")
 
 
 def brute_force_ranks(split, q_scores, task):
