@@ -1,6 +1,6 @@
 """Typed, frozen configuration of one training run, read from YAML with dotted overrides.
 
-A `Config` has six sections (data, model, loss, negatives, train, eval); each field carries its type (the
+A `Config` has seven sections (data, model, loss, negatives, train, eval, reranker); each field carries its type (the
 annotation), its default (the original research recipe, see docs/research-protocol.md), a one-line help string and
 any allowed choices or bounds in its metadata. Validation is driven by that metadata alone: constructing a section
 coerces and checks every field, and `Config` then checks the rules that span fields. So a bad value fails while the
@@ -27,6 +27,7 @@ import yaml
 from argbench.errors import UserError
 
 SPLITS = ("training", "validation", "test")
+TASK_NAMES = ("sdoc", "sdoa", "sdc", "sda", "stc", "sta", "epc", "epa")  # the eight tasks (argbench.data.tasks)
 
 
 class ConfigError(UserError):
@@ -181,7 +182,7 @@ def metric_name(name: str) -> str:
 
 @dataclass(frozen=True)
 class EvalConfig(_Section):
-    """Retrieval distance, the metric that picks the best epoch, and the classifier's rerank depth."""
+    """Retrieval distance, the metric that picks the best epoch, and the second stage that reranks the top."""
 
     section: ClassVar[str] = "eval"
     metric: str = option("euclidean", "retrieval distance on the retrieval embedding",
@@ -192,11 +193,35 @@ class EvalConfig(_Section):
     every: int = option(1, "evaluate every this many epochs", min=1)
     at_start: bool = option(True, "evaluate the untrained model at epoch 0 (false saves one evaluation per run; "
                                   "the curve then starts at epoch 1)")
-    rerank_depth: int = option(10, "candidates reranked by the pair classifier", min=1)
+    rerank_depth: int = option(10, "candidates reranked per query (and per task) by the second stage", min=1)
+    rerank: str = option("classifier", "second stage: the pair classifier's P(true pair) over the epa top "
+                                       "(val/rerank/acc_at_1), or a cross-encoder trained after the last epoch "
+                                       "(the reranker section) whose two-stage ranks are logged per task and view "
+                                       "under val/reranked/...", choices=("classifier", "cross_encoder"))
+    rerank_tasks: list[str] = option(list(TASK_NAMES), "tasks the cross-encoder reranks (it scores up to "
+                                                       "rerank_depth pairs per query and task); the others keep "
+                                                       "their first-stage ranks under val/reranked/...",
+                                     choices=TASK_NAMES, min_items=1)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         object.__setattr__(self, "primary", metric_name(self.primary))
+
+
+@dataclass(frozen=True)
+class RerankerConfig(_Section):
+    """The cross-encoder second stage (``eval.rerank: cross_encoder``; argbench.train.reranker): one encoder reads
+    "[CLS] point [SEP] candidate [SEP]" (each side cut to model.max_length) and scores the pair; it is trained after
+    the bi-encoder's last epoch on the pairs trained on, each point against its own counter and its nearest other
+    arguments under the final bi-encoder (copies of its point or counter excluded), softmax over the group."""
+
+    section: ClassVar[str] = "reranker"
+    init: str = option("bi_encoder", "weights the cross-encoder starts from: the trained bi-encoder's (point) "
+                                     "encoder, or model.encoder as packaged", choices=("bi_encoder", "pretrained"))
+    epochs: int = option(1, "passes over the training pairs", min=1)
+    lr: float = option(2.0e-05, "AdamW learning rate", min=0.0, min_exclusive=True)
+    batch_size: int = option(8, "points per step (each with its counter and its negatives)", min=1)
+    negatives: int = option(3, "mined negatives per point", min=1)
 
 
 @dataclass(frozen=True)
@@ -209,6 +234,7 @@ class Config:
     negatives: NegativesConfig = field(default_factory=NegativesConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    reranker: RerankerConfig = field(default_factory=RerankerConfig)
 
     def __post_init__(self) -> None:
         for f in fields(self):

@@ -108,7 +108,7 @@ def test_flatten_keys_and_values():
     assert flat["model.proj_dim"] == 128 and flat["train.head_lr"] is None
     assert flat["data.eval_splits"] == ["validation"]
     sections = {key.split(".")[0] for key in flat}
-    assert sections == {"data", "model", "loss", "negatives", "train", "eval"}
+    assert sections == {"data", "model", "loss", "negatives", "train", "eval", "reranker"}
     assert replace(Config(), **flat) == Config()
 
 

@@ -13,6 +13,11 @@ A *view* (:data:`argbench.data.copies.VIEWS`) picks what is paired: ``official``
 ``rank_dedup`` column (pools without copies of the query); ``unseen`` the ``rank`` of only the rows flagged
 ``unseen`` (queries whose texts do not occur in training). Artifacts logged before the views existed hold only the
 official ranks.
+
+A split key ending in ``/reranked`` (``test/reranked``) pairs the *final* rankings of two-stage systems: a run with
+a cross-encoder second stage (``eval.rerank: cross_encoder``) logged them as ``per_query/test/reranked.csv``; a run
+without one has no second stage, so its final ranking is its first stage's, ``per_query/test.csv``. That is how a
+reranker is compared with the one-stage recipe it was added to.
 """
 
 from __future__ import annotations
@@ -21,11 +26,12 @@ import numpy as np
 import pandas as pd
 
 from argbench.analysis.stats import compare_runs
-from argbench.data.copies import VIEWS
+from argbench.data.copies import RERANKED, VIEWS
 from argbench.data.tasks import TASKS
 from argbench.track.store import RANKS, Store, StoredRun
 
 COLUMNS = ("query", "task", "rank")
+
 DATA_TAG = "data.hash"
 OFFICIAL = "official"
 
@@ -36,7 +42,13 @@ def _read_table(store: Store, run_id: str, split: str, view: str = OFFICIAL) -> 
     """The per-query table of `run_id` for `split` in `view`, checked: the columns of COLUMNS (``rank`` holding the
     view's rank, rows only of the view's queries), one row per (task, query)."""
     artifact = RANKS.format(split=split)
-    frame = store.ranks(run_id, split)
+    try:
+        frame = store.ranks(run_id, split)
+    except FileNotFoundError:
+        if not split.endswith(RERANKED):
+            raise
+        artifact = RANKS.format(split=split.removesuffix(RERANKED))  # one stage: its final ranking is its first
+        frame = store.ranks(run_id, split.removesuffix(RERANKED))
     missing = [c for c in COLUMNS if c not in frame.columns]
     if missing:
         raise ValueError(f"run {run_id}: {artifact} lacks columns {missing}; expected columns {list(COLUMNS)}, "

@@ -9,9 +9,8 @@ import os
 import sys
 from pathlib import Path
 
-from argbench.data.copies import VIEWS
+from argbench.data.copies import RANK_SPLITS, VIEWS
 
-SPLITS = ("test", "val", "train")  # split keys of the per-query ranks argbench.track.tracker logs
 HTML_METRIC = "val/epa/acc_at_1"
 
 def add_commands(sub, data_args, run_args) -> None:
@@ -82,7 +81,9 @@ def add_commands(sub, data_args, run_args) -> None:
 
 
 def _comparison_args(p) -> None:
-    p.add_argument("--split", default="test", choices=SPLITS, help="evaluated split (val = validation)")
+    p.add_argument("--split", default="test", choices=RANK_SPLITS,
+                   help="evaluated split (val = validation); test/reranked pairs final rankings: a cross-encoder's "
+                        "second stage where a run has one, else its first stage")
     p.add_argument("--view", default="official", choices=VIEWS,
                    help="which ranks are paired: official pools; dedup = pools without copies of the query; "
                         "unseen = only queries whose texts do not occur in training (default: official)")

@@ -28,7 +28,8 @@ def add_commands(sub, data_args) -> None:
                     help="the split whose counters are the candidates (default: test)")
     rt.add_argument("--k", type=int, default=5, help="counters shown per text (default: 5)")
     rt.add_argument("--rerank", action="store_true",
-                    help="reorder the nearest max(k, eval.rerank_depth) by the pair classifier")
+                    help="reorder the nearest max(k, eval.rerank_depth) by the run's cross-encoder "
+                         "(eval.rerank: cross_encoder), else its pair classifier")
     rt.add_argument("--cache", type=Path, help="candidate embedding cache (default: mlruns/cache/retrieve)")
     data_args(rt)
     rt.set_defaults(func=cmd_retrieve)

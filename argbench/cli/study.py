@@ -8,6 +8,7 @@ import json
 from argbench.cli.ablation import _quiet_downloads
 from argbench.cli.options import shortcut_overrides
 from argbench.cli.search import add_worker_arguments
+from argbench.data.copies import RANK_SPLITS
 from argbench.search.grid import GridError, plan, report, run_study, spec_of_study
 
 
@@ -25,7 +26,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--study", help="study name (default GROUP@BASE-Nseeds)")
     parser.add_argument("--profile", help="overlay ablations/profiles/PROFILE.yaml (cpu, gpu; default embedded on "
                                           "the sample corpus)")
-    parser.add_argument("--split", default="test", choices=("test", "val"), help="split of the table")
+    parser.add_argument("--split", default="test", choices=[k for k in RANK_SPLITS if k != "train"],
+                        help="split of the table; test/reranked: final rankings (a cross-encoder's second stage where "
+                             "an entry has one, else its first stage)")
     parser.add_argument("--json", action="store_true", help="print the summary and table as JSON on stdout")
     add_worker_arguments(parser, "cell")
 

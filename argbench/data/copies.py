@@ -50,6 +50,10 @@ def copy_group_ids(texts) -> np.ndarray:
                                     signed=True) for t in texts], dtype=np.int64)
 
 
+RERANKED = "/reranked"  # suffix of a split key whose ranks are a second stage's (argbench.train.trainer)
+RANK_SPLITS = ("test", "val", "train", "test" + RERANKED, "val" + RERANKED)  # split keys a comparison can pair
+
+
 def view_key(split_key: str, view: str) -> str:
     """Metrics key of ``view`` for a split key: ``val`` (official), ``val/dedup``, ``val/unseen``."""
     if view not in VIEWS:

@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-TASKS = ("sdoc", "sdoa", "sdc", "sda", "stc", "sta", "epc", "epa")
+from argbench.config import TASK_NAMES as TASKS  # spelled once, where configs check task names against it
 
 
 @dataclass

@@ -4,8 +4,10 @@ The split's counters are the candidates (what the model was trained to find); th
 disk under ``<cache>/<weights digest>-<data hash>-<split>.safetensors``, so later queries embed only themselves. A
 candidate whose text equals the query (whitespace collapsed) is left out: a counter asked about itself is no
 answer. Candidates are ranked by the run's retrieval distance (euclidean, or cosine distance 1 − cos); with
-``rerank`` the nearest ``max(k, eval.rerank_depth)`` are reordered by the pair classifier's P(true pair), as in the
-original protocol. Every hit carries its debate, theme, stance, distance and classifier score (None without one).
+``rerank`` the nearest ``max(k, eval.rerank_depth)`` are reordered by the run's second stage, as in the original
+protocol: its cross-encoder when it trained one (``eval.rerank: cross_encoder``), else the pair classifier's P(true
+pair). Every hit carries its debate, theme, stance, distance, classifier score (None without one) and, with a
+cross-encoder rerank, ``cross_encoder_score``.
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ from safetensors.torch import load_file, save_file
 
 from argbench.data.tasks import SplitData
 from argbench.errors import UserError
+from argbench.model import cross_encoder
 from argbench.model.bi_encoder import Encoded
 from argbench.model.export import ExportedModel
+from argbench.model.tokens import tokenize_texts
 from argbench.paths import mlruns_dir
 
 
@@ -73,8 +77,9 @@ def retrieve(exported: ExportedModel, cands: Candidates, texts: list[str], *, k:
     distance, classifier_score, path}]}``, best first."""
     if k < 1:
         raise UserError(f"--k {k}: expected a positive number of counters")
-    if rerank and exported.model.classifier is None:
-        raise UserError(f"--rerank: the model at {exported.path} has no pair classifier (classifier: false)")
+    if rerank and exported.model.classifier is None and exported.cross_encoder is None:
+        raise UserError(f"--rerank: the model at {exported.path} has no second stage: no pair classifier "
+                        "(classifier: false) and no cross-encoder (eval.rerank: classifier)")
     queries = exported.embed(texts, "point")
     dist = distances(queries.emb, cands.encoded.emb, exported.config.eval.metric)
     args = cands.split.args.iloc[cands.rows.numpy()]
@@ -84,13 +89,16 @@ def retrieve(exported: ExportedModel, cands: Candidates, texts: list[str], *, k:
         dist[i, [j for j, t in enumerate(same_text) if t == query]] = float("inf")
     depth = min(max(k, exported.config.eval.rerank_depth) if rerank else k, dist.shape[1])
     nearest = dist.topk(depth, dim=1, largest=False).indices  # [q, depth], nearest first
-    scores = None
+    scores = cross = None
     if exported.model.classifier is not None:
         scorer = exported.model.pair_scorer(queries, cands.encoded)
         scores = scorer(torch.arange(len(texts)), nearest)
-        if rerank:
-            order = scores.argsort(dim=1, descending=True, stable=True)
-            nearest, scores = nearest.gather(1, order), scores.gather(1, order)
+    if rerank:
+        cross = None if exported.cross_encoder is None else _cross_scores(exported, texts, list(args["text"]), nearest)
+        by = (cross if cross is not None else scores).masked_fill(~dist.gather(1, nearest).isfinite(), float("-inf"))
+        order = by.argsort(dim=1, descending=True, stable=True)
+        nearest = nearest.gather(1, order)
+        scores, cross = (None if x is None else x.gather(1, order) for x in (scores, cross))
     results = []
     for i, text in enumerate(texts):
         hits = []
@@ -101,9 +109,22 @@ def retrieve(exported: ExportedModel, cands: Candidates, texts: list[str], *, k:
             hits.append({"rank": rank, "text": row["text"], "theme": row["theme"], "debate": row["debate"],
                          "stance": row["stance"], "distance": float(dist[i, j]),
                          "classifier_score": None if scores is None else float(scores[i, rank - 1]),
+                         **({} if cross is None else {"cross_encoder_score": float(cross[i, rank - 1])}),
                          "path": row["path"]})
         results.append({"query": text, "counters": hits})
     return results
+
+
+def _cross_scores(exported: ExportedModel, texts: list[str], cand_texts: list[str],
+                  nearest: torch.Tensor) -> torch.Tensor:
+    """[q, depth] cross-encoder scores of (query text i, candidate ``nearest[i, j]``), texts cut to the run's
+    ``model.max_length`` as in training."""
+    chosen = sorted(set(nearest.reshape(-1).tolist()))
+    tok = tokenize_texts(exported.tokenizer, texts + [cand_texts[j] for j in chosen], exported.config.model.max_length)
+    position = {j: len(texts) + n for n, j in enumerate(chosen)}
+    b_rows = torch.tensor([position[j] for j in nearest.reshape(-1).tolist()]).numpy()
+    a_rows = torch.arange(len(texts)).repeat_interleave(nearest.shape[1]).numpy()
+    return cross_encoder.scorer(exported.cross_encoder, tok)(a_rows, b_rows).reshape(nearest.shape)
 
 
 def _collapsed(text: str) -> str:

@@ -21,7 +21,9 @@ With ``sharing: separate`` the folder holds one ``Router`` with two routes: ``qu
 the arguments you want countered with ``encode_query``) and ``document`` = the candidate encoder (the counters,
 ``encode_document``; plain ``encode`` uses it too). Beside the modules, ``argbench/`` holds ``run.json`` (the run's
 config, data source and hash, final metrics, which route is which) and ``pair_classifier.safetensors``; README.md
-is the model card.
+is the model card. A run trained with ``eval.rerank: cross_encoder`` also has ``cross_encoder/``, a standard
+cross-encoder folder (:mod:`argbench.model.cross_encoder`: ``AutoModelForSequenceClassification`` or
+sentence-transformers' ``CrossEncoder`` load it) that ``argbench retrieve --rerank`` uses.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from argbench.config import Config, from_dict, load_config, to_dict
 from argbench.data.tasks import TASKS, SplitData
 from argbench.errors import UserError
 from argbench.model.bi_encoder import BiEncoder, Encoded, build_model
+from argbench.model.cross_encoder import build_cross_encoder
 from argbench.model.encoders import embed
 from argbench.model.tokens import tokenize_texts
 from argbench.train import checkpoint
@@ -48,6 +51,7 @@ from argbench.train import checkpoint
 ARGBENCH_DIR = "argbench"  # argbench's files inside an export folder
 RUN_FILE = "run.json"
 CLASSIFIER_FILE = "pair_classifier.safetensors"
+CROSS_ENCODER_DIR = "cross_encoder"  # the second stage of a run with eval.rerank: cross_encoder
 DATA_FILE = "data.json"  # written by the trainer into a run folder: the corpus source and hash
 FORMAT = 1
 ROUTES = {"point": "query", "candidate": "document"}  # argbench side -> sentence-transformers task
@@ -61,7 +65,7 @@ class ExportError(UserError):
 class TrainedRun:
     """A run folder's final model, read back: the network with its last checkpoint's weights, its tokenizer and
     config, the per-epoch metrics and the corpus it was trained on (``data`` {source, hash}; "unknown" when the
-    folder predates ``data.json``)."""
+    folder predates ``data.json``), and its cross-encoder (``reranker``; None unless the run trained one)."""
 
     path: Path
     model: BiEncoder
@@ -70,6 +74,7 @@ class TrainedRun:
     history: list[dict]
     data: dict
     mlflow_run_id: str | None
+    reranker: nn.Module | None = None
 
 
 def load_run_dir(run_dir: str | Path) -> TrainedRun:
@@ -82,12 +87,16 @@ def load_run_dir(run_dir: str | Path) -> TrainedRun:
     model, tokenizer = build_model(cfg.model)
     state = checkpoint.load(run_dir, model, torch.device("cpu"))
     model.eval()
+    reranker = build_cross_encoder(model.point_encoder) if cfg.eval.rerank == "cross_encoder" else None
+    if reranker is not None and not checkpoint.load_extra(run_dir, checkpoint.RERANKER, reranker):
+        reranker = None  # stopped before the last epoch: no second stage yet
     history = [json.loads(row) for row in state["history"]]
     data_file = run_dir / DATA_FILE
     data = json.loads(data_file.read_text()) if data_file.is_file() else {"source": "unknown", "hash": "unknown"}
     run_id_file = run_dir / "mlflow_run_id"
     run_id = (run_id_file.read_text().strip() or None) if run_id_file.is_file() else None
-    return TrainedRun(run_dir, model, tokenizer, cfg, history, data, run_id)
+    return TrainedRun(run_dir, model, tokenizer, cfg, history, data, run_id,
+                      reranker.eval() if reranker is not None else None)
 
 
 # --- argbench -> sentence-transformers ---------------------------------------------------------------------------
@@ -165,6 +174,9 @@ def export_run(run: TrainedRun | str | Path, out: str | Path) -> Path:
     if run.model.classifier is not None:
         save_file({k: v.detach().contiguous() for k, v in run.model.classifier.state_dict().items()},
                   tmp / ARGBENCH_DIR / CLASSIFIER_FILE)
+    if run.reranker is not None:
+        run.reranker.save_pretrained(tmp / CROSS_ENCODER_DIR)
+        run.tokenizer.save_pretrained(tmp / CROSS_ENCODER_DIR)
     info = _run_info(run, weights_digest(tmp))
     (tmp / ARGBENCH_DIR / RUN_FILE).write_text(json.dumps(info, indent=2) + "\n")
     (tmp / "README.md").write_text(model_card(info))
@@ -280,7 +292,8 @@ def is_export(path: str | Path) -> bool:
 class ExportedModel:
     """An export folder loaded: ``st`` (the SentenceTransformer) and ``model``, argbench's network rebuilt around
     the same modules (its encoders are ``st``'s transformers, its head ``st``'s Dense/LayerNorm layers, plus the
-    pair classifier), for the pooled vectors and classifier scores that sentence-transformers does not compute."""
+    pair classifier), for the pooled vectors and classifier scores that sentence-transformers does not compute;
+    ``cross_encoder`` the run's second stage (None when it trained none)."""
 
     path: Path
     st: object
@@ -288,6 +301,7 @@ class ExportedModel:
     tokenizer: object
     config: Config
     info: dict
+    cross_encoder: nn.Module | None = None
 
     def embed(self, texts: list[str], side: str, *, batch_size: int = 64) -> Encoded:
         """``emb`` [n, d] from sentence-transformers (``side`` "point" = query route, "candidate" = document
@@ -324,7 +338,13 @@ def load_export(path: str | Path) -> ExportedModel:
     model.head = _head(routes["point"][2 + (cfg.model.pooling == "pooler"):])
     if model.classifier is not None:
         model.classifier.load_state_dict(load_file(path / ARGBENCH_DIR / CLASSIFIER_FILE))
-    return ExportedModel(path, st, model.eval(), routes["point"][0].tokenizer, cfg, info)
+    cross = None
+    if (path / CROSS_ENCODER_DIR).is_dir():
+        from transformers import AutoModelForSequenceClassification
+
+        cross = AutoModelForSequenceClassification.from_pretrained(path / CROSS_ENCODER_DIR, local_files_only=True)
+    return ExportedModel(path, st, model.eval(), routes["point"][0].tokenizer, cfg, info,
+                         cross.eval() if cross is not None else None)
 
 
 def _head(modules: list[nn.Module]) -> nn.Sequential:

@@ -31,6 +31,7 @@ from argbench.errors import RunError, UserError
 
 DIRNAME = "checkpoint"
 MODEL, STATE, CONFIG, CHECKSUMS = "model.safetensors", "state.pt", "config.yaml", "checksums.json"
+RERANKER = "reranker"  # extra module of a run with eval.rerank: cross_encoder, saved as reranker.safetensors
 # Keys that may differ between the sessions of one run: how long, where and how fast it trains, where the corpus is.
 RESUMABLE_KEYS = frozenset({"train.epochs", "train.device", "train.precision", "train.embed_batch_size",
                             "train.num_threads", "data.path"})
@@ -66,8 +67,10 @@ def restore_rng(state: dict, np_rng: np.random.Generator, miner: torch.Generator
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save(run_dir: Path, model: torch.nn.Module, state: dict, config: Config | None = None) -> Path:
-    """Write ``model``, ``state`` and ``config`` atomically to ``run_dir/checkpoint``, with their checksums."""
+def save(run_dir: Path, model: torch.nn.Module, state: dict, config: Config | None = None,
+         extra: dict[str, torch.nn.Module] | None = None) -> Path:
+    """Write ``model``, ``state``, ``config`` and each ``extra`` module (as ``<name>.safetensors``) atomically to
+    ``run_dir/checkpoint``, with their checksums."""
     final = run_dir / DIRNAME
     tmp = run_dir / (DIRNAME + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -75,6 +78,8 @@ def save(run_dir: Path, model: torch.nn.Module, state: dict, config: Config | No
         tmp.mkdir(parents=True)
         save_model(model, str(tmp / MODEL))
         torch.save(state, tmp / STATE)
+        for name, module in (extra or {}).items():
+            save_model(module, str(tmp / f"{name}.safetensors"))
         if config is not None:
             (tmp / CONFIG).write_text(to_yaml(config))
         _write_checksums(tmp)  # last: a folder with this file was written whole
@@ -211,6 +216,19 @@ def load(run_dir: Path, model: torch.nn.Module, device: torch.device, config: Co
         return torch.load(folder / STATE, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001
         raise CheckpointError(f"{folder / STATE}: cannot be read ({_first_line(err)})") from err
+
+
+def load_extra(run_dir: Path, name: str, module: torch.nn.Module) -> bool:
+    """Load the verified checkpoint's ``<name>.safetensors`` into ``module``; False when the checkpoint has none."""
+    folder = verify(run_dir)
+    path = folder / f"{name}.safetensors"
+    if not path.is_file():
+        return False
+    try:
+        load_model(module, str(path))
+    except Exception as err:  # noqa: BLE001
+        raise CheckpointError(f"{path}: cannot be loaded into this model ({_first_line(err)})") from err
+    return True
 
 
 def _first_line(err: Exception) -> str:

@@ -48,6 +48,8 @@ from argbench.data.corpus import Corpus
 from argbench.data.tasks import SplitData, build_split
 from argbench.errors import RunError, UserError
 from argbench.eval.evaluate import evaluate
+from argbench.eval.rerank import rerank
+from argbench.model import cross_encoder
 from argbench.model.bi_encoder import BiEncoder, Encoded, build_model
 from argbench.model.encoders import embed, hidden_size
 from argbench.model.loss import combined_loss
@@ -56,6 +58,7 @@ from argbench.train import checkpoint
 from argbench.train.distributed import Runtime, broadcast_flag, mean_over_ranks, setup, shard, teardown
 from argbench.train.grad_cache import cached_step
 from argbench.train.negatives import mine
+from argbench.train.reranker import fit_cross_encoder, training_groups
 from argbench.train.schedule import schedule_from_config
 
 SPLIT_KEYS = {"training": "train", "validation": "val", "test": "test"}
@@ -119,6 +122,8 @@ class Trainer:
         self.ddp_model = _wrap_ddp(self.model, runtime, cfg.model.pooling)
         self.history: list[dict] = []
         self.frozen_outputs: dict[tuple[str, str], tuple[torch.Tensor, np.ndarray]] = {}
+        self.first_stage: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # split key -> last (query, cand) emb
+        self.reranker: torch.nn.Module | None = None  # the cross-encoder, once trained (eval.rerank)
         self.info = {"config": cfg, "corpus": corpus,
                      "data.source": corpus.source.describe(), "data.hash": corpus.hash,
                      "device": str(runtime.device), "world_size": runtime.world_size,
@@ -176,6 +181,9 @@ class Trainer:
                 evaluation = self._evaluate(key, split)
                 metrics.update(evaluation.flat(key))
                 self._call("on_evaluation", epoch, key, evaluation)
+        if (epoch == self.cfg.train.epochs and self.cfg.eval.rerank == "cross_encoder" and self.runtime.is_main
+                and self._evaluates(epoch)):
+            metrics.update(self._second_stage(epoch))
         metrics["perf/epoch_seconds"] = time.perf_counter() - t0
         return metrics
 
@@ -185,7 +193,8 @@ class Trainer:
             state = {"epoch": epoch, "optimizer": self.optimizer.state_dict(),
                      "rng": checkpoint.rng_state(self.np_rng, self.miner_rng),
                      "history": [json.dumps(m) for m in self.history]}
-            checkpoint.save(self.out_dir, self.model, state, self.cfg)
+            checkpoint.save(self.out_dir, self.model, state, self.cfg,
+                            extra={checkpoint.RERANKER: self.reranker} if self.reranker is not None else None)
             with open(self.out_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(metrics) + "\n")
         stop = any(self._call("on_epoch_end", epoch, metrics)) if self.runtime.is_main else False
@@ -262,6 +271,27 @@ class Trainer:
             bar.set_postfix(loss=f"{sums['total'] / step:.4f}")
         return mean_over_ranks({k: v / max(len(batches), 1) for k, v in sums.items()}, self.runtime)
 
+    def _second_stage(self, epoch: int) -> dict:
+        """After the last epoch: train the cross-encoder (:mod:`argbench.train.reranker`) and evaluate every split
+        two-stage (:mod:`argbench.eval.rerank`) under ``{key}/reranked/...``; also ``train/rerank_loss`` and
+        ``perf/rerank_{train,eval}_seconds``. Main process only (the others wait at the epoch's end)."""
+        tok, device = self.tokens["train"], self.runtime.device
+        groups = training_groups(self.train_split, self.pairs, lambda rows, side: self._embed(tok, rows, side).emb,
+                                 self.cfg.reranker.negatives, self.cfg.eval.metric)
+        self.reranker, metrics = fit_cross_encoder(self.cfg, self.model.point_encoder, tok, *groups,
+                                                   seed=self.cfg.train.seed, device=device, autocast=self._autocast,
+                                                   progress=self.progress)
+        t0 = time.perf_counter()
+        for key, split in self.eval_splits.items():
+            score = cross_encoder.scorer(self.reranker, self.tokens[key], batch_size=self.cfg.train.embed_batch_size,
+                                         device=device, autocast_dtype=self.runtime.autocast_dtype)
+            evaluation = rerank(split, *self.first_stage[key], score, metric=self.cfg.eval.metric,
+                                depth=self.cfg.eval.rerank_depth, reranked=self.cfg.eval.rerank_tasks)
+            metrics.update(evaluation.flat(f"{key}/reranked"))
+            self._call("on_evaluation", epoch, f"{key}/reranked", evaluation)
+        metrics["perf/rerank_eval_seconds"] = time.perf_counter() - t0
+        return metrics
+
     def _in_batch_masks(self, anchor_groups: np.ndarray, positive_groups: np.ndarray) -> tuple:
         """The in-batch copy masks the loss needs: (points -> counters, counters -> points), None where unused."""
         loss = self.cfg.loss
@@ -278,6 +308,8 @@ class Trainer:
             queries = Encoded(candidates.pooled[split.query_idx], candidates.emb[split.query_idx])
         else:
             queries = self._embed(tok, split.query_idx, "point")
+        if self.cfg.eval.rerank == "cross_encoder":
+            self.first_stage[key] = (queries.emb, candidates.emb)
         scorer = self.model.pair_scorer(queries, candidates) if self.model.classifier else None
         return evaluate(split, queries.emb, candidates.emb, metric=self.cfg.eval.metric, scorer=scorer,
                         rerank_depth=self.cfg.eval.rerank_depth)

@@ -8,6 +8,7 @@ import json
 from types import SimpleNamespace
 
 import numpy as np
+import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
@@ -187,3 +188,20 @@ def test_a_view_the_artifact_lacks_is_named(tracking, tmp_path):
         log_run(client, exp, name, {"epa": np.ones(N)}, tmp_dir=tmp_path)  # official ranks only (older runs)
     with pytest.raises(ValueError, match="no column 'rank_dedup'.*--view official"):
         compare("a", "b", experiment=exp, tracking_uri=client.tracking_uri, view="dedup", **STATS)
+
+
+def test_reranked_split_pairs_final_rankings_a_one_stage_run_counting_its_first_stage(tracking, tmp_path):
+    client, exp = tracking
+    a, b = planted()
+    log_run(client, exp, "one_stage", {"epa": a}, tmp_dir=tmp_path)
+    two = log_run(client, exp, "two_stage", {"epa": np.full(N, 3)}, tmp_dir=tmp_path)  # its first stage: rank 3
+    second = tmp_path / "second" / "per_query" / "test" / "reranked.csv"
+    second.parent.mkdir(parents=True)
+    pd.DataFrame({"epoch": 1, "query": np.arange(N), "task": "epa", "rank": b}).to_csv(second, index=False)
+    client.log_artifact(two, str(second), artifact_path="per_query/test")
+    final = compare("one_stage", "two_stage", split="test/reranked", experiment=exp,
+                    tracking_uri=client.tracking_uri, **STATS)["tasks"]["epa"]["acc@1"]
+    assert (final["a"], final["b"]) == pytest.approx((40 / N, 70 / N))
+    first = compare("one_stage", "two_stage", experiment=exp, tracking_uri=client.tracking_uri,
+                    **STATS)["tasks"]["epa"]["acc@1"]
+    assert (first["a"], first["b"]) == pytest.approx((40 / N, 0.0))

@@ -24,7 +24,7 @@ REQUIRED = {
     "frozen_encoder": "training", "no_classifier": "training",
     "learning_recipe": "recipe", "learning_recipe_in_batch": "recipe",
     "length_256": "recipe", "symmetric_in_batch": "recipe", "positive_aware_mining": "recipe",
-    "gradient_cache": "recipe",
+    "gradient_cache": "recipe", "cross_encoder_rerank": "recipe",
     "leaky_training": "data", "mining_keeps_copies": "data",
 }
 ALIASES = {"shared_encoder", "concatenated", "proj_128", "without_layernorm_relu"}
