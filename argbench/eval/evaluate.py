@@ -109,7 +109,7 @@ def _l2_rows(m):
 
 def ranks_from_scores(score: torch.Tensor, pool: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
     """1-based rank of ``positive[i]`` among the candidates ``pool[i]`` under ``score[i]`` (ties count against it)."""
-    return _ranks(at_least_true(score, positive), pool, positive)
+    return ranks_in_pool(at_least_true(score, positive), pool, positive)
 
 
 def at_least_true(score: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
@@ -122,7 +122,7 @@ def at_least_true(score: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
     return at_least
 
 
-def _ranks(at_least: torch.Tensor, pool: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
+def ranks_in_pool(at_least: torch.Tensor, pool: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
     """1 + the candidates in ``pool`` other than the positive that score at least as well as it."""
     competing = at_least & pool
     itself = competing.gather(1, positive[:, None]).squeeze(1)  # the positive, when in the pool (not NaN)
@@ -179,7 +179,7 @@ def evaluate(
         with_copies = copies.any(1).nonzero().squeeze(1)  # few rows: only they can rank differently
         for task in tasks:
             pool = split.pool(task)[rows]
-            official = _ranks(at_least, pool, positive[rows])
+            official = ranks_in_pool(at_least, pool, positive[rows])
             ranks[task].append(official)
             dedup[task].append(official.index_put((with_copies,), official[with_copies] - row_counts(
                 at_least[with_copies] & pool[with_copies] & copies[with_copies])))

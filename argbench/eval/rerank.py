@@ -20,7 +20,7 @@ import torch
 
 from argbench.data.copies import query_copy_mask
 from argbench.data.tasks import TASKS, SplitData
-from argbench.eval.evaluate import Evaluation, at_least_true, row_counts, scores, summarise
+from argbench.eval.evaluate import Evaluation, at_least_true, ranks_in_pool, row_counts, scores, summarise
 
 PairScorer = Callable[[np.ndarray, np.ndarray], torch.Tensor]
 """``pair_score(query_rows [m], candidate_rows [m]) -> [m]`` float32: a pair model's score of (argument
@@ -44,6 +44,7 @@ def rerank(split: SplitData, query_emb: torch.Tensor, cand_emb: torch.Tensor, pa
     for start in range(0, len(split.query_idx), chunk):
         rows = slice(start, start + chunk)
         score = scores(query_emb[rows], cand_emb, metric)
+        at_least = at_least_true(score, positive[rows])  # the same for every pool of the chunk
         copies = query_copy_mask(split, rows)
         pools = [(task, kind, split.pool(task)[rows]) for task in tasks for kind in ("official", "dedup")]
         pools = [(task, kind, pool & ~copies if kind == "dedup" else pool) for task, kind, pool in pools]
@@ -52,7 +53,7 @@ def rerank(split: SplitData, query_emb: torch.Tensor, cand_emb: torch.Tensor, pa
         second = dict(zip([(task, kind) for task, kind, _ in staged],
                           zip(tops, _second_stage(split, rows, positive[rows], tops, pair_score))))
         for task, kind, pool in pools:
-            ranks = _first_stage_ranks(score, pool, positive[rows])
+            ranks = ranks_in_pool(at_least, pool, positive[rows])
             if (task, kind) in second:
                 (top, valid), pair = second[task, kind]
                 ranks = _reranked(ranks, top, valid, pair, positive[rows])
@@ -70,11 +71,6 @@ def _top(score: torch.Tensor, pool: torch.Tensor, depth: int) -> tuple[torch.Ten
     masked = score.masked_fill(~pool, float("-inf"))
     top = masked.topk(width, dim=1).indices
     return top, pool.gather(1, top)
-
-
-def _first_stage_ranks(score: torch.Tensor, pool: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
-    competing = at_least_true(score, positive) & pool
-    return 1 + row_counts(competing).long() - competing.gather(1, positive[:, None]).squeeze(1).long()
 
 
 def _second_stage(split: SplitData, rows: slice, positive: torch.Tensor, tops, pair_score: PairScorer) -> list:

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -122,8 +123,8 @@ def _cross_scores(exported: ExportedModel, texts: list[str], cand_texts: list[st
     chosen = sorted(set(nearest.reshape(-1).tolist()))
     tok = tokenize_texts(exported.tokenizer, texts + [cand_texts[j] for j in chosen], exported.config.model.max_length)
     position = {j: len(texts) + n for n, j in enumerate(chosen)}
-    b_rows = torch.tensor([position[j] for j in nearest.reshape(-1).tolist()]).numpy()
-    a_rows = torch.arange(len(texts)).repeat_interleave(nearest.shape[1]).numpy()
+    b_rows = np.array([position[j] for j in nearest.reshape(-1).tolist()])
+    a_rows = np.repeat(np.arange(len(texts)), nearest.shape[1])
     return cross_encoder.scorer(exported.cross_encoder, tok)(a_rows, b_rows).reshape(nearest.shape)
 
 
