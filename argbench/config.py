@@ -94,12 +94,19 @@ class ModelConfig(_Section):
                           choices=("shared", "separate"))
     proj_dim: int | None = option(128, "size of the retrieval embedding; null = no projection "
                                        "(the pooled vector is the retrieval embedding)", min=1)
+    proj_init: str = option("random", "start of the projection: random (PyTorch's default init), orthogonal "
+                                      "(orthonormal rows: distances kept exactly when proj_dim is the encoder's "
+                                      "width) or pca (the top proj_dim principal directions of the training texts' "
+                                      "pooled vectors, centred)", choices=("random", "orthogonal", "pca"))
     layernorm: bool = option(False, "apply LayerNorm after the projection")
     relu: bool = option(False, "apply ReLU after the projection")
     classifier: bool = option(True, "train the pair classifier (and use it to rerank)")
     fusion: str = option("concatenated", "pair-classifier input: [a, b, |a-b|] of which vectors",
                          choices=("concatenated", "only_cls", "only_embedding"))
     freeze_encoder: bool = option(False, "keep encoder weights fixed; train only the heads")
+    train_layers: int | None = option(None, "train only the top N transformer layers (and the heads); the layers "
+                                            "below are frozen and their outputs computed once per text; null = all",
+                                      min=1)
 
 
 @dataclass(frozen=True)
@@ -159,13 +166,20 @@ class TrainConfig(_Section):
     lr: float = option(3e-6, "learning rate of the encoder", min=0, min_exclusive=True)
     head_lr: float | None = option(None, "learning rate of projection and classifier; null = lr",
                                    min=0, min_exclusive=True)
+    scheduler: str = option("constant", "learning-rate schedule over all training steps, after the warmup "
+                                        "(transformers' schedulers)", choices=("constant", "linear", "cosine"))
+    warmup_ratio: float = option(0.0, "fraction of all training steps over which the learning rate rises "
+                                      "linearly from 0", min=0, max=1)
+    patience: int | None = option(None, "early stopping: stop after this many evaluations of eval.primary without "
+                                        "a new best; null = off", min=1)
     optimizer: str = option("adam", "optimiser", choices=("adam", "adamw"))
     weight_decay: float = option(0.0, "weight decay", min=0)
     grad_clip: float | None = option(1.0, "max gradient norm; null = no clipping", min=0, min_exclusive=True)
     seed: int = option(42, "seed of every random number generator")
     device: str = option("auto", "torch device; auto = cuda if available, else cpu",
                          pattern=(r"auto|cpu|cuda(:\d+)?", "auto, cpu, cuda or cuda:N"))
-    precision: str = option("auto", "auto = bf16 autocast on CUDA, fp32 on CPU",
+    precision: str = option("auto", "auto = bf16 autocast on CUDA and on CPUs that compute bf16 natively "
+                                    "(avx512_bf16 or amx_bf16), fp32 elsewhere",
                             choices=("auto", "fp32", "bf16"))
     embed_batch_size: int = option(128, "texts per forward pass when embedding without gradients", min=1)
     num_threads: int | None = option(None, "torch CPU threads; null = torch's default", min=1)
@@ -256,6 +270,12 @@ def _check_across(cfg: Config) -> None:
     if cfg.train.epochs > 0 and not (loss.triplet_weight > 0 or loss.in_batch_weight > 0 or classifier_loss):
         raise ConfigError("loss", "every loss term has weight 0 (or the classifier is off); "
                                   "expected a positive triplet_weight, in_batch_weight or ce_*_weight")
+    if model.freeze_encoder and model.train_layers is not None:
+        raise ConfigError("model.train_layers", f"{model.train_layers!r} with freeze_encoder true; expected null "
+                                                "(a frozen encoder trains no layer)")
+    if model.proj_init != "random" and model.proj_dim is None:
+        raise ConfigError("model.proj_init", f"{model.proj_init!r} with proj_dim null (no projection); expected "
+                                             "random or a proj_dim")
     if model.freeze_encoder and model.proj_dim is None and not model.classifier:
         raise ConfigError("model.freeze_encoder", "true with proj_dim null and classifier false leaves "
                                                   "nothing to train; expected a projection or a classifier")

@@ -19,7 +19,8 @@ from argbench.paths import runs_dir
 from argbench.track.tracker import load_run_id, tracked_run
 from argbench.train import checkpoint
 from argbench.train.console import EpochPrinter
-from argbench.train.trainer import best, fit
+from argbench.train.selection import best
+from argbench.train.trainer import fit
 
 
 @dataclass

@@ -11,6 +11,9 @@ Every ablation switch of the original experiments is an argument here and change
 * ``classifier=False`` drops the classifier (triplet loss only); ``freeze_encoder`` trains the heads only, and
   keeps the encoders in eval mode (no dropout): a frozen encoder is a fixed function of the text, so the trainer can
   compute its outputs once and feed the pooled vectors to :meth:`BiEncoder.forward`.
+* ``train_layers=N`` trains only the upper N transformer layers (:mod:`argbench.model.partial`); the frozen bottom
+  stays in eval mode, so the trainer can compute its token states once and feed ``(states, mask)`` instead of
+  ``(input_ids, mask)``: only the top runs.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from argbench.model.encoders import encode, hidden_size, load_encoder
+from argbench.model.encoders import encode, hidden_size, load_encoder, pool
+from argbench.model.partial import LayerSplit, split_layers
 
 FUSIONS = ("concatenated", "only_cls", "only_embedding")
 SHARINGS = ("shared", "separate")
@@ -56,7 +60,8 @@ class BiEncoder(nn.Module):
 
     def __init__(self, encoder: nn.Module, *, pooling: str = "pooler", sharing: str = "shared",
                  proj_dim: int | None = 128, layernorm: bool = False, relu: bool = False,
-                 classifier: bool = True, fusion: str = "concatenated", freeze_encoder: bool = False):
+                 classifier: bool = True, fusion: str = "concatenated", freeze_encoder: bool = False,
+                 train_layers: int | None = None):
         super().__init__()
         if sharing not in SHARINGS:
             raise ValueError(f"unknown sharing {sharing!r}: expected one of {', '.join(SHARINGS)}")
@@ -73,8 +78,43 @@ class BiEncoder(nn.Module):
         self.classifier = nn.Linear(width, 2) if classifier else None
         self.frozen = freeze_encoder
         if freeze_encoder:
-            for encoder_module in {id(m): m for m in (self.point_encoder, self.candidate_encoder)}.values():
+            for encoder_module in self.encoders():
                 encoder_module.requires_grad_(False)
+        # Not submodules (they share the encoders' modules): side -> its encoder's frozen bottom and trained top
+        self.splits: dict[str, LayerSplit] = {}
+        if train_layers is not None:
+            point = split_layers(self.point_encoder, train_layers)
+            candidate = point if sharing == "shared" else split_layers(self.candidate_encoder, train_layers)
+            self.splits = {side: s for side, s in (("point", point), ("candidate", candidate)) if s is not None}
+            for split in self.splits.values():
+                for frozen in split.frozen:
+                    frozen.requires_grad_(False)
+
+    @torch.no_grad()
+    def init_projection(self, kind: str, pooled: torch.Tensor | None = None) -> None:
+        """Start the projection (``model.proj_init``): ``random`` leaves PyTorch's init; ``orthogonal`` sets
+        orthonormal rows (or columns, when proj_dim > hidden) and a zero bias, so euclidean and cosine geometry of
+        the pooled vectors is kept exactly when proj_dim >= hidden; ``pca`` sets the first rows to the principal
+        directions of ``pooled`` [n, hidden], largest first (as many as proj_dim, hidden and n - 1 allow; any
+        further rows start orthogonal), and the bias to minus the projected mean (centred)."""
+        if kind == "random" or not len(self.head) or not isinstance(self.head[0], nn.Linear):
+            return
+        if kind not in ("orthogonal", "pca"):
+            raise ValueError(f"unknown proj_init {kind!r}: expected random, orthogonal or pca")
+        linear = self.head[0]
+        nn.init.orthogonal_(linear.weight)
+        linear.bias.zero_()
+        if kind == "orthogonal":
+            return
+        if pooled is None or len(pooled) < 2:
+            raise ValueError(f"proj_init pca needs the pooled vectors of at least 2 texts; got "
+                             f"{None if pooled is None else tuple(pooled.shape)}")
+        data = pooled.float()
+        mean = data.mean(dim=0)
+        _, _, components = torch.linalg.svd(data - mean, full_matrices=False)
+        top = components[:min(linear.out_features, len(data) - 1)]
+        linear.weight[:len(top)] = top.to(linear.weight.device, linear.weight.dtype)
+        linear.bias.copy_(-(linear.weight @ mean.to(linear.weight.device, linear.weight.dtype)))
 
     def train(self, mode: bool = True) -> BiEncoder:
         """Train/eval mode as usual, except that frozen encoders stay in eval mode: their dropout would make a
@@ -83,7 +123,14 @@ class BiEncoder(nn.Module):
         if self.frozen:
             for encoder in self.encoders():
                 encoder.eval()
+        for split in self.splits.values():
+            for frozen in split.frozen:
+                frozen.eval()
         return self
+
+    def split(self, side: str) -> LayerSplit | None:
+        """The bottom/top views of the encoder of ``side`` (``point`` or ``candidate``), None if it trains whole."""
+        return self.splits.get(side)
 
     def encoders(self) -> list[nn.Module]:
         """The distinct encoder modules (one when shared, two when separate)."""
@@ -92,10 +139,15 @@ class BiEncoder(nn.Module):
     def project(self, pooled: torch.Tensor) -> Encoded:
         return Encoded(pooled, self.head(pooled))
 
-    def encode(self, input_ids, attention_mask, side: str) -> Encoded:
-        """Encode a padded batch as a point (``side="point"``) or a candidate (``"candidate"``)."""
+    def encode(self, inputs, attention_mask, side: str) -> Encoded:
+        """Encode a padded batch as a point (``side="point"``) or a candidate (``"candidate"``): ``inputs`` are token
+        ids [b, t], or a frozen bottom's token states [b, t, hidden] (then only the top layers run)."""
+        if inputs.is_floating_point():
+            top = self.split(side).top
+            return self.project(pool(top(inputs_embeds=inputs, attention_mask=attention_mask), attention_mask,
+                                     self.pooling))
         encoder = self.point_encoder if side == "point" else self.candidate_encoder
-        return self.project(encode(encoder, input_ids, attention_mask, self.pooling))
+        return self.project(encode(encoder, inputs, attention_mask, self.pooling))
 
     def classify(self, a: Encoded, b: Encoded) -> torch.Tensor:
         """[b, 2] logits that (a, b) is a true (point, counter) pair; class 1 = true."""
@@ -173,15 +225,15 @@ def build_model(model_cfg) -> tuple[BiEncoder, object]:
     model = BiEncoder(
         encoder, pooling=model_cfg.pooling, sharing=model_cfg.sharing, proj_dim=model_cfg.proj_dim,
         layernorm=model_cfg.layernorm, relu=model_cfg.relu, classifier=model_cfg.classifier,
-        fusion=model_cfg.fusion, freeze_encoder=model_cfg.freeze_encoder,
+        fusion=model_cfg.fusion, freeze_encoder=model_cfg.freeze_encoder, train_layers=model_cfg.train_layers,
     )
     return model, tokenizer
 
 
 def _stack(*batches: tuple) -> tuple[torch.Tensor, torch.Tensor]:
-    """Concatenate padded batches along rows, right-padding to the longest."""
+    """Concatenate padded batches (ids [b, t] or token states [b, t, h]) along rows, right-padding to the longest."""
     width = max(ids.shape[1] for ids, _ in batches)
-    ids = torch.cat([nn.functional.pad(i, (0, width - i.shape[1])) for i, _ in batches])
+    ids = torch.cat([nn.functional.pad(i, (0, 0) * (i.dim() - 2) + (0, width - i.shape[1])) for i, _ in batches])
     mask = torch.cat([nn.functional.pad(m, (0, width - m.shape[1])) for _, m in batches])
     return ids, mask
 

@@ -41,6 +41,7 @@ from argbench.search.storage import (
 )
 from argbench.track import stale
 from argbench.train import trainer as train
+from argbench.train.selection import best
 
 PRUNERS = ("median", "hyperband", "none")
 FIGURES = ("optimization_history", "intermediate_values", "param_importances", "parallel_coordinate")
@@ -130,7 +131,7 @@ class _Objective:
         # Trained epochs only: epoch 0 is the same untrained model in every trial, and counting it would give
         # every trial that never beats the start the same value, which tells the sampler nothing.
         trained = [m for m in history if m["epoch"] > 0]
-        return train.best(trained or history, cfg.eval.primary)
+        return best(trained or history, cfg.eval.primary)
 
 
 # --- the search ----------------------------------------------------------------------------------------------------

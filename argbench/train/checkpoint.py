@@ -29,7 +29,8 @@ from safetensors.torch import load_model, save_model
 from argbench.config import Config, ConfigError, flatten, load_config, to_yaml
 from argbench.errors import RunError, UserError
 
-DIRNAME = "checkpoint"
+DIRNAME = "checkpoint"  # the last epoch's checkpoint, which --resume continues
+BEST = "best"  # the selected epoch's (argbench.train.selection): weights, config and {"epoch": N}; what is exported
 MODEL, STATE, CONFIG, CHECKSUMS = "model.safetensors", "state.pt", "config.yaml", "checksums.json"
 RERANKER = "reranker"  # extra module of a run with eval.rerank: cross_encoder, saved as reranker.safetensors
 # Keys that may differ between the sessions of one run: how long, where and how fast it trains, where the corpus is.
@@ -68,18 +69,18 @@ def restore_rng(state: dict, np_rng: np.random.Generator, miner: torch.Generator
 
 
 def save(run_dir: Path, model: torch.nn.Module, state: dict, config: Config | None = None,
-         extra: dict[str, torch.nn.Module] | None = None) -> Path:
+         extra: dict[str, torch.nn.Module] | None = None, name: str = DIRNAME) -> Path:
     """Write ``model``, ``state``, ``config`` and each ``extra`` module (as ``<name>.safetensors``) atomically to
-    ``run_dir/checkpoint``, with their checksums."""
-    final = run_dir / DIRNAME
-    tmp = run_dir / (DIRNAME + ".tmp")
+    ``run_dir/<name>`` (:data:`DIRNAME` or :data:`BEST`), with their checksums."""
+    final = run_dir / name
+    tmp = run_dir / (name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir(parents=True)
         save_model(model, str(tmp / MODEL))
         torch.save(state, tmp / STATE)
-        for name, module in (extra or {}).items():
-            save_model(module, str(tmp / f"{name}.safetensors"))
+        for extra_name, module in (extra or {}).items():
+            save_model(module, str(tmp / f"{extra_name}.safetensors"))
         if config is not None:
             (tmp / CONFIG).write_text(to_yaml(config))
         _write_checksums(tmp)  # last: a folder with this file was written whole
@@ -91,7 +92,7 @@ def save(run_dir: Path, model: torch.nn.Module, state: dict, config: Config | No
                            f"{state.get('epoch')}; the previous checkpoint is kept in {final}: free some space, "
                            "then --resume") from err
         raise
-    old = run_dir / (DIRNAME + ".old")
+    old = run_dir / (name + ".old")
     if final.exists():  # else an interrupted save left the last complete checkpoint in `old`: keep it till the end
         shutil.rmtree(old, ignore_errors=True)
         final.rename(old)
@@ -130,25 +131,25 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _latest(run_dir: Path) -> Path | None:
-    """The complete checkpoint folder: ``checkpoint/``, or ``checkpoint.old/`` when an interruption fell between
-    the two renames of :func:`save` (the only moment ``checkpoint/`` is missing while a checkpoint exists)."""
-    for folder in (run_dir / DIRNAME, run_dir / (DIRNAME + ".old")):
+def _latest(run_dir: Path, name: str = DIRNAME) -> Path | None:
+    """The complete checkpoint folder: ``<name>/``, or ``<name>.old/`` when an interruption fell between the two
+    renames of :func:`save` (the only moment ``<name>/`` is missing while a checkpoint exists)."""
+    for folder in (run_dir / name, run_dir / (name + ".old")):
         if (folder / "state.pt").is_file():
             return folder
     return None
 
 
-def exists(run_dir: Path) -> bool:
-    return _latest(run_dir) is not None
+def exists(run_dir: Path, name: str = DIRNAME) -> bool:
+    return _latest(run_dir, name) is not None
 
 
-def verify(run_dir: Path, config: Config | None = None) -> Path:
-    """The checkpoint folder of ``run_dir``, checked against its checksums and, if given, ``config``; raises
-    :class:`CheckpointError` (or FileNotFoundError when there is no checkpoint) naming what is wrong."""
-    folder = _latest(run_dir)
+def verify(run_dir: Path, config: Config | None = None, name: str = DIRNAME) -> Path:
+    """The checkpoint folder ``name`` of ``run_dir``, checked against its checksums and, if given, ``config``;
+    raises :class:`CheckpointError` (or FileNotFoundError when there is none) naming what is wrong."""
+    folder = _latest(run_dir, name)
     if folder is None:
-        expected = run_dir / DIRNAME
+        expected = run_dir / name
         raise FileNotFoundError(f"no checkpoint in {expected}: expected {expected}/state.pt and model.safetensors "
                                 "(nothing to resume; start without --resume)")
     sums = folder / CHECKSUMS
@@ -160,10 +161,10 @@ def verify(run_dir: Path, config: Config | None = None) -> Path:
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise CheckpointError(f"{sums}: unreadable ({type(err).__name__}: {err}); expected the JSON checksums "
                               "written with the checkpoint, so it cannot be verified") from None
-    for name in sorted({MODEL, STATE} | set(files)):
-        problem = _file_problem(folder / name, files.get(name))
+    for file in sorted({MODEL, STATE} | set(files)):
+        problem = _file_problem(folder / file, files.get(file))
         if problem:
-            raise CheckpointError(f"{folder / name}: {problem}; the checkpoint is damaged, so it is not resumed "
+            raise CheckpointError(f"{folder / file}: {problem}; the checkpoint is damaged, so it is not resumed "
                                   "(start the run again without --resume)")
     if config is not None and (folder / CONFIG).is_file():
         _check_config(folder / CONFIG, config)
@@ -204,10 +205,11 @@ def _check_config(path: Path, config: Config) -> None:
                               f"with the run's own config (only {', '.join(sorted(RESUMABLE_KEYS))} may change)")
 
 
-def load(run_dir: Path, model: torch.nn.Module, device: torch.device, config: Config | None = None) -> dict:
-    """Verify the checkpoint (:func:`verify`), load its weights into ``model`` (in place) and return the saved
-    state dict."""
-    folder = verify(run_dir, config)
+def load(run_dir: Path, model: torch.nn.Module, device: torch.device, config: Config | None = None,
+         name: str = DIRNAME) -> dict:
+    """Verify the checkpoint ``name`` (:func:`verify`), load its weights into ``model`` (in place) and return the
+    saved state dict."""
+    folder = verify(run_dir, config, name)
     try:
         load_model(model, str(folder / MODEL), device=str(device))
     except Exception as err:  # noqa: BLE001 - any loader failure means this file does not fit this model
@@ -218,10 +220,10 @@ def load(run_dir: Path, model: torch.nn.Module, device: torch.device, config: Co
         raise CheckpointError(f"{folder / STATE}: cannot be read ({_first_line(err)})") from err
 
 
-def load_extra(run_dir: Path, name: str, module: torch.nn.Module) -> bool:
-    """Load the verified checkpoint's ``<name>.safetensors`` into ``module``; False when the checkpoint has none."""
-    folder = verify(run_dir)
-    path = folder / f"{name}.safetensors"
+def load_extra(run_dir: Path, extra: str, module: torch.nn.Module, name: str = DIRNAME) -> bool:
+    """Load the verified checkpoint's ``<extra>.safetensors`` into ``module``; False when the checkpoint has none."""
+    folder = verify(run_dir, name=name)
+    path = folder / f"{extra}.safetensors"
     if not path.is_file():
         return False
     try:

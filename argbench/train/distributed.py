@@ -53,10 +53,19 @@ def setup(device_name: str, precision: str) -> Runtime:
             torch.cuda.set_device(device)
         if not dist.is_initialized():
             dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    if precision == "bf16" and device.type != "cuda":
-        raise RuntimeError("train.precision: bf16 autocast is only used on CUDA here; use fp32 or auto on CPU")
-    use_bf16 = device.type == "cuda" and precision in ("auto", "bf16")
+    use_bf16 = precision == "bf16" or (precision == "auto" and (device.type == "cuda" or native_cpu_bf16()))
     return Runtime(device, torch.bfloat16 if use_bf16 else None, rank, world_size)
+
+
+def native_cpu_bf16() -> bool:
+    """Whether this CPU computes bf16 matrix products in hardware (x86 flags ``avx512_bf16`` or ``amx_bf16``; oneDNN
+    then runs autocast's bf16 matmuls natively instead of emulating them, which is slower than fp32)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def broadcast_flag(flag: bool, runtime: Runtime) -> bool:

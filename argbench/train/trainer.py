@@ -31,16 +31,18 @@ trained on.
 
 from __future__ import annotations
 
+import copy
 import json
-import math
 import random
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
+from transformers import get_scheduler
 
 from argbench.config import Config, ConfigError, to_yaml
 from argbench.data.copies import in_batch_copies, training_frame
@@ -51,15 +53,17 @@ from argbench.eval.evaluate import evaluate
 from argbench.eval.rerank import rerank
 from argbench.model import cross_encoder
 from argbench.model.bi_encoder import BiEncoder, Encoded, build_model
-from argbench.model.encoders import embed, hidden_size
+from argbench.model.encoders import embed, hidden_size, pool
 from argbench.model.loss import combined_loss
-from argbench.model.tokens import TokenizedTexts, bucketed_batches, pad_batch, tokenize_texts
+from argbench.model.tokens import TokenizedTexts, bucketed_batches, length_sorted_batches, pad_batch, tokenize_texts
 from argbench.train import checkpoint
 from argbench.train.distributed import Runtime, broadcast_flag, mean_over_ranks, setup, shard, teardown
+from argbench.train.frozen_states import FrozenStates
 from argbench.train.grad_cache import cached_step
 from argbench.train.negatives import mine
 from argbench.train.reranker import fit_cross_encoder, training_groups
 from argbench.train.schedule import schedule_from_config
+from argbench.train.selection import patience_exhausted, selected_epoch
 
 SPLIT_KEYS = {"training": "train", "validation": "val", "test": "test"}
 # Metric names of the loss parts (combined_loss) and of the negatives' stats (MiningResult.stats)
@@ -94,9 +98,9 @@ def fit(cfg: Config, corpus: Corpus, hooks=(), *, out_dir: Path | None = None, r
 
 
 class Trainer:
-    # A frozen encoder's pooled outputs are computed once per text and reused by every epoch's mining, training and
-    # evaluation (only the heads run); False computes them at every use, as an unfrozen encoder does (the bench and
-    # the equality test compare both).
+    # A frozen encoder's pooled outputs (model.freeze_encoder), or a frozen bottom's token states
+    # (model.train_layers), are computed once per text and reused by every epoch's mining, training and evaluation;
+    # False computes them at every use, as an unfrozen encoder does (the bench and the equality tests compare both).
     cache_frozen_encoder = True
 
     def __init__(self, cfg: Config, corpus: Corpus, hooks, runtime: Runtime, out_dir: Path | None, progress: bool):
@@ -119,10 +123,18 @@ class Trainer:
         self.tokens = {key: tokenize_texts(tokenizer, split.texts, cfg.model.max_length)
                        for key, split in [("train", self.train_split), *self.eval_splits.items()]}
         self.optimizer = _optimizer(self.model, cfg.train)
+        # as many as each rank's share of an epoch's batches (train.distributed.shard); the rng only counts them
+        self.steps_per_epoch = len(bucketed_batches(self.tokens["train"].lengths[self.pairs], cfg.train.batch_size,
+                                                    np.random.default_rng(0))) // runtime.world_size
+        self.scheduler = _scheduler(self.optimizer, cfg.train, self.steps_per_epoch)
         self.ddp_model = _wrap_ddp(self.model, runtime, cfg.model.pooling)
         self.history: list[dict] = []
         self.frozen_outputs: dict[tuple[str, str], tuple[torch.Tensor, np.ndarray]] = {}
-        self.first_stage: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # split key -> last (query, cand) emb
+        self.frozen_states: dict[tuple[str, str], FrozenStates] = {}
+        # split key -> (query, candidate) embeddings of the last evaluation, and of the selected epoch's
+        self.first_stage: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.selected_first_stage: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.selected_state: dict[str, torch.Tensor] | None = None  # the selected epoch's weights (CPU copies)
         self.reranker: torch.nn.Module | None = None  # the cross-encoder, once trained (eval.rerank)
         self.info = {"config": cfg, "corpus": corpus,
                      "data.source": corpus.source.describe(), "data.hash": corpus.hash,
@@ -148,16 +160,34 @@ class Trainer:
             (self.out_dir / "metrics.jsonl").write_text("")
             (self.out_dir / "data.json").write_text(json.dumps({"source": self.info["data.source"],
                                                                 "hash": self.info["data.hash"]}) + "\n")
+        self._init_projection()
         self._call("on_train_start", {**self.info, "resumed_from": None})
         return 0
+
+    def _init_projection(self) -> None:
+        """``model.proj_init``: PCA is fitted on the pooled vectors of the distinct training texts (points and
+        counters of the pairs trained on), computed by the untrained encoder."""
+        kind = self.cfg.model.proj_init
+        pooled = None
+        if kind == "pca":
+            split = self.train_split
+            rows = np.unique(np.concatenate([split.points_idx[self.pairs], split.counters_idx[self.pairs]]))
+            pooled = self._embed(self.tokens["train"], rows, "point").pooled
+        self.model.init_projection(kind, pooled)
 
     def _resume(self) -> int:
         if self.out_dir is None:
             raise ValueError("resume needs the run folder (out_dir) that holds the checkpoint")
         state = checkpoint.load(self.out_dir, self.model, self.runtime.device, self.cfg)
         self.optimizer.load_state_dict(state["optimizer"])
+        if "scheduler" in state:  # checkpoints written before the schedule existed trained at a constant rate
+            self.scheduler.load_state_dict(state["scheduler"])
         checkpoint.restore_rng(state["rng"], self.np_rng, self.miner_rng)
         self.history = [json.loads(row) for row in state["history"]]
+        if checkpoint.exists(self.out_dir, checkpoint.BEST):
+            selected = copy.deepcopy(self.model)
+            checkpoint.load(self.out_dir, selected, self.runtime.device, self.cfg, name=checkpoint.BEST)
+            self.selected_state = _cpu_state(selected)
         if self.runtime.is_main:
             (self.out_dir / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in self.history))
         self._call("on_train_start", {**self.info, "resumed_from": state["epoch"], "history": list(self.history)})
@@ -181,23 +211,58 @@ class Trainer:
                 evaluation = self._evaluate(key, split)
                 metrics.update(evaluation.flat(key))
                 self._call("on_evaluation", epoch, key, evaluation)
-        if (epoch == self.cfg.train.epochs and self.cfg.eval.rerank == "cross_encoder" and self.runtime.is_main
-                and self._evaluates(epoch)):
-            metrics.update(self._second_stage(epoch))
+            if self._is_selected(epoch, metrics):
+                self.selected_first_stage = dict(self.first_stage)
+                self.selected_state = _cpu_state(self.model)
+            if self.cfg.eval.rerank == "cross_encoder" and self._is_final(epoch, metrics):
+                with self._selected_weights():
+                    metrics.update(self._second_stage(epoch))
         metrics["perf/epoch_seconds"] = time.perf_counter() - t0
         return metrics
 
+    def _is_selected(self, epoch: int, metrics: dict) -> bool:
+        """Whether ``epoch`` (its ``metrics`` not yet in the history) is the run's selected epoch so far."""
+        return selected_epoch([*self.history, metrics], self.cfg.eval.primary) == epoch
+
+    def _is_final(self, epoch: int, metrics: dict) -> bool:
+        """The last epoch, or the one after which early stopping (``train.patience``) ends the run."""
+        return epoch == self.cfg.train.epochs or patience_exhausted([*self.history, metrics], self.cfg.eval.primary,
+                                                                    self.cfg.train.patience)
+
+    @contextmanager
+    def _selected_weights(self):
+        """The model holds the selected epoch's weights inside the block (the last epoch's again after it)."""
+        if self.selected_state is None:
+            yield
+            return
+        last = _cpu_state(self.model)
+        self.model.load_state_dict(self.selected_state)
+        try:
+            yield
+        finally:
+            self.model.load_state_dict(last)
+
     def _finish_epoch(self, epoch: int, metrics: dict) -> bool:
+        """Record the epoch, write the last checkpoint (and the selected one, when this epoch is selected or the
+        second stage was trained on it), call the hooks; True when the run stops here (a hook, or patience)."""
+        selected = self._is_selected(epoch, metrics)
         self.history.append(metrics)
         if self.out_dir is not None and self.runtime.is_main:
+            extra = {checkpoint.RERANKER: self.reranker} if self.reranker is not None else None
             state = {"epoch": epoch, "optimizer": self.optimizer.state_dict(),
+                     "scheduler": self.scheduler.state_dict(),
                      "rng": checkpoint.rng_state(self.np_rng, self.miner_rng),
                      "history": [json.dumps(m) for m in self.history]}
-            checkpoint.save(self.out_dir, self.model, state, self.cfg,
-                            extra={checkpoint.RERANKER: self.reranker} if self.reranker is not None else None)
+            checkpoint.save(self.out_dir, self.model, state, self.cfg, extra=extra)
+            if selected or extra is not None:
+                with self._selected_weights():
+                    checkpoint.save(self.out_dir, self.model,
+                                    {"epoch": _or(selected_epoch(self.history, self.cfg.eval.primary), epoch)},
+                                    self.cfg, extra=extra, name=checkpoint.BEST)
             with open(self.out_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(metrics) + "\n")
         stop = any(self._call("on_epoch_end", epoch, metrics)) if self.runtime.is_main else False
+        stop = stop or patience_exhausted(self.history, self.cfg.eval.primary, self.cfg.train.patience)
         return broadcast_flag(stop, self.runtime)
 
     def _evaluates(self, epoch: int) -> bool:
@@ -247,6 +312,8 @@ class Trainer:
             masks = self._in_batch_masks(groups[anchors[rows]], groups[positives[rows]])
             if cached:  # the frozen encoder's pooled vectors: only the heads run
                 inputs = [self._frozen_pooled(tok, r, side).to(device) for r, side in sides]
+            elif self._caches_layers():  # the frozen bottom's token states: only the top layers run
+                inputs = [self._states(tok, side).get(r) for r, side in sides]
             else:
                 inputs = [pad_batch(tok, r, device) for r, _ in sides]
             if self.cfg.train.mini_batch_size and not cached:  # gradient cache: same step, less memory
@@ -266,6 +333,7 @@ class Trainer:
             if self.cfg.train.grad_clip:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
             self.optimizer.step()
+            self.scheduler.step()
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
             bar.set_postfix(loss=f"{sums['total'] / step:.4f}")
@@ -285,7 +353,8 @@ class Trainer:
         for key, split in self.eval_splits.items():
             score = cross_encoder.scorer(self.reranker, self.tokens[key], batch_size=self.cfg.train.embed_batch_size,
                                          device=device, autocast_dtype=self.runtime.autocast_dtype)
-            evaluation = rerank(split, *self.first_stage[key], score, metric=self.cfg.eval.metric,
+            first_stage = self.selected_first_stage.get(key, self.first_stage[key])
+            evaluation = rerank(split, *first_stage, score, metric=self.cfg.eval.metric,
                                 depth=self.cfg.eval.rerank_depth, reranked=self.cfg.eval.rerank_tasks)
             metrics.update(evaluation.flat(f"{key}/reranked"))
             self._call("on_evaluation", epoch, f"{key}/reranked", evaluation)
@@ -326,6 +395,8 @@ class Trainer:
         return Encoded(pooled, emb)
 
     def _encoder_pooled(self, tok: TokenizedTexts, rows: np.ndarray, side: str) -> torch.Tensor:
+        if self._caches_layers():
+            return self._top_pooled(tok, rows, side)
         encoder = self.model.point_encoder if side == "point" else self.model.candidate_encoder
         return embed(encoder, tok, pooling=self.cfg.model.pooling, batch_size=self.cfg.train.embed_batch_size,
                      device=self.runtime.device, rows=rows, autocast_dtype=self.runtime.autocast_dtype,
@@ -333,6 +404,34 @@ class Trainer:
 
     def _caches_encoder(self) -> bool:
         return self.cfg.model.freeze_encoder and self.cache_frozen_encoder
+
+    def _caches_layers(self) -> bool:
+        return bool(self.model.splits) and self.cache_frozen_encoder
+
+    def _states(self, tok: TokenizedTexts, side: str) -> FrozenStates:
+        """The frozen bottom's token-state cache of ``tok``'s split for ``side`` (one per side when separate)."""
+        side = side if self.model.sharing == "separate" else "point"
+        key = (next(k for k, t in self.tokens.items() if t is tok), side)
+        if key not in self.frozen_states:
+            self.frozen_states[key] = FrozenStates(
+                self.model.split(side).bottom, tok, hidden_size(self.model.point_encoder), device=self.runtime.device,
+                batch_size=self.cfg.train.embed_batch_size, autocast_dtype=self.runtime.autocast_dtype)
+        return self.frozen_states[key]
+
+    @torch.no_grad()
+    def _top_pooled(self, tok: TokenizedTexts, rows: np.ndarray, side: str) -> torch.Tensor:
+        """Pooled vectors (float32, CPU) of ``rows``: the top layers on the cached states of the frozen bottom."""
+        rows = np.asarray(rows)
+        states, top = self._states(tok, side), self.model.split(side).top
+        out = torch.zeros(len(rows), hidden_size(self.model.point_encoder))
+        was_training = self.model.training
+        self.model.eval()
+        with self._autocast():
+            for batch in length_sorted_batches(tok.lengths[rows], self.cfg.train.embed_batch_size):
+                x, mask = states.get(rows[batch])
+                out[batch] = pool(top(inputs_embeds=x, attention_mask=mask), mask, self.cfg.model.pooling).float().cpu()
+        self.model.train(was_training)
+        return out
 
     @torch.no_grad()
     def _frozen_pooled(self, tok: TokenizedTexts, rows: np.ndarray, side: str) -> torch.Tensor:
@@ -404,6 +503,24 @@ def _optimizer(model: BiEncoder, train_cfg) -> torch.optim.Optimizer:
     return cls([g for g in groups if g["params"]], weight_decay=train_cfg.weight_decay, fused=fused or None)
 
 
+def _scheduler(optimizer: torch.optim.Optimizer, train_cfg, steps_per_epoch: int):
+    """transformers' schedule ``train.scheduler`` over ``train.epochs`` epochs of ``steps_per_epoch`` steps, after a
+    linear warmup over ``train.warmup_ratio`` of them (constant = constant after the warmup)."""
+    total = max(1, train_cfg.epochs * steps_per_epoch)
+    name = "constant_with_warmup" if train_cfg.scheduler == "constant" else train_cfg.scheduler
+    return get_scheduler(name, optimizer, num_warmup_steps=round(train_cfg.warmup_ratio * total),
+                         num_training_steps=total)
+
+
+def _or(value, default):
+    return default if value is None else value
+
+
+def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of ``model``'s weights on the CPU."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
 def _wrap_ddp(model: BiEncoder, runtime: Runtime, pooling: str):
     if not runtime.distributed:
         return model
@@ -424,10 +541,3 @@ def _seed_everything(seed: int, threads: int | None) -> None:
 
 def _count(model: torch.nn.Module, trainable: bool) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable)
-
-
-def best(history: list[dict], primary: str) -> float:
-    """Best value of metric ``primary`` (e.g. ``val/epa/acc_at_1``) over the epochs that evaluated it; NaN if none
-    did."""
-    values = [m[primary] for m in history if primary in m]
-    return max(values) if values else math.nan

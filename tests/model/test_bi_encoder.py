@@ -253,3 +253,36 @@ def test_build_model_from_config(batch):
     assert model.emb_dim == 16 and model.sharing == "separate" and model.classifier.in_features == 3 * 16
     assert tokenizer.pad_token_id is not None
     assert model(*batch).anchor.emb.shape == (2, 16)
+
+
+# ------------------------------------------------------------------------------------------------ projection start
+def test_an_orthogonal_projection_keeps_every_distance(tiny_encoder):
+    width = tiny_encoder[0].config.hidden_size
+    model = BiEncoder(copy.deepcopy(tiny_encoder[0]), proj_dim=width)
+    model.init_projection("orthogonal")
+    pooled = torch.randn(20, width)
+    torch.testing.assert_close(torch.cdist(model.head(pooled), model.head(pooled)), torch.cdist(pooled, pooled),
+                               atol=1e-4, rtol=1e-4)
+
+
+def test_a_pca_projection_is_centred_on_the_top_principal_directions(tiny_encoder):
+    width = tiny_encoder[0].config.hidden_size
+    model = BiEncoder(copy.deepcopy(tiny_encoder[0]), proj_dim=2)
+    gen = torch.Generator().manual_seed(0)
+    # variance 100 along axis 0, 25 along axis 1, 1 elsewhere; mean 5
+    pooled = torch.randn(500, width, generator=gen) * torch.tensor([10.0, 5.0] + [1.0] * (width - 2)) + 5.0
+    model.init_projection("pca", pooled)
+    projected = model.head(pooled).detach()
+    torch.testing.assert_close(projected.mean(dim=0), torch.zeros(2), atol=1e-4, rtol=0)
+    assert projected[:, 0].var() > projected[:, 1].var() > 4 * pooled[:, 2:].var(dim=0).max()
+
+
+def test_a_pca_projection_wider_than_the_data_completes_its_rows_orthogonally(tiny_encoder):
+    width = tiny_encoder[0].config.hidden_size
+    model = BiEncoder(copy.deepcopy(tiny_encoder[0]), proj_dim=width + 8)
+    pooled = torch.randn(10, width, generator=torch.Generator().manual_seed(1))
+    model.init_projection("pca", pooled)
+    weight = model.head[0].weight.detach()
+    _, _, components = torch.linalg.svd(pooled - pooled.mean(dim=0), full_matrices=False)
+    torch.testing.assert_close(weight[:9].abs(), components[:9].abs())  # 10 texts: 9 directions (signs free)
+    torch.testing.assert_close(model.head(pooled).mean(dim=0), torch.zeros(width + 8), atol=1e-5, rtol=0)

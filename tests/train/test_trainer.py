@@ -24,11 +24,12 @@ from argbench.data.tasks import TASKS
 from argbench.model.bi_encoder import BiEncoder
 from argbench.model.loss import COMPONENTS
 from argbench.train import checkpoint
-from argbench.train.trainer import NonFiniteLoss, best, fit
+from argbench.train.selection import best
+from argbench.train.trainer import NonFiniteLoss, fit
 from tests.conftest import single_torch_thread
 
 TINY = ["model.encoder=tiny-random-bert", "model.max_length=64", "train.batch_size=16", "data.max_train_pairs=32",
-        "train.device=cpu"]
+        "train.device=cpu", "train.precision=fp32"]
 TIMINGS = ("perf/epoch_seconds", "perf/train_seq_per_s")  # wall-clock measurements: the only fields allowed to differ
 METRICS = ("acc_at_1", "acc_at_3", "acc_at_5", "acc_at_10", "mrr")
 # The names of the trainer's flat per-epoch dict (argbench.train.trainer): evaluated each epoch, trained epochs only
@@ -407,7 +408,7 @@ def test_ddp_failure_on_rank_0_exits_instead_of_hanging(tmp_path):
 def test_a_few_epochs_beat_the_untrained_model(corpus):
     # all-MiniLM-L6-v2 on the sample corpus, default lr: measured 0.25 at epoch 0 -> 0.458 at epoch 3.
     cfg = load_config(overrides=["model.encoder=all-MiniLM-L6-v2", "model.max_length=128", "train.epochs=3",
-                                 "train.device=cpu"])
+                                 "train.device=cpu", "train.precision=fp32"])
     history = fit(cfg, corpus)
     untrained, trained = history[0]["val/epa/acc_at_1"], history[-1]["val/epa/acc_at_1"]
     assert trained > untrained, f"val epa acc@1 {untrained:.3f} at epoch 0 -> {trained:.3f} at epoch 3"
@@ -573,3 +574,95 @@ def test_a_frozen_encoder_stays_in_eval_mode(tiny_encoder):
     model = BiEncoder(copy.deepcopy(tiny_encoder[0]), freeze_encoder=True).train()
     assert model.training and model.head.training and not model.point_encoder.training
     assert BiEncoder(copy.deepcopy(tiny_encoder[0])).train().point_encoder.training
+
+
+# ------------------------------------------------------------------------------------------------ model selection
+def test_the_best_folder_holds_the_selected_epochs_weights(three_epochs, corpus, tmp_path):
+    from argbench.train.selection import selected_epoch
+
+    cfg, history, out, _ = three_epochs
+    chosen = selected_epoch(history, cfg.eval.primary)
+    assert torch.load(out / "best" / "state.pt", weights_only=True)["epoch"] == chosen
+    fit(tiny(f"train.epochs={chosen}"), corpus, out_dir=tmp_path)  # the same run, stopped at the chosen epoch
+    best_model, stopped = (BiEncoder(load_tiny()) for _ in range(2))
+    checkpoint.load(out, best_model, torch.device("cpu"), name=checkpoint.BEST)
+    checkpoint.load(tmp_path, stopped, torch.device("cpu"))
+    for (name, a), (_, b) in zip(best_model.state_dict().items(), stopped.state_dict().items()):
+        torch.testing.assert_close(a, b, msg=name)
+
+
+def test_patience_stops_after_that_many_evaluations_without_a_new_best(corpus):
+    # The random rate falls every epoch, so as the "primary" metric its best is epoch 1 and it never improves again.
+    history = fit(tiny("train.epochs=10", "train.patience=2", "eval.primary=schedule/random_rate"), corpus)
+    assert [m["epoch"] for m in history] == [0, 1, 2, 3]
+
+
+def test_the_schedule_survives_resume_exactly(corpus, tmp_path):
+    cfg = tiny("train.epochs=3", "train.scheduler=linear", "train.warmup_ratio=0.5", "train.lr=1e-3")
+    whole = fit(cfg, corpus, out_dir=tmp_path / "whole")
+    with pytest.raises(KeyboardInterrupt):
+        fit(cfg, corpus, [Recorder(interrupt_at=1)], out_dir=tmp_path / "cut")
+    state = torch.load(tmp_path / "cut" / "checkpoint" / "state.pt", weights_only=True)
+    assert 0 < state["scheduler"]["last_epoch"] and state["scheduler"]["_last_lr"][0] != pytest.approx(1e-3)
+    assert without_timings(fit(cfg, corpus, out_dir=tmp_path / "cut", resume=True)) == without_timings(whole)
+    constant = fit(tiny("train.epochs=3", "train.lr=1e-3"), corpus)
+    assert without_timings(constant)[3] != without_timings(whole)[3]  # the schedule changed the training
+
+
+def test_an_orthogonal_full_width_projection_ranks_as_the_encoder_at_epoch_0(corpus):
+    def ranks(*overrides):
+        hook = Recorder()
+        fit(tiny("train.epochs=0", "model.pooling=mean", *overrides), corpus, [hook])
+        return hook.named("on_evaluation")[0][2].ranks
+
+    plain, projected = ranks("model.proj_dim=null"), ranks("model.proj_dim=32", "model.proj_init=orthogonal")
+    assert plain.keys() == projected.keys()
+    for task in plain:
+        assert (plain[task] == projected[task]).all(), task
+
+
+# ------------------------------------------------------------------------------------------------ partial fine-tuning
+def test_cached_partial_fine_tuning_gives_the_metrics_of_running_the_frozen_layers_each_time(corpus, monkeypatch):
+    from argbench.bench.frozen import flat_metrics
+    from argbench.train.trainer import Trainer
+
+    cfg = tiny("train.epochs=2", "model.train_layers=1", "train.lr=1e-3", "model.pooling=mean",
+               "data.eval_splits=[validation,test]")
+    cached = fit(cfg, corpus)
+    monkeypatch.setattr(Trainer, "cache_frozen_encoder", False)
+    every_step = fit(cfg, corpus)
+    assert cached[2]["train/loss"] != cached[1]["train/loss"]
+    for a, b in zip(cached, every_step):
+        a, b = flat_metrics(a), flat_metrics(b)
+        assert a.keys() == b.keys()
+        # float rounding only (padding differs); tolerances as for the frozen-encoder cache above
+        assert a == {k: pytest.approx(v, abs=2e-3 if k.endswith("/mrr") else 1e-5) if isinstance(v, float) else v
+                     for k, v in b.items()}
+
+
+def test_partial_fine_tuning_trains_only_the_top_layers(corpus, tmp_path):
+    fit(tiny("train.epochs=1", "model.train_layers=1", "train.lr=1e-2"), corpus, out_dir=tmp_path)
+    trained, untrained = BiEncoder(load_tiny()), BiEncoder(load_tiny())
+    checkpoint.load(tmp_path, trained, torch.device("cpu"))
+    changed = {name for (name, a), (_, b) in zip(trained.state_dict().items(), untrained.state_dict().items())
+               if not torch.equal(a, b)}
+    assert changed and all("encoder.layer.1." in n or "pooler" in n or n.startswith(("head", "classifier"))
+                           for n in changed)
+    assert any("encoder.layer.1." in n for n in changed)
+
+
+# ------------------------------------------------------------------------------------------------ bf16 on CPU
+def test_bf16_autocast_trains_on_cpu(corpus):
+    from argbench.train.distributed import setup
+
+    assert setup("cpu", "bf16").autocast_dtype == torch.bfloat16
+    assert setup("cpu", "fp32").autocast_dtype is None
+    history = fit(tiny("train.epochs=1", "train.precision=bf16"), corpus)
+    assert math.isfinite(history[1]["train/loss"])
+    assert history[1]["train/loss"] != fit(tiny("train.epochs=1"), corpus)[1]["train/loss"]  # bf16 did run
+
+
+def load_tiny():
+    from argbench.model.encoders import load_encoder
+
+    return load_encoder("tiny-random-bert")[0]
