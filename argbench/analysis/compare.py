@@ -3,11 +3,13 @@
 A system is an ablation name or a run id; :class:`argbench.track.store.Store` decides which runs it stands for (the
 newest FINISHED top-level run of the name; a multi-seed parent's FINISHED children are its seeds, stacked as ranks
 [seeds, n]), the same runs ``argbench report`` shows.
-Ranks come from the per-query artifact :mod:`argbench.track.tracker` logs, ``per_query/<split>.csv`` (split key ``val``,
-``test`` or ``train``): a long table with columns ``query`` (the query's position in the split, so the same query
-has the same id in every run on the same data), ``task`` and ``rank`` (1-based rank of the true counter), plus
-``epoch`` (the epoch evaluated last), which is not used here. Runs on different data (``data.hash`` tags that differ)
-are refused. The statistics are :func:`argbench.analysis.stats.compare_runs`.
+Ranks come from the per-query artifacts :mod:`argbench.track.tracker` logs: with ``epoch="selected"`` (the default)
+those of each run's selected epoch (the best ``eval.primary`` on validation; :mod:`argbench.train.selection`),
+``per_query/<split>.csv``, with ``epoch="last"`` those of its last evaluated epoch, ``per_query/last/<split>.csv``
+(split key ``val``, ``test`` or ``train``; see :func:`argbench.track.store.ranks_artifact`): a long table with columns
+``query`` (the query's position in the split, so the same query has the same id in every run on the same data),
+``task`` and ``rank`` (1-based rank of the true counter), plus ``epoch``, which is not used here. Runs on different
+data (``data.hash`` tags that differ) are refused. The statistics are :func:`argbench.analysis.stats.compare_runs`.
 
 A *view* (:data:`argbench.data.copies.VIEWS`) picks what is paired: ``official`` the ``rank`` column; ``dedup`` the
 ``rank_dedup`` column (pools without copies of the query); ``unseen`` the ``rank`` of only the rows flagged
@@ -17,7 +19,8 @@ official ranks.
 A split key ending in ``/reranked`` (``test/reranked``) pairs the *final* rankings of two-stage systems: a run with
 a cross-encoder second stage (``eval.rerank: cross_encoder``) logged them as ``per_query/test/reranked.csv``; a run
 without one has no second stage, so its final ranking is its first stage's, ``per_query/test.csv``. That is how a
-reranker is compared with the one-stage recipe it was added to.
+reranker is compared with the one-stage recipe it was added to. The second stage ranks only the selected epoch's
+model, so a two-stage run has no last-epoch final rankings (a UserError with ``epoch="last"``).
 """
 
 from __future__ import annotations
@@ -28,7 +31,9 @@ import pandas as pd
 from argbench.analysis.stats import compare_runs
 from argbench.data.copies import RERANKED, VIEWS
 from argbench.data.tasks import TASKS
-from argbench.track.store import RANKS, Store, StoredRun
+from argbench.errors import UserError
+from argbench.track.store import Store, StoredRun, check_epoch, ranks_artifact
+from argbench.train.selection import LAST, SELECTED
 
 COLUMNS = ("query", "task", "rank")
 
@@ -38,17 +43,26 @@ OFFICIAL = "official"
 
 # --- reading one run's ranks ---------------------------------------------------------------------------------------
 
-def _read_table(store: Store, run_id: str, split: str, view: str = OFFICIAL) -> pd.DataFrame:
-    """The per-query table of `run_id` for `split` in `view`, checked: the columns of COLUMNS (``rank`` holding the
-    view's rank, rows only of the view's queries), one row per (task, query)."""
-    artifact = RANKS.format(split=split)
+def _ranks(store: Store, run_id: str, split: str, epoch: str) -> tuple[str, pd.DataFrame]:
+    """(artifact name, table) of the ranks of `split` at `epoch` of `run_id`; a ``/reranked`` split of a run without
+    a second stage is its first stage's (module doc)."""
+    if not split.endswith(RERANKED):
+        return ranks_artifact(split, epoch), store.ranks(run_id, split, epoch)
     try:
-        frame = store.ranks(run_id, split)
-    except FileNotFoundError:
-        if not split.endswith(RERANKED):
-            raise
-        artifact = RANKS.format(split=split.removesuffix(RERANKED))  # one stage: its final ranking is its first
-        frame = store.ranks(run_id, split.removesuffix(RERANKED))
+        reranked = store.ranks(run_id, split, SELECTED)
+    except FileNotFoundError:  # one stage: its final ranking is its first
+        first = split.removesuffix(RERANKED)
+        return ranks_artifact(first, epoch), store.ranks(run_id, first, epoch)
+    if epoch == LAST:
+        raise UserError(f"run {run_id}: its second stage ranked only the selected epoch's model, so it has no "
+                        f"last-epoch {split} ranks; use --epoch {SELECTED}")
+    return ranks_artifact(split), reranked
+
+
+def _read_table(store: Store, run_id: str, split: str, view: str = OFFICIAL, epoch: str = SELECTED) -> pd.DataFrame:
+    """The per-query table of `run_id` for `split` at `epoch` in `view`, checked: the columns of COLUMNS (``rank``
+    holding the view's rank, rows only of the view's queries), one row per (task, query)."""
+    artifact, frame = _ranks(store, run_id, split, epoch)
     missing = [c for c in COLUMNS if c not in frame.columns]
     if missing:
         raise ValueError(f"run {run_id}: {artifact} lacks columns {missing}; expected columns {list(COLUMNS)}, "
@@ -89,12 +103,12 @@ def _ranks_by_task(frame: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarra
     return out
 
 
-def load_ranks(run: str | StoredRun, split: str, tracking_uri: str | None = None, view: str = OFFICIAL
-               ) -> dict[str, np.ndarray]:
-    """{task: ranks [n]} of one run (a run id or a StoredRun) on `split` in `view`, ordered by query id (the same
-    in every run)."""
+def load_ranks(run: str | StoredRun, split: str, tracking_uri: str | None = None, view: str = OFFICIAL,
+               epoch: str = SELECTED) -> dict[str, np.ndarray]:
+    """{task: ranks [n]} of one run (a run id or a StoredRun) on `split` at `epoch` in `view`, ordered by query id
+    (the same in every run)."""
     run_id = run.run_id if isinstance(run, StoredRun) else run
-    table = _read_table(Store(tracking_uri), run_id, split, view)
+    table = _read_table(Store(tracking_uri), run_id, split, view, epoch)
     return {task: ranks for task, (_, ranks) in _ranks_by_task(table).items()}
 
 
@@ -108,10 +122,11 @@ def system_runs(store: Store, ref: str | list[str], experiment: str) -> list[Sto
     return store.system(ref, experiment).seeds
 
 
-def _system_ranks(store: Store, runs: list[StoredRun], split: str, view: str = OFFICIAL
+def _system_ranks(store: Store, runs: list[StoredRun], split: str, view: str = OFFICIAL, epoch: str = SELECTED
                   ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """{task: (query ids, ranks [seeds, n])} over `runs` in `view`, which must hold the same tasks and queries."""
-    per_run = [_ranks_by_task(_read_table(store, r.run_id, split, view)) for r in runs]
+    """{task: (query ids, ranks [seeds, n])} over `runs` at `epoch` in `view`, which must hold the same tasks and
+    queries."""
+    per_run = [_ranks_by_task(_read_table(store, r.run_id, split, view, epoch)) for r in runs]
     first = per_run[0]
     for run, ranks in zip(runs[1:], per_run[1:]):
         _check_same_queries(first, ranks, f"run {runs[0].run_id}", f"run {run.run_id}")
@@ -142,27 +157,28 @@ def _check_same_queries(x: dict, y: dict, x_name: str, y_name: str) -> None:
 # --- the comparison ------------------------------------------------------------------------------------------------
 
 def compare(a: str | list[str], b: str | list[str], *, split: str = "test", tasks=None, experiment: str = "argbench",
-            tracking_uri: str | None = None, view: str = OFFICIAL, **stats_kw) -> dict:
+            tracking_uri: str | None = None, view: str = OFFICIAL, epoch: str = SELECTED, **stats_kw) -> dict:
     """Compare system `b` against system `a` (ablation names, run ids, or lists of run ids = a system's seeds) on
-    `split` in `view`, paired by query.
+    `split` in `view`, each run at `epoch` ("selected" or "last"), paired by query.
 
-    Returns ``{"a", "b", "split", "view", "runs": {"a": [run ids], "b": [...]}, "tasks": {task: {"acc@1": {...},
-    "mrr": {...}}}}``; each metric dict holds ``a``, ``b``, ``delta`` (= b − a), ``ci`` [lo, hi], ``p_value``,
+    Returns ``{"a", "b", "split", "view", "epoch", "runs": {"a": [run ids], "b": [...]}, "tasks": {task: {"acc@1":
+    {...}, "mrr": {...}}}}``; each metric dict holds ``a``, ``b``, ``delta`` (= b − a), ``ci`` [lo, hi], ``p_value``,
     ``p_holm`` (Holm over the tasks × metrics shown), ``test`` and ``n``: see
     :func:`argbench.analysis.stats.paired_difference`.
     `tasks` defaults to every task logged; `stats_kw` (n_boot, n_perm, seed, level) goes to the statistics.
     `tracking_uri` defaults to :func:`argbench.paths.default_tracking_uri`.
     """
+    check_epoch(epoch)
     store = Store(tracking_uri)
     runs = {side: system_runs(store, ref, experiment) for side, ref in (("a", a), ("b", b))}
     _check_same_data(runs["a"] + runs["b"])
-    ranks = {side: _system_ranks(store, side_runs, split, view) for side, side_runs in runs.items()}
+    ranks = {side: _system_ranks(store, side_runs, split, view, epoch) for side, side_runs in runs.items()}
     _check_same_queries(ranks["a"], ranks["b"], f"a ({a!r})", f"b ({b!r})")
     shown = _task_order(ranks["a"]) if tasks is None else list(tasks)
     unknown = [t for t in shown if t not in ranks["a"]]
     if unknown:
         raise ValueError(f"tasks {unknown} were not logged for split {split!r}; logged: {_task_order(ranks['a'])}")
     result = compare_runs({t: ranks["a"][t][1] for t in shown}, {t: ranks["b"][t][1] for t in shown}, **stats_kw)
-    return {"a": a, "b": b, "split": split, "view": view,
+    return {"a": a, "b": b, "split": split, "view": view, "epoch": epoch,
             "runs": {side: [r.run_id for r in side_runs] for side, side_runs in runs.items()},
             "tasks": result["tasks"]}

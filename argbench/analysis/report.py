@@ -2,9 +2,12 @@
 
 ``load_runs`` fetches the systems named (:mod:`argbench.track.store` decides which runs a name stands for, as for
 ``argbench compare``) with their per-epoch metric histories; a multi-seed entry is its seeds: its history is their
-mean per epoch, and :meth:`RunData.band` their 95 % bootstrap interval, drawn as a band around the mean curve. The
-figure functions each take those runs and return a ``go.Figure``; ``write_report`` puts them on one page with
-plotly.js inlined once, so it opens on a machine without internet. Metric names are MLflow's
+mean per epoch, and :meth:`RunData.band` their 95 % bootstrap interval, drawn as a band around the mean curve. A
+run's result is taken at its selected epoch (:mod:`argbench.train.selection`: the best of its ``eval.primary`` on
+validation, found in its history), or with ``epoch="last"`` at its last; the final-metrics table and the per-task
+bars show those values and say which epoch. The figure functions each take those runs and return a
+``go.Figure``; ``write_report`` puts them on one page with plotly.js inlined once, so it opens on a machine without
+internet. Metric names are MLflow's
 (``val/epa/acc_at_1``); the old spelling (``val/epa/acc@1``) is read as MLflow's.
 """
 
@@ -26,7 +29,9 @@ from argbench.data.tasks import TASKS
 from argbench.errors import UserError
 from argbench.paths import project_dir
 from argbench.track.curve import epoch_ticks
-from argbench.track.store import Store, System, redact
+from argbench.track.store import Store, System, check_epoch, redact
+from argbench.track.tracker import BEST_PREFIX, result_metrics
+from argbench.train.selection import LAST, SELECTED, selected_metrics
 
 SOURCES = {"point": "negatives/point_frac", "counter": "negatives/counter_frac", "random": "negatives/random_frac"}
 COLOURS = qualitative.Plotly
@@ -35,9 +40,10 @@ COLOURS = qualitative.Plotly
 @dataclass
 class RunData:
     """One system as reported: ``history[key]`` is [(step, value)] sorted by step (step = epoch), the mean over
-    its seeds at the steps every seed logged; ``final[key]`` the value at the last step. ``seeds`` are the run ids
-    behind it (``[run_id]`` for a single run) and ``seed_histories`` their own histories, in the same order;
-    ``duplicates`` counts other runs of the same name that were passed over."""
+    its seeds at the steps every seed logged; ``final[key]`` the value at the last step; ``selected[key]`` the
+    value at each seed's selected epoch (``selected_epochs``, by its ``eval.primary``), the mean over the seeds.
+    ``seeds`` are the run ids behind it (``[run_id]`` for a single run) and ``seed_histories`` their own histories,
+    in the same order; ``duplicates`` counts other runs of the same name that were passed over."""
 
     run_id: str
     name: str
@@ -47,6 +53,8 @@ class RunData:
     params: dict[str, str] = field(default_factory=dict)
     history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     final: dict[str, float] = field(default_factory=dict)
+    selected: dict[str, float] = field(default_factory=dict)
+    selected_epochs: list[int | None] = field(default_factory=list)
     duplicates: int = 0
     seeds: list[str] = field(default_factory=list)
     seed_histories: list[dict[str, list[tuple[int, float]]]] = field(default_factory=list)
@@ -55,6 +63,11 @@ class RunData:
     def label(self) -> str:
         """The name, with the number of seeds when the values are a mean over several."""
         return self.name if len(self.seeds) < 2 else f"{self.name} (mean of {len(self.seeds)} seeds)"
+
+    def at(self, epoch: str) -> dict[str, float]:
+        """The values at ``epoch``: :attr:`selected` ("selected") or :attr:`final` ("last")."""
+        check_epoch(epoch)
+        return self.selected if epoch == SELECTED else self.final
 
     def series(self, key: str) -> tuple[list[int], list[float]]:
         """(steps, values) of metric ``key``; empty lists if the run never logged it."""
@@ -88,10 +101,32 @@ def _run_data(store: Store, system: System) -> RunData:
     seed_histories = [store.histories(seed) for seed in system.seeds]
     history = seed_histories[0] if len(seed_histories) == 1 else _mean_history(seed_histories)
     run = system.run
+    picks = [_selected(h, seed.params.get("eval.primary", PRIMARY)) for seed, h in zip(system.seeds, seed_histories)]
     return RunData(run_id=run.run_id, name=run.name, status=run.status, start_time=run.start_time,
                    tags=dict(run.tags), params=dict(run.params), history=history,
-                   final={k: v[-1][1] for k, v in history.items() if v}, duplicates=system.passed_over,
+                   final={k: v[-1][1] for k, v in history.items() if v},
+                   selected=_mean_values(picks), selected_epochs=[p.get("epoch") for p in picks],
+                   duplicates=system.passed_over,
                    seeds=[seed.run_id for seed in system.seeds], seed_histories=seed_histories)
+
+
+def _selected(history: dict[str, list[tuple[int, float]]], primary: str) -> dict:
+    """The metrics of one run at its selected epoch (``epoch`` included), from its ``history`` (``best/`` metrics
+    left out): that epoch's row and the second stage's metrics (:func:`argbench.track.tracker.result_metrics`)."""
+    rows: dict[int, dict] = {}
+    for key, points in history.items():
+        if not key.startswith(BEST_PREFIX):
+            for step, value in points:
+                rows.setdefault(step, {"epoch": step})[key] = value
+    ordered = [rows[step] for step in sorted(rows)]
+    chosen = selected_metrics(ordered, primary)
+    return {**chosen, **result_metrics(ordered, chosen["epoch"])} if chosen else {}
+
+
+def _mean_values(values: list[dict]) -> dict[str, float]:
+    """{key: mean over ``values``} for the keys that every dict holds, ``epoch`` left out."""
+    keys = set.intersection(*(set(v) for v in values)) - {"epoch"}
+    return {key: float(np.mean([v[key] for v in values])) for key in sorted(keys)}
 
 
 def _mean_history(histories: list[dict[str, list[tuple[int, float]]]]) -> dict[str, list[tuple[int, float]]]:
@@ -125,12 +160,13 @@ def metric_per_epoch(runs: list[RunData], metric: str) -> go.Figure:
     return figure.update_layout(title=f"{key} per epoch", xaxis_title="epoch", yaxis_title=key)
 
 
-def final_task_bars(runs: list[RunData], split: str = "val") -> go.Figure:
-    """Final acc@1 per task (sdoc ... epa) on ``split``, bars grouped by task, one colour per run."""
-    bars = [go.Bar(x=list(TASKS), y=[run.final.get(f"{split}/{task}/acc_at_1") for task in TASKS], name=run.label)
-            for run in runs]
-    return go.Figure(bars).update_layout(title=f"Final {split} acc@1 per task", barmode="group",
-                                         yaxis_title="acc@1", yaxis_range=[0, 1])
+def final_task_bars(runs: list[RunData], split: str = "val", epoch: str = SELECTED) -> go.Figure:
+    """acc@1 per task (sdoc ... epa) on ``split`` at each run's ``epoch``, bars grouped by task, one colour per
+    run."""
+    bars = [go.Bar(x=list(TASKS), y=[run.at(epoch).get(f"{split}/{task}/acc_at_1") for task in TASKS],
+                   name=run.label) for run in runs]
+    return go.Figure(bars).update_layout(title=f"{split} acc@1 per task at the {_epoch_words(epoch)}",
+                                         barmode="group", yaxis_title="acc@1", yaxis_range=[0, 1])
 
 
 def negative_sources(runs: list[RunData]) -> go.Figure:
@@ -148,23 +184,25 @@ def negative_sources(runs: list[RunData]) -> go.Figure:
     return figure
 
 
-def final_table(runs: list[RunData], metrics: list[str] | None = None) -> go.Figure:
-    """A table of the runs' final metrics: ``metrics``, then val acc@1 per task, rerank acc@1 and epa acc@1 in the
-    dedup and unseen views (argbench.data.copies)."""
+def final_table(runs: list[RunData], metrics: list[str] | None = None, epoch: str = SELECTED) -> go.Figure:
+    """A table of the runs' metrics at their ``epoch`` (the title says which): ``metrics``, then val acc@1 per
+    task, rerank acc@1 and epa acc@1 in the dedup and unseen views (argbench.data.copies); beside them each run's
+    last and selected epoch (one per seed)."""
     keys = list(dict.fromkeys(metric_name(m) for m in (metrics or [])))
     keys += [k for k in [f"val/{t}/acc_at_1" for t in TASKS] + ["val/rerank/acc_at_1"] if k not in keys]
     keys += [k for k in [f"val/{view}/epa/acc_at_1" for view in ("dedup", "unseen")] if k not in keys]
     cells = [[r.label for r in runs], [r.run_id for r in runs], [r.status for r in runs],
-             [max((s for h in r.history.values() for s, _ in h), default="-") for r in runs]]
-    cells += [[_number(r.final.get(k)) for r in runs] for k in keys]
-    header = ["run", "run id", "status", "last epoch", *keys]
+             [max((s for h in r.history.values() for s, _ in h), default="-") for r in runs],
+             [", ".join("-" if e is None else str(e) for e in r.selected_epochs) or "-" for r in runs]]
+    cells += [[_number(r.at(epoch).get(k)) for r in runs] for k in keys]
+    header = ["run", "run id", "status", "last epoch", "selected epoch", *keys]
     # plotly cuts a cell's text at the column's edge and breaks lines only at spaces or <br>: metric names break
     # after each "/" and every column is as wide as its longest line (about 7.5 px a character at 12 px).
     lines = [h.replace("/", "/<br>") for h in header]
     widths = [max(len(part) for column in (str(h).split("/<br>"), map(str, c)) for part in column) + 2
               for h, c in zip(lines, cells)]
     table = go.Table(columnwidth=widths, header={"values": lines, "height": 50}, cells={"values": cells})
-    return go.Figure(table).update_layout(title="Final metrics", height=260 + 30 * len(runs),
+    return go.Figure(table).update_layout(title=f"Metrics at the {_epoch_words(epoch)}", height=260 + 30 * len(runs),
                                           width=max(700, int(7.5 * sum(widths)) + 80))
 
 
@@ -172,27 +210,35 @@ def _number(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
+def _epoch_words(epoch: str) -> str:
+    check_epoch(epoch)
+    return ("selected epoch (each run's best eval.primary on validation)" if epoch == SELECTED
+            else f"{LAST} epoch")
+
+
 # --- the page ----------------------------------------------------------------------------------------------------
 
-def figures(runs: list[RunData], metric: str) -> dict[str, go.Figure]:
-    """The report's figures by div id, in page order."""
+def figures(runs: list[RunData], metric: str, epoch: str = SELECTED) -> dict[str, go.Figure]:
+    """The report's figures by div id, in page order; results at each run's ``epoch``."""
     split = metric_name(metric).split("/")[0] if "/" in metric else "val"
     return {"fig-metric": metric_per_epoch(runs, metric), "fig-loss": metric_per_epoch(runs, "train/loss"),
-            "fig-tasks": final_task_bars(runs, split), "fig-negatives": negative_sources(runs),
-            "fig-table": final_table(runs, [metric])}
+            "fig-tasks": final_task_bars(runs, split, epoch), "fig-negatives": negative_sources(runs),
+            "fig-table": final_table(runs, [metric], epoch)}
 
 
 def write_report(runs: list[RunData], metric: str, path: Path, *, source: str = "",
-                 extra_figures: dict[str, go.Figure] | None = None) -> Path:
-    """Write one self-contained HTML page comparing ``runs`` on ``metric`` to ``path`` (plotly.js inlined once);
-    ``extra_figures`` (div id -> figure, e.g. argbench.analysis.significance's) follow the standard ones."""
+                 extra_figures: dict[str, go.Figure] | None = None, epoch: str = SELECTED) -> Path:
+    """Write one self-contained HTML page comparing ``runs`` on ``metric`` to ``path`` (plotly.js inlined once),
+    results at each run's ``epoch`` ("selected" or "last"); ``extra_figures`` (div id -> figure, e.g.
+    argbench.analysis.significance's) follow the standard ones."""
+    check_epoch(epoch)
     if not runs:
         raise UserError("no FINISHED run to report; train one (`argbench ablation run NAME`) or name runs with --runs")
     key = metric_name(metric)
     if not any(key in r.history for r in runs):
         known = sorted({k for r in runs for k in r.history})
         raise ValueError(f"no run logged metric {key!r}; logged metrics include: {', '.join(known[:20])}")
-    standard = figures(runs, metric)
+    standard = figures(runs, metric, epoch)
     clash = sorted(set(standard) & set(extra_figures or {}))
     if clash:
         raise ValueError(f"extra_figures: div ids {clash} are taken by the standard figures {list(standard)}")
@@ -224,11 +270,13 @@ def _page(runs: list[RunData], key: str, source: str, divs: list[str]) -> str:
 
 def report(experiment: str, runs: list[str] | None = None, metric: str = PRIMARY,
            out: Path | None = None, tracking_uri: str | None = None,
-           extra_figures: dict[str, go.Figure] | None = None) -> Path:
+           extra_figures: dict[str, go.Figure] | None = None, epoch: str = SELECTED) -> Path:
     """Load ``runs`` (names; all when None) of ``experiment`` from MLflow and write the page to ``out``
-    (default ``reports/<experiment>.html`` in the repo), with ``extra_figures`` at the end. Returns its path."""
+    (default ``reports/<experiment>.html`` in the repo), results at each run's ``epoch``, with ``extra_figures`` at
+    the end. Returns its path."""
+    check_epoch(epoch)
     store = Store(tracking_uri)
     data = _load(store, experiment, runs)
     out = Path(out) if out is not None else project_dir() / "reports" / f"{experiment}.html"
     return write_report(data, metric, out, source=f"MLflow experiment {experiment!r} at {redact(store.uri)}",
-                        extra_figures=extra_figures)
+                        extra_figures=extra_figures, epoch=epoch)

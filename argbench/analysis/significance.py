@@ -1,12 +1,12 @@
 """Is an ablation's difference from the baseline real? One table per registry group, Holm-corrected.
 
 :func:`group_table` compares every member of a registry group with the baseline through
-:func:`argbench.analysis.compare.compare` (paired by query; a multi-seed run's seeds pooled per query) on one split
-and one metric, then Holm-corrects the raw p-values over *all* comparisons the table shows (members × tasks): a row is
-``significant`` when its adjusted p is below :data:`ALPHA`, which keeps the chance of even one false positive in
-the table at 5 %. :func:`format_table` renders the result as fixed-width text, :func:`table_figure` and
-:func:`figure` as plotly figures for the HTML report, and :func:`format_comparison` renders one ``compare`` result
-(``argbench compare A B``).
+:func:`argbench.analysis.compare.compare` (paired by query; a multi-seed run's seeds pooled per query; each run at
+its selected epoch, or its last with ``epoch="last"``) on one split and one metric, then Holm-corrects the raw
+p-values over *all* comparisons the table shows (members × tasks): a row is ``significant`` when its adjusted p is
+below :data:`ALPHA`, which keeps the chance of even one false positive in the table at 5 %. :func:`format_table`
+renders the result as fixed-width text, :func:`table_figure` and :func:`figure` as plotly figures for the HTML
+report, and :func:`format_comparison` renders one ``compare`` result (``argbench compare A B``).
 
 Not compared: the baseline itself and its aliases (the same config, so the difference would be seed noise only);
 members with no FINISHED run are listed under ``missing``. User errors are typed so the CLI exits with status 2:
@@ -23,6 +23,7 @@ from argbench.analysis.stats import METRICS, holm
 from argbench.errors import UserError
 from argbench.experiments.registry import RegistryError, distinct_members, groups, list_ablations, run_name
 from argbench.track.store import NotInStore, Store
+from argbench.train.selection import SELECTED
 
 ALPHA = 0.05
 
@@ -47,8 +48,9 @@ def find_runs(ref: str, *, experiment: str = "argbench", tracking_uri: str | Non
 
 def compare_systems(a: str, b: str, *, split: str = "test", tasks=None, experiment: str = "argbench",
                     tracking_uri: str | None = None, **stats_kw) -> dict:
-    """:func:`argbench.analysis.compare.compare` of `b` against `a`, with its errors typed: UnknownRun when either
-    has no FINISHED run, ComparisonError when the two cannot be compared (message prefixed with both names)."""
+    """:func:`argbench.analysis.compare.compare` of `b` against `a` (`stats_kw` may hold its ``view`` and
+    ``epoch``), with its errors typed: UnknownRun when either has no FINISHED run, ComparisonError when the two
+    cannot be compared (message prefixed with both names)."""
     for ref in (a, b):
         find_runs(ref, experiment=experiment, tracking_uri=tracking_uri)
     return _compare(a, b, split=split, tasks=tasks, experiment=experiment, tracking_uri=tracking_uri, **stats_kw)
@@ -76,19 +78,21 @@ def _members(group: str, baseline: str, aliases: bool = False) -> list[str]:
 
 def group_table(group: str, *, baseline: str = "baseline", base: str | None = None, split: str = "test", tasks=None,
                 metric: str = "acc@1", experiment: str = "argbench", tracking_uri: str | None = None,
-                view: str = OFFICIAL, **stats_kw) -> dict:
+                view: str = OFFICIAL, epoch: str = SELECTED, **stats_kw) -> dict:
     """Every member of registry `group` against `baseline` on `split`, one row per (member, task), JSON-ready.
 
     With `base` R (runs made by ``ablation run --base R``): the baseline is R's own runs and each member's runs
     are those named ``MEMBER@R``; members whose config over R equals R's (or an earlier member's) are left out.
 
-    `view` (official, dedup, unseen; see :func:`argbench.analysis.compare.compare`) picks the ranks that are paired.
-    Returns ``{"group", "baseline", "split", "view", "metric", "rows", "missing"}``; each row is ``{"ablation", "task",
-    "a", "b", "delta", "ci", "p_value", "p_holm", "significant", "seeds_a", "seeds_b", "n"}``: `metric` (``acc@1``
-    or ``mrr``, a mean over the ``n`` queries) of the baseline (a) and the member (b), delta = b − a, its 95 %
-    bootstrap CI, the raw two-sided p, the Holm-adjusted p over all rows, significant = p_holm < ALPHA, and the
-    number of seeds pooled on each side. ``missing``: members with no FINISHED run. `tasks` defaults to every task
-    logged; `stats_kw` (n_boot, n_perm, seed) goes to the statistics. UnknownRun if the baseline has no run.
+    `view` (official, dedup, unseen; see :func:`argbench.analysis.compare.compare`) picks the ranks that are paired,
+    `epoch` ("selected" or "last") the epoch of each run they come from.
+    Returns ``{"group", "baseline", "split", "view", "epoch", "metric", "rows", "missing"}``; each row is
+    ``{"ablation", "task", "a", "b", "delta", "ci", "p_value", "p_holm", "significant", "seeds_a", "seeds_b",
+    "n"}``: `metric` (``acc@1`` or ``mrr``, a mean over the ``n`` queries) of the baseline (a) and the member (b),
+    delta = b − a, its 95 % bootstrap CI, the raw two-sided p, the Holm-adjusted p over all rows, significant =
+    p_holm < ALPHA, and the number of seeds pooled on each side. ``missing``: members with no FINISHED run. `tasks`
+    defaults to every task logged; `stats_kw` (n_boot, n_perm, seed) goes to the statistics. UnknownRun if the
+    baseline has no run.
     """
     if base is not None:
         baseline = base
@@ -106,23 +110,24 @@ def group_table(group: str, *, baseline: str = "baseline", base: str | None = No
         except UnknownRun:
             pass
     rows = members_table(reference, found, split=split, tasks=tasks, metric=metric, experiment=experiment,
-                         tracking_uri=tracking_uri, view=view, **stats_kw)
+                         tracking_uri=tracking_uri, view=view, epoch=epoch, **stats_kw)
     return {"group": group, "baseline": baseline, "baseline_run": reference, "split": split, "view": view,
-            "metric": metric,
+            "epoch": epoch, "metric": metric,
             "rows": rows, "missing": [m for m in members if m not in found]}
 
 
 def members_table(reference: str | list[str], members: dict[str, str | list[str]], *, split: str = "test",
-                  tasks=None, metric: str = "acc@1", view: str = OFFICIAL, experiment: str = "argbench",
-                  tracking_uri: str | None = None, **stats_kw) -> list[dict]:
+                  tasks=None, metric: str = "acc@1", view: str = OFFICIAL, epoch: str = SELECTED,
+                  experiment: str = "argbench", tracking_uri: str | None = None, **stats_kw) -> list[dict]:
     """Rows of every member ({name: run name, run id or list of run ids}) against `reference` on `split` in
-    evaluation `view`, one per (member, task), p-values Holm-corrected over all rows (see :func:`group_table`)."""
+    evaluation `view`, each run at `epoch`, one per (member, task), p-values Holm-corrected over all rows (see
+    :func:`group_table`)."""
     if metric not in METRICS:
         raise ComparisonError(f"metric {metric!r}: expected one of {', '.join(METRICS)}")
     rows = []
     for name, ref in members.items():
         result = _compare(reference, ref, split=split, tasks=tasks, experiment=experiment,
-                          tracking_uri=tracking_uri, view=view, **stats_kw)
+                          tracking_uri=tracking_uri, view=view, epoch=epoch, **stats_kw)
         rows += [_row(name, task, cells[metric], result["runs"]) for task, cells in result["tasks"].items()]
     for row, p_holm in zip(rows, holm([row["p_value"] for row in rows])):
         row["p_holm"], row["significant"] = p_holm, p_holm < ALPHA
@@ -207,7 +212,7 @@ def format_table(result: dict) -> str:
     reference = result["baseline"]
     if result.get("baseline_run", reference) != reference:
         reference += f" (its alias {result['baseline_run']}'s runs)"
-    title = (f"{result['group']}: {result['metric']} on {result['split']}{_view_note(result)}, each ablation vs "
+    title = (f"{result['group']}: {result['metric']} on {result['split']}{_where(result)}, each ablation vs "
              f"{reference} "
              f"(paired by query; * = p_holm < {ALPHA}, Holm over the {len(rows)} comparisons shown)")
     lines = [title, _render(*_table_cells(result), left=2) if rows else "(no ablation of this group has a run)"]
@@ -219,9 +224,10 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def _view_note(result: dict) -> str:
-    """The view in words, e.g. " (dedup view)"; "" for the official view."""
-    return "" if result.get("view", "official") == "official" else f" ({result['view']} view)"
+def _where(result: dict) -> str:
+    """The epoch and view in words: " at the selected epochs", " at the last epochs (dedup view)"."""
+    view = "" if result.get("view", "official") == "official" else f" ({result['view']} view)"
+    return f" at the {result.get('epoch', SELECTED)} epochs{view}"
 
 
 def format_comparison(result: dict) -> str:
@@ -231,7 +237,7 @@ def format_comparison(result: dict) -> str:
              _p(c["p_holm"]), c["test"]] for task, cells in result["tasks"].items() for metric, c in cells.items()]
     seeds = {side: len(ids) for side, ids in result["runs"].items()}
     n = ", ".join(dict.fromkeys(str(c["n"]) for cells in result["tasks"].values() for c in cells.values()))
-    return "\n".join([f"{result['b']} vs {result['a']} on {result['split']}{_view_note(result)}: "
+    return "\n".join([f"{result['b']} vs {result['a']} on {result['split']}{_where(result)}: "
                       f"Δ = {result['b']} − {result['a']}, "
                       f"paired by query (n = {n}); seeds {seeds['a']} vs {seeds['b']}; p_holm over the "
                       f"{len(rows)} lines", _render(header, rows, left=2)])
@@ -258,7 +264,7 @@ def figure(result: dict) -> go.Figure:
         fig.add_annotation(text="no ablation of this group has a run", showarrow=False, x=0.5, y=0.5,
                            xref="paper", yref="paper")
     return fig.update_layout(
-        title=f"{result['group']}: Δ {result['metric']} vs {result['baseline']} on {result['split']} "
+        title=f"{result['group']}: Δ {result['metric']} vs {result['baseline']} on {result['split']}{_where(result)} "
               f"(95 % CI; ★ = p_holm < {ALPHA})",
         scattermode="group", showlegend=True, xaxis_title="task",
         yaxis_title=f"Δ {result['metric']} (ablation − baseline)")
@@ -271,4 +277,5 @@ def table_figure(result: dict) -> go.Figure:
     missing = f"; no FINISHED run: {', '.join(result['missing'])}" if result["missing"] else ""
     return go.Figure(go.Table(header={"values": header}, cells={"values": columns})).update_layout(
         title=f"{result['group']}: {result['metric']} on {result['split']}, {result.get('view', 'official')} view, "
-              f"vs {result['baseline']} (* = p_holm < {ALPHA}){missing}", height=260 + 25 * len(rows))
+              f"{result.get('epoch', SELECTED)} epochs, vs {result['baseline']} (* = p_holm < {ALPHA}){missing}",
+        height=260 + 25 * len(rows))

@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 
+from argbench.cli.options import add_epoch_argument
 from argbench.data.copies import RANK_SPLITS, VIEWS
 
 HTML_METRIC = "val/epa/acc_at_1"
@@ -87,6 +88,7 @@ def _comparison_args(p) -> None:
     p.add_argument("--view", default="official", choices=VIEWS,
                    help="which ranks are paired: official pools; dedup = pools without copies of the query; "
                         "unseen = only queries whose texts do not occur in training (default: official)")
+    add_epoch_argument(p, "per-query ranks and (report page) metrics")
     p.add_argument("--experiment", default="argbench", help="MLflow experiment (default: argbench)")
     p.add_argument("--json", action="store_true", help="print JSON on stdout")
 
@@ -207,7 +209,8 @@ def cmd_compare(args) -> int:
     _quiet_downloads()
     open_store(must_exist=True)
     a, b = (run_name(ref, args.base) for ref in (args.a, args.b)) if args.base else (args.a, args.b)
-    result = compare_systems(a, b, split=args.split, tasks=args.tasks, experiment=args.experiment, view=args.view)
+    result = compare_systems(a, b, split=args.split, tasks=args.tasks, experiment=args.experiment, view=args.view,
+                             epoch=args.epoch)
     print(json.dumps(result, indent=2) if args.json else format_comparison(result))
     return 0
 
@@ -226,10 +229,10 @@ def cmd_report(args) -> int:
 
         result = significance.group_table(args.group, baseline=args.baseline, base=args.base, split=args.split,
                                           metric="mrr" if metric.endswith("mrr") else "acc@1",
-                                          experiment=args.experiment, view=args.view)
+                                          experiment=args.experiment, view=args.view, epoch=args.epoch)
         extra = {"fig-significance": significance.figure(result),
                  "fig-significance-table": significance.table_figure(result)}
-    path = report(args.experiment, args.runs, metric, args.out, extra_figures=extra)
+    path = report(args.experiment, args.runs, metric, args.out, extra_figures=extra, epoch=args.epoch)
     print(json.dumps({"path": str(path)}) if args.json else f"wrote {path}")
     return 0
 
@@ -239,7 +242,7 @@ def _print_tables(args) -> int:
     from argbench.analysis.significance import format_table, group_table, group_tables
 
     kw = {"baseline": args.baseline, "base": args.base, "split": args.split, "experiment": args.experiment,
-          "view": args.view,
+          "view": args.view, "epoch": args.epoch,
           "metric": (args.metric or "acc@1").replace("_at_", "@")}
     results = [group_table(args.group, **kw)] if args.group else group_tables(**kw)
     if args.json:

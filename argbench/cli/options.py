@@ -1,7 +1,10 @@
-"""Command-line options shared by several commands (``train``, ``ablation run``, ``search``), turned into what
-the library takes; imports nothing else of the CLI, so every command module can use it."""
+"""Command-line options shared by several commands (``train``, ``ablation run``, ``search``; ``--epoch`` of
+``compare``, ``report``, ``study``, ``export``, ``retrieve``), turned into what the library takes; imports nothing
+else of the CLI, so every command module can use it."""
 
 from __future__ import annotations
+
+from argbench.train.selection import EPOCHS, LAST, SELECTED
 
 
 def shortcut_overrides(args) -> list[str]:
@@ -11,3 +14,12 @@ def shortcut_overrides(args) -> list[str]:
         if getattr(args, flag, None) is not None:
             extra.append(f"{key}={getattr(args, flag)}")
     return extra + list(args.overrides)
+
+
+def add_epoch_argument(parser, what: str, default: str | None = SELECTED) -> None:
+    """``--epoch {selected,last}``: which epoch of each run ``what`` comes from (:mod:`argbench.train.selection`);
+    ``default`` None: the selected one where the run kept it, else the last (the command says so on stderr)."""
+    default_text = default or "the selected one; the last, said on stderr, for a run folder without best/"
+    parser.add_argument("--epoch", default=default, choices=EPOCHS,
+                        help=f"{what} at each run's {SELECTED} epoch (the best eval.primary on validation) or at "
+                             f"its {LAST} (default: {default_text})")

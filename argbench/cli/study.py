@@ -6,7 +6,7 @@ import argparse
 import json
 
 from argbench.cli.ablation import _quiet_downloads
-from argbench.cli.options import shortcut_overrides
+from argbench.cli.options import add_epoch_argument, shortcut_overrides
 from argbench.cli.search import add_worker_arguments
 from argbench.data.copies import RANK_SPLITS
 from argbench.search.grid import GridError, plan, report, run_study, spec_of_study
@@ -29,6 +29,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--split", default="test", choices=[k for k in RANK_SPLITS if k != "train"],
                         help="split of the table; test/reranked: final rankings (a cross-encoder's second stage where "
                              "an entry has one, else its first stage)")
+    add_epoch_argument(parser, "the table pairs the per-query ranks")
     parser.add_argument("--json", action="store_true", help="print the summary and table as JSON on stdout")
     add_worker_arguments(parser, "cell")
 
@@ -36,7 +37,7 @@ def add_arguments(parser) -> None:
 def cmd_study(args) -> int:
     _quiet_downloads()  # before workers spawn: they inherit the environment
     settings = {"experiment": args.experiment, "tracking_uri": args.tracking_uri, "split": args.split,
-                "heartbeat_interval": args.heartbeat_interval, "grace_period": args.grace_period,
+                "epoch": args.epoch, "heartbeat_interval": args.heartbeat_interval, "grace_period": args.grace_period,
                 "max_retry": args.max_retry}
     if args.names[:1] == ["report"]:  # "report" is no registry entry, so it cannot be meant as one
         if len(args.names) != 2:

@@ -1,7 +1,7 @@
 """A trained run as a sentence-transformers model folder, and such a folder loaded back for evaluation and retrieval.
 
-``export_run(RUN_DIR, DIR)`` reads a run folder (``config.yaml``, ``checkpoint/``, ``metrics.jsonl``, ``data.json``)
-and writes DIR, which ``SentenceTransformer(DIR)`` loads offline and whose ``encode`` gives argbench's retrieval
+``export_run(RUN_DIR, DIR)`` reads a run folder (``config.yaml``, ``best/``, ``checkpoint/``, ``data.json``) and
+writes DIR, which ``SentenceTransformer(DIR)`` loads offline and whose ``encode`` gives argbench's retrieval
 embeddings (float32 on CPU: equal to ``BiEncoder.head(pool(encoder(text)))`` within 1e-5). The run's network maps to
 sentence-transformers modules one to one:
 
@@ -17,13 +17,20 @@ projection ``Linear``            ``Dense(hidden, proj_dim, Identity)``
                                  activation) an identity ``Dense(d, d, ReLU)`` (weight I, bias 0: exact)
 ================================ ===================================================================================
 
-With ``sharing: separate`` the folder holds one ``Router`` with two routes: ``query`` = the point encoder (encode
-the arguments you want countered with ``encode_query``) and ``document`` = the candidate encoder (the counters,
+The weights exported are the run's selected epoch's (``best/``: the best ``eval.primary`` on validation, see
+:mod:`argbench.train.selection`), or with ``epoch="last"`` its last epoch's (``checkpoint/``); a run folder without
+``best/`` (written before argbench selected epochs, or whose run never evaluated ``eval.primary``) gives its last
+epoch, and :attr:`TrainedRun.note` says so. ``run.json`` and the model card record which epoch and which selection
+the folder holds.
+
+With ``sharing: separate`` the folder holds one ``Router`` with two routes: ``query`` = the point encoder (encode the
+arguments you want countered with ``encode_query``) and ``document`` = the candidate encoder (the counters,
 ``encode_document``; plain ``encode`` uses it too). Beside the modules, ``argbench/`` holds ``run.json`` (the run's
-config, data source and hash, final metrics, which route is which) and ``pair_classifier.safetensors``; README.md
-is the model card. A run trained with ``eval.rerank: cross_encoder`` also has ``cross_encoder/``, a standard
-cross-encoder folder (:mod:`argbench.model.cross_encoder`: ``AutoModelForSequenceClassification`` or
-sentence-transformers' ``CrossEncoder`` load it) that ``argbench retrieve --rerank`` uses.
+config, data source and hash, the exported epoch, its selection and metrics, which route is which) and
+``pair_classifier.safetensors``; README.md is the model card. A run trained with ``eval.rerank: cross_encoder`` also has
+``cross_encoder/``, a standard cross-encoder folder (:mod:`argbench.model.cross_encoder`:
+``AutoModelForSequenceClassification`` or sentence-transformers' ``CrossEncoder`` load it) that ``argbench retrieve
+--rerank`` uses: the run trains it once, at its final epoch, on the selected epoch's model.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from argbench.config import Config, from_dict, load_config, to_dict
+from argbench.data.copies import RERANKED
 from argbench.data.tasks import TASKS, SplitData
 from argbench.errors import UserError
 from argbench.model.bi_encoder import BiEncoder, Encoded, build_model
@@ -47,6 +55,7 @@ from argbench.model.cross_encoder import build_cross_encoder
 from argbench.model.encoders import embed
 from argbench.model.tokens import tokenize_texts
 from argbench.train import checkpoint
+from argbench.train.selection import EPOCHS, LAST, SELECTED
 
 ARGBENCH_DIR = "argbench"  # argbench's files inside an export folder
 RUN_FILE = "run.json"
@@ -63,7 +72,9 @@ class ExportError(UserError):
 
 @dataclass
 class TrainedRun:
-    """A run folder's final model, read back: the network with its last checkpoint's weights, its tokenizer and
+    """A run folder's model, read back: the network with the weights of epoch ``epoch`` (None: the history's last),
+    ``selection`` :data:`~argbench.train.selection.SELECTED` (from ``best/``) or ``LAST`` (from ``checkpoint/``),
+    ``note`` saying why the last epoch stands in for the selected one (None when it does not), its tokenizer and
     config, the per-epoch metrics and the corpus it was trained on (``data`` {source, hash}; "unknown" when the
     folder predates ``data.json``), and its cross-encoder (``reranker``; None unless the run trained one)."""
 
@@ -75,28 +86,58 @@ class TrainedRun:
     data: dict
     mlflow_run_id: str | None
     reranker: nn.Module | None = None
+    epoch: int | None = None
+    selection: str = LAST
+    note: str | None = None
 
 
-def load_run_dir(run_dir: str | Path) -> TrainedRun:
-    """Read a run folder written by ``argbench train --out`` / ``argbench ablation run`` (see module doc)."""
+def check_epoch(epoch: str | None) -> None:
+    """ExportError unless ``epoch`` is one of :data:`~argbench.train.selection.EPOCHS` or None (the default)."""
+    if epoch is not None and epoch not in EPOCHS:
+        raise ExportError(f"--epoch {epoch!r}: expected one of {', '.join(EPOCHS)}")
+
+
+def load_run_dir(run_dir: str | Path, epoch: str | None = None) -> TrainedRun:
+    """Read a run folder written by ``argbench train --out`` / ``argbench ablation run`` with the weights of
+    ``epoch``: "selected" (``best/``; ExportError when the folder has none), "last" (``checkpoint/``) or None (the
+    selected where the folder has ``best/``, else the last, with :attr:`TrainedRun.note` saying so)."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file() or not checkpoint.exists(run_dir):
         raise ExportError(f"{run_dir} is not a trained run folder: expected config.yaml and checkpoint/ "
                           "(written by `argbench train --out DIR` or `argbench ablation run`)")
     cfg = load_config(run_dir / "config.yaml")
+    name, note = _checkpoint_name(run_dir, epoch, cfg.eval.primary)
     model, tokenizer = build_model(cfg.model)
-    state = checkpoint.load(run_dir, model, torch.device("cpu"))
+    history = [json.loads(row) for row in checkpoint.load(run_dir, model, torch.device("cpu"))["history"]]
+    weights_epoch = history[-1]["epoch"] if history else None
+    if name == checkpoint.BEST:  # its state holds only {"epoch": N}; the history is the last checkpoint's
+        weights_epoch = checkpoint.load(run_dir, model, torch.device("cpu"), name=checkpoint.BEST)["epoch"]
     model.eval()
     reranker = build_cross_encoder(model.point_encoder) if cfg.eval.rerank == "cross_encoder" else None
-    if reranker is not None and not checkpoint.load_extra(run_dir, checkpoint.RERANKER, reranker):
+    if reranker is not None and not checkpoint.load_extra(run_dir, checkpoint.RERANKER, reranker, name=name):
         reranker = None  # stopped before the last epoch: no second stage yet
-    history = [json.loads(row) for row in state["history"]]
     data_file = run_dir / DATA_FILE
     data = json.loads(data_file.read_text()) if data_file.is_file() else {"source": "unknown", "hash": "unknown"}
     run_id_file = run_dir / "mlflow_run_id"
     run_id = (run_id_file.read_text().strip() or None) if run_id_file.is_file() else None
     return TrainedRun(run_dir, model, tokenizer, cfg, history, data, run_id,
-                      reranker.eval() if reranker is not None else None)
+                      reranker.eval() if reranker is not None else None, epoch=weights_epoch,
+                      selection=SELECTED if name == checkpoint.BEST else LAST, note=note)
+
+
+def _checkpoint_name(run_dir: Path, epoch: str | None, primary: str) -> tuple[str, str | None]:
+    """(the checkpoint folder holding ``epoch``'s weights, the note when the last epoch stands in for the selected
+    one); ExportError for an unknown epoch, or "selected" of a folder without ``best/``."""
+    check_epoch(epoch)
+    if epoch == LAST:
+        return checkpoint.DIRNAME, None
+    if checkpoint.exists(run_dir, checkpoint.BEST):
+        return checkpoint.BEST, None
+    missing = (f"{run_dir} has no {checkpoint.BEST}/, the selected epoch's model (a run folder written before "
+               f"argbench selected epochs, or no epoch evaluated {primary})")
+    if epoch == SELECTED:
+        raise ExportError(f"--epoch {SELECTED}: {missing}; use --epoch {LAST} for its {checkpoint.DIRNAME}/")
+    return checkpoint.DIRNAME, f"{missing}: using {checkpoint.DIRNAME}/, the last epoch's"
 
 
 # --- argbench -> sentence-transformers ---------------------------------------------------------------------------
@@ -155,12 +196,13 @@ def sentence_transformer(model: BiEncoder, tokenizer, cfg: Config, scratch: Path
     return SentenceTransformer(modules=modules, device="cpu", similarity_fn_name=similarity)
 
 
-def export_run(run: TrainedRun | str | Path, out: str | Path) -> Path:
-    """Write the export folder of ``run`` (a :class:`TrainedRun` or a run folder) to ``out``; returns ``out``.
+def export_run(run: TrainedRun | str | Path, out: str | Path, epoch: str | None = None) -> Path:
+    """Write the export folder of ``run`` (a :class:`TrainedRun`, or a run folder read at ``epoch``: see
+    :func:`load_run_dir`) to ``out``; returns ``out``.
 
     ``out`` must not exist, be empty, or be an earlier export (replaced). Written to a sibling and renamed, so a
     failure leaves no half-written folder."""
-    run = run if isinstance(run, TrainedRun) else load_run_dir(run)
+    run = run if isinstance(run, TrainedRun) else load_run_dir(run, epoch)
     out = Path(out)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not is_export(out))):
         raise ExportError(f"--to {out}: exists and is not an empty folder or an earlier export; expected a new "
@@ -203,18 +245,50 @@ def weights_digest(folder: Path) -> str:
 
 def _run_info(run: TrainedRun, digest: str) -> dict:
     last = run.history[-1] if run.history else {}
+    epoch = last.get("epoch") if run.epoch is None else run.epoch
     cfg = run.config
     routes = ({"query": "point encoder: the arguments you want countered (encode_query)",
                "document": "candidate encoder: the counters searched (encode_document; plain encode too)"}
               if cfg.model.sharing == "separate" else None)
     return {
         "format": FORMAT, "source": str(run.path), "mlflow_run_id": run.mlflow_run_id,
-        "data": run.data, "epoch": last.get("epoch"), "weights_digest": digest, "dimension": run.model.emb_dim,
+        "data": run.data, "epoch": epoch, "last_epoch": last.get("epoch"), "selection": run.selection,
+        "primary": cfg.eval.primary, "note": run.note, "weights_digest": digest, "dimension": run.model.emb_dim,
         "sharing": cfg.model.sharing, "routes": routes, "pooling": cfg.model.pooling, "metric": cfg.eval.metric,
         "classifier": cfg.model.classifier, "fusion": cfg.model.fusion,
-        "metrics": {k: v for k, v in last.items() if _is_retrieval_metric(k)},
-        "config": to_dict(cfg),
+        "metrics": _epoch_metrics(run.history, epoch, run.selection), "config": to_dict(cfg),
     }
+
+
+def _epoch_metrics(history: list[dict], epoch: int | None, selection: str) -> dict[str, float]:
+    """The retrieval metrics recorded at ``epoch``, plus, for the selected model, its second stage's (recorded with
+    the final epoch: the cross-encoder reranks the selected model)."""
+    row = next((m for m in history if m["epoch"] == epoch), {})
+    metrics = {k: v for k, v in row.items() if _is_retrieval_metric(k) and RERANKED + "/" not in k}
+    if selection == SELECTED and history:
+        metrics.update({k: v for k, v in history[-1].items() if _is_retrieval_metric(k) and RERANKED + "/" in k})
+    return metrics
+
+
+def selection_text(info: dict) -> str:
+    """Which epoch an export's ``run.json`` ``info`` holds, in words: "epoch 3, the best val/epa/acc_at_1 on
+    validation" or "epoch 5, the last" (with the note of a fallback)."""
+    if info.get("selection") == SELECTED:
+        return f"epoch {info['epoch']}, the best {info.get('primary')} on validation"
+    return f"epoch {info.get('epoch')}, the last" + (f" ({info['note']})" if info.get("note") else "")
+
+
+def check_holds(info: dict, epoch: str | None, where: str | Path) -> None:
+    """ExportError unless the export with ``run.json`` ``info`` holds ``epoch`` (None: any): the selected model,
+    or the last epoch's (an export made before argbench selected epochs holds the last)."""
+    check_epoch(epoch)
+    if epoch == SELECTED:
+        holds = info.get("selection") == SELECTED
+    else:
+        holds = epoch is None or info.get("epoch") == info.get("last_epoch", info.get("epoch"))
+    if not holds:
+        raise ExportError(f"{where} holds {selection_text(info)}, not the {epoch} epoch's model; export the run "
+                          f"folder with --epoch {epoch}")
 
 
 def model_card(info: dict) -> str:
@@ -232,15 +306,17 @@ def model_card(info: dict) -> str:
         "## Recipe", "",
         f"- encoder `{model['encoder']}`, pooling `{model['pooling']}`, max length {model['max_length']}, "
         f"sharing `{model['sharing']}`, head {head}",
-        f"- trained {info['epoch']} epochs (planned {cfg['train']['epochs']}), lr {cfg['train']['lr']}, "
+        f"- trained {info.get('last_epoch', info['epoch'])} epochs (planned {cfg['train']['epochs']}), lr "
+        f"{cfg['train']['lr']}, "
         f"batch {cfg['train']['batch_size']}, seed {cfg['train']['seed']}; loss weights triplet "
         f"{cfg['loss']['triplet_weight']} (margin {cfg['loss']['margin']}), in-batch {cfg['loss']['in_batch_weight']}"
         f", classifier {cfg['loss']['ce_pos_weight']}/{cfg['loss']['ce_neg_weight']}",
         f"- data `{info['data'].get('source')}`, content hash `{info['data'].get('hash')}`",
-        f"- retrieval distance: {info['metric']} (the model's `similarity_fn_name`)", "",
+        f"- retrieval distance: {info['metric']} (the model's `similarity_fn_name`)",
+        f"- these weights: {selection_text(info)}", "",
         "The full configuration is `argbench/run.json` (`config`).", "",
     ]
-    lines += _metric_lines(info["metrics"])
+    lines += _metric_lines(info["metrics"], info["epoch"])
     lines += ["## Load it", "", "```python", "from sentence_transformers import SentenceTransformer", "",
               "model = SentenceTransformer(\"PATH/TO/THIS/FOLDER\")"]
     if info["routes"]:
@@ -264,21 +340,21 @@ def _is_retrieval_metric(name: str) -> bool:
     return name.rsplit("/", 1)[-1].startswith("acc_at_") or name.endswith("/mrr")
 
 
-def _metric_lines(metrics: dict) -> list[str]:
-    """The model card's tables of the official-pool metrics of ``metrics`` (flat trainer names)."""
+def _metric_lines(metrics: dict, epoch: int | None) -> list[str]:
+    """The model card's tables of the official-pool metrics of ``metrics`` (flat trainer names) of ``epoch``."""
     lines = []
-    for key, name in (("test", "test"), ("val", "validation")):
+    for key, name in (("test", "Test"), ("val", "Validation")):
         tasks = [t for t in TASKS if f"{key}/{t}/acc_at_1" in metrics]
         if not tasks:
             continue
-        lines += [f"## Final {name} metrics (official pools)", "",
+        lines += [f"## {name} metrics of epoch {epoch} (official pools)", "",
                   "| metric | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
         for metric in ("acc_at_1", "acc_at_5", "mrr"):
             lines.append(f"| {metric.replace('_at_', '@')} | "
                          + " | ".join(f"{metrics[f'{key}/{t}/{metric}']:.4f}" for t in tasks) + " |")
         rerank = metrics.get(f"{key}/rerank/acc_at_1")
         lines += [""] + ([f"Top-10 reranked by the pair classifier (epa): acc@1 {rerank:.4f}.", ""] if rerank else [])
-    return lines or ["No evaluated split was recorded for the last epoch.", ""]
+    return lines or [f"No evaluated split was recorded for epoch {epoch}.", ""]
 
 
 # --- an export folder, loaded back -------------------------------------------------------------------------------
@@ -286,6 +362,11 @@ def _metric_lines(metrics: dict) -> list[str]:
 def is_export(path: str | Path) -> bool:
     """Whether ``path`` is a folder written by :func:`export_run`."""
     return (Path(path) / ARGBENCH_DIR / RUN_FILE).is_file()
+
+
+def run_info(path: str | Path) -> dict:
+    """The ``argbench/run.json`` of export folder ``path``: the run's config, data, exported epoch and metrics."""
+    return json.loads((Path(path) / ARGBENCH_DIR / RUN_FILE).read_text())
 
 
 @dataclass
@@ -324,7 +405,7 @@ def load_export(path: str | Path) -> ExportedModel:
     if not is_export(path):
         raise ExportError(f"{path} is not an argbench export: expected {ARGBENCH_DIR}/{RUN_FILE} in it "
                           "(write one with `argbench export RUN_DIR --to DIR`)")
-    info = json.loads((path / ARGBENCH_DIR / RUN_FILE).read_text())
+    info = run_info(path)
     cfg = from_dict(info["config"], str(path / ARGBENCH_DIR / RUN_FILE))
     st = SentenceTransformer(str(path), device="cpu", local_files_only=True)
     first = st[0]
@@ -378,8 +459,8 @@ def evaluate_export(exported: ExportedModel, split: SplitData, batch_size: int =
 
 def recorded_difference(exported: ExportedModel, split_key: str, evaluation) -> float | None:
     """Largest |difference| between ``evaluation`` (an :class:`argbench.eval.evaluate.Evaluation` of split key
-    ``split_key``: "val", "test", "train") and the run's recorded final metrics of the same names; None when the run
-    recorded none of them at its last epoch (it did not evaluate that split then)."""
+    ``split_key``: "val", "test", "train") and the run's recorded metrics of the same names at the exported epoch;
+    None when the run recorded none of them then (it did not evaluate that split at that epoch)."""
     metrics = evaluation.flat(split_key)
     shared = [k for k in exported.info["metrics"] if k in metrics]
     return max((abs(metrics[k] - exported.info["metrics"][k]) for k in shared), default=None)

@@ -5,8 +5,8 @@ The *grid* is a base recipe and the distinct members of a registry group (or of 
 *cell*. The study is an Optuna study with a :class:`optuna.samplers.GridSampler` over the parameters ``entry`` and
 ``seed`` on any storage :mod:`argbench.search.storage` opens (SQLite, journal file, PostgreSQL for several
 machines). Every worker — the ``--jobs`` processes of one command, or the same command on other machines — loops:
-fail stale trials, then take the next open cell as an Optuna trial, train it and report its primary metric (the
-objective). So:
+fail stale trials, then take the next open cell as an Optuna trial, train it and report its primary metric at its
+selected epoch (:func:`argbench.train.selection.best`, the objective). So:
 
 * a cell is claimed by exactly one trial: the first N trial numbers are the N cells (Optuna's GridSampler assigns
   grid id = trial number), retries are queued trials that one worker pops atomically; a trial that still finds its
@@ -23,9 +23,10 @@ MLflow: one parent run per study (created with the study; its id is the study us
 and one child run per cell, trained by :func:`argbench.experiments.runner.train_seed` like any ablation run (same
 per-epoch metrics and per-query ranks), run name ``entry@base`` (the base's own cells: its name), tags ``entry``,
 ``base``, ``seed``, ``study``. When the last cell is done the significance table — every member against the base,
-per task, paired by query with the seeds pooled, Holm over members × tasks, one table per evaluation view — is
-printed and logged on the parent (``significance/<view>.csv`` and ``.html``) and the parent ends FINISHED;
-``argbench study report NAME`` does the same at any time from the cells done so far."""
+per task, paired by query with the seeds pooled, Holm over members × tasks, one table per evaluation view, each
+cell's ranks those of its selected epoch (``GridSpec.epoch`` "last": its last epoch's) — is printed and logged on
+the parent (``significance/<view>.csv`` and ``.html``; ``significance/last/...`` for the last epochs) and the parent
+ends FINISHED; ``argbench study report NAME`` does the same at any time from the cells done so far."""
 
 from __future__ import annotations
 
@@ -48,6 +49,7 @@ from argbench.errors import UserError
 from argbench.experiments import registry
 from argbench.search.storage import close_stale_trials, open_storage, record_trial, storage_url
 from argbench.train import trainer as train
+from argbench.train.selection import SELECTED
 
 CELL_PARAMS = ("entry", "seed")
 PARENT_ATTR = "mlflow_parent_run_id"
@@ -78,6 +80,7 @@ class GridSpec:
     heartbeat_interval: int = 10
     grace_period: int = 30
     max_retry: int = 2
+    epoch: str = SELECTED  # the epoch of each cell whose ranks the table pairs: "selected" or "last"
     configs: dict = field(default_factory=dict)  # entry -> resolved config (to_dict), fixed when planned
 
     @property
@@ -422,9 +425,10 @@ def _table(spec: GridSpec, runs: dict[str, list[str]], view: str) -> dict:
     from argbench.analysis import significance
 
     rows = significance.members_table(runs[spec.base], {m: runs[m] for m in spec.members}, split=spec.split,
-                                      view=view, experiment=spec.experiment, tracking_uri=spec.tracking_uri)
+                                      view=view, epoch=spec.epoch, experiment=spec.experiment,
+                                      tracking_uri=spec.tracking_uri)
     return {"group": spec.study, "baseline": spec.base, "baseline_run": spec.base, "split": spec.split,
-            "metric": "acc@1", "view": view, "rows": rows, "missing": []}
+            "metric": "acc@1", "view": view, "epoch": spec.epoch, "rows": rows, "missing": []}
 
 
 def _log_tables(spec: GridSpec, parent: str, tables: dict) -> None:
@@ -435,24 +439,26 @@ def _log_tables(spec: GridSpec, parent: str, tables: dict) -> None:
     from argbench.track.store import Store
 
     store = Store(spec.tracking_uri)
+    folder = "significance" if spec.epoch == SELECTED else f"significance/{spec.epoch}"
     for view, table in tables.items():
-        store.log_text(parent, pd.DataFrame(table["rows"]).to_csv(index=False), f"significance/{view}.csv")
+        store.log_text(parent, pd.DataFrame(table["rows"]).to_csv(index=False), f"{folder}/{view}.csv")
         html = significance.table_figure(table).to_html(include_plotlyjs="inline")
-        store.log_text(parent, html, f"significance/{view}.html")
+        store.log_text(parent, html, f"{folder}/{view}.html")
     store.log_metrics(parent, {"study/cells_complete": len(spec.cells)})
     store.end_if_running(parent, "FINISHED")
 
 
 def summary(spec: GridSpec, states: dict, parent: str, tables: dict) -> dict:
-    """``{"study", "cells", "complete", "failed", "running", "parent_run_id", "split", "table": [{"view", "member",
-    "task", "a", "b", "delta", "ci": [lo, hi], "p_value", "p_holm", "significant", "seeds_a", "seeds_b", "n"}]}``;
-    the table is empty until every cell is done."""
+    """``{"study", "cells", "complete", "failed", "running", "parent_run_id", "split", "epoch", "table": [{"view",
+    "member", "task", "a", "b", "delta", "ci": [lo, hi], "p_value", "p_holm", "significant", "seeds_a", "seeds_b",
+    "n"}]}``; the table is empty until every cell is done."""
     counts = {s: sum(v == s for v in states.values()) for s in ("done", "failed", "running")}
     rows = [{"view": view, "member": r["ablation"], **{k: v for k, v in r.items() if k != "ablation"}}
             for view, table in tables.items() for r in table["rows"]]
     return {"study": spec.study, "base": spec.base, "members": spec.members, "seeds": spec.seeds,
             "cells": len(states), "complete": counts["done"], "failed": counts["failed"],
-            "running": counts["running"], "parent_run_id": parent, "split": spec.split, "table": rows,
+            "running": counts["running"], "parent_run_id": parent, "split": spec.split, "epoch": spec.epoch,
+            "table": rows,
             "text": [significance_text(t) for t in tables.values()]}
 
 

@@ -1,20 +1,26 @@
 """An export folder (:mod:`argbench.model.export`) as an MLflow model: a pyfunc whose ``predict`` embeds argument texts.
 
 ``log_export`` logs the folder as a pyfunc model of a run (MLflow 3 "logged model": it shows under the run's
-"Logged models", carries the run's metrics of the final epoch, a signature and an input example);
+"Logged models", carries the run's metrics of the exported epoch, which is the selected one for a run folder with
+``best/`` (:mod:`argbench.train.selection`), tags ``argbench.epoch`` and ``argbench.selection`` saying so, a
+signature and an input example);
 ``mlflow.pyfunc.load_model("models:/<model_id>")`` (or ``runs:/<run_id>/model``) loads it offline and
 ``predict(["an argument", ...])`` returns float32 [n, d] retrieval embeddings. ``params={"side": "query"}`` selects
 the point encoder of a separate-encoder model (default "document", the candidate encoder; a shared model has one).
-``download_export`` fetches the folder of a run's logged model back, for ``argbench export/retrieve RUN_ID``.
+``download_export`` fetches the folder of a run's logged model back, for ``argbench export/retrieve RUN_ID``
+(checking that it holds the epoch asked for).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import mlflow
 import numpy as np
@@ -66,14 +72,14 @@ def signature(dim: int) -> ModelSignature:
                           params=ParamSchema([ParamSpec("side", "string", "document")]))
 
 
-def log_export(client: MlflowClient, run_id: str, export_dir: Path, *, step: int = 0) -> str:
-    """Log ``export_dir`` as run ``run_id``'s pyfunc model ``model`` (metrics of ``step`` attached); returns the
-    model id. MLflow's model logging reads the process's tracking URI, so it is pointed at ``client``'s store for
-    this call only and restored after."""
+def log_export(client: MlflowClient, run_id: str, export_dir: Path, *, step: int | None = None) -> str:
+    """Log ``export_dir`` as run ``run_id``'s pyfunc model ``model`` (the run's metrics of ``step`` attached; by
+    default the step of the export's epoch); returns the model id. MLflow's model logging reads the process's
+    tracking URI, so it is pointed at ``client``'s store for this call only and restored after."""
     from mlflow.models import Model
-    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
     info = json.loads((Path(export_dir) / "argbench" / "run.json").read_text())
+    step = (info.get("epoch") or 0) if step is None else step
     model_cfg = info["config"]["model"]
     example = pd.DataFrame({INPUT_COLUMN: ["School uniforms restrict students' freedom of expression."]})
     # Created here, in the run's experiment: left to Model.log, the model would go to the process's active
@@ -82,8 +88,10 @@ def log_export(client: MlflowClient, run_id: str, export_dir: Path, *, step: int
                                        source_run_id=run_id, model_type="argbench-retriever",
                                        tags={"argbench.sharing": model_cfg["sharing"],
                                              "argbench.encoder": model_cfg["encoder"],
-                                             "argbench.data.hash": str(info["data"].get("hash"))})
-    with _use_tracking_uri(client.tracking_uri), warnings.catch_warnings():
+                                             "argbench.data.hash": str(info["data"].get("hash")),
+                                             "argbench.epoch": str(info.get("epoch")),
+                                             "argbench.selection": str(info.get("selection"))})
+    with _tracking_uri(client.tracking_uri), warnings.catch_warnings():
         # MLflow suggests type hints on predict to infer a signature; this model states its signature itself
         warnings.filterwarnings("ignore", message=".*type hints to the `predict` method")
         logged = Model.log(artifact_path=None, name=MODEL_NAME, flavor=mlflow.pyfunc, run_id=run_id, step=step,
@@ -91,6 +99,24 @@ def log_export(client: MlflowClient, run_id: str, export_dir: Path, *, step: int
                            signature=signature(info["dimension"]), input_example=example,
                            pip_requirements=_requirements(), model_id=model.model_id)
     return logged.model_id
+
+
+@contextmanager
+def _tracking_uri(uri: str) -> Iterator[None]:
+    """MLflow's process-wide tracking URI set to ``uri`` inside the block. MLflow's ``_use_tracking_uri`` restores its
+    global after, but unsets ``$MLFLOW_TRACKING_URI`` when that global was unset, which would send every later
+    default-store call of the process to another store; the variable is restored as well."""
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+    saved = os.environ.get("MLFLOW_TRACKING_URI")
+    try:
+        with _use_tracking_uri(uri):
+            yield
+    finally:
+        if saved is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = saved
 
 
 def _requirements() -> list[str]:
@@ -116,18 +142,26 @@ def logged_model_id(client: MlflowClient, run_id: str) -> str:
     return models[-1].model_id
 
 
-def download_export(run_id: str, dest: Path, tracking_uri: str | None = None) -> Path:
-    """Copy the export folder of run ``run_id``'s logged model to ``dest`` (replaced if present); returns it."""
+def download_export(run_id: str, dest: Path, tracking_uri: str | None = None, epoch: str | None = None) -> Path:
+    """Copy the export folder of run ``run_id``'s logged model to ``dest`` (an earlier export there is replaced);
+    returns it. ExportError, before ``dest`` is touched, when ``dest`` is another non-empty folder or the model does
+    not hold ``epoch`` ("selected" or "last"; None: whichever it holds), see
+    :func:`argbench.model.export.check_holds`."""
+    from argbench.model.export import ExportError, check_holds, is_export, run_info
     from argbench.paths import default_tracking_uri
 
+    dest = Path(dest)
+    if dest.exists() and (not dest.is_dir() or (any(dest.iterdir()) and not is_export(dest))):
+        raise ExportError(f"--to {dest}: exists and is not an empty folder or an earlier export; expected a new "
+                          "folder name")
     uri = tracking_uri or default_tracking_uri()
     client = MlflowClient(uri)
     model = client.get_logged_model(logged_model_id(client, run_id))
-    dest = Path(dest)
     with tempfile.TemporaryDirectory() as scratch:
         local = mlflow.artifacts.download_artifacts(artifact_uri=f"{model.artifact_location}/artifacts/"
                                                                  f"{ARTIFACT_KEY}", dst_path=scratch,
                                                     tracking_uri=uri)
+        check_holds(run_info(local), epoch, f"the model logged by MLflow run {run_id}")
         if dest.exists():
             shutil.rmtree(dest)
         dest.parent.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,8 @@
 GPU box without MLflow. :func:`import_run` reads and checks them *before* opening a run (so a bad file leaves no
 half-written run), then logs the run exactly as a tracked run is logged, through the same
 :class:`argbench.track.tracker.MlflowTracker`: the config's params, every epoch's metrics at ``step = epoch``, the
-artifacts (config, metrics.csv, learning curve), FINISHED. It adds the tag ``imported_from`` (the folder) and any
+artifacts (config, metrics.csv, learning curve), the selected epoch (tags ``selected_epoch`` and ``selection``,
+its ``best/`` metrics), FINISHED. It adds the tag ``imported_from`` (the folder) and any
 ``tags`` given, e.g. ``device=H100``. Per-query ranks are not in those files, so an imported run has none and
 ``argbench compare`` cannot use it; its metrics and curves appear in the MLflow UI and ``argbench report``. A
 ``metrics.jsonl`` of an older argbench, whose rows nest the metrics (``{"val": {"epa": {"acc@1": ...}}, "loss":
@@ -22,7 +23,8 @@ from argbench.config import Config, ConfigError, load_config, metric_name
 from argbench.errors import UserError
 from argbench.experiments.registry import RegistryError, get
 from argbench.track.tracker import tracked_run
-from argbench.train.trainer import LOSS_NAMES, NEGATIVE_NAMES, best
+from argbench.train.selection import best
+from argbench.train.trainer import LOSS_NAMES, NEGATIVE_NAMES
 
 CONFIG, METRICS = "config.yaml", "metrics.jsonl"
 # Scalars of the old nested rows and their names now

@@ -12,6 +12,10 @@ What a reference to a *system* (an ablation name or a run id) stands for is deci
 * the run's *seeds*: a multi-seed parent (a run with child runs of its own name, as
   :mod:`argbench.experiments.runner` logs it) is its FINISHED children, oldest first; any other run is its own seed.
 
+Per-query ranks (:meth:`Store.ranks`): a tracked run logs, per evaluated split, those of its selected epoch
+(:mod:`argbench.train.selection`) as :data:`RANKS` and those of its last evaluated epoch as :data:`LAST_RANKS`; a
+run logged before argbench selected epochs has only :data:`RANKS`, which holds its last epoch.
+
 Writes: metrics (at ``step``, timestamped now), params and tags (every value through :func:`redact`, in batches
 MLflow accepts), text artifacts, and closing a run left RUNNING by a process that died.
 """
@@ -31,10 +35,13 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
+from argbench.data.copies import RERANKED
 from argbench.errors import UserError
 from argbench.paths import default_tracking_uri
+from argbench.train.selection import EPOCHS, LAST, SELECTED
 
-RANKS = "per_query/{split}.csv"  # the per-query ranks a tracked run logs for each evaluated split
+RANKS = "per_query/{split}.csv"  # the per-query ranks of a tracked run's selected epoch, per evaluated split
+LAST_RANKS = "per_query/last/{split}.csv"  # those of its last evaluated epoch (first-stage splits only)
 BATCH = 100  # MLflow's limit on params + tags per log_batch call
 _RUN_ID = re.compile(r"[0-9a-f]{32}")
 
@@ -43,6 +50,24 @@ _RUN_ID = re.compile(r"[0-9a-f]{32}")
 _URL_PASSWORD = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.\-]*://[^\s:/?#@'\"<>]*:)[^\s'\"<>]*@")
 _QUERY_SECRET = re.compile(r"(?P<head>[?&](?:password|passwd|pwd|secret|token|api_key|apikey)=)[^&#\s'\"<>]*",
                            re.IGNORECASE)
+
+
+def check_epoch(epoch: str) -> None:
+    """UserError unless ``epoch`` is one of :data:`argbench.train.selection.EPOCHS`."""
+    if epoch not in EPOCHS:
+        raise UserError(f"epoch {epoch!r}: expected one of {', '.join(EPOCHS)}")
+
+
+def ranks_artifact(split: str, epoch: str = SELECTED) -> str:
+    """The artifact holding the per-query ranks of ``split`` at ``epoch`` (``selected`` or ``last``); UserError for
+    another epoch, or for ``last`` of a ``/reranked`` split (the second stage ranks only the selected model)."""
+    check_epoch(epoch)
+    if epoch == SELECTED:
+        return RANKS.format(split=split)
+    if split.endswith(RERANKED):
+        raise UserError(f"split {split}: the second stage ranked only the selected epoch's model, so there are no "
+                        f"last-epoch {split} ranks; use --epoch {SELECTED}")
+    return LAST_RANKS.format(split=split)
 
 
 class NotInStore(UserError):
@@ -222,9 +247,16 @@ class Store:
                 raise FileNotFoundError(f"run {run_id}: no artifact {artifact}; files logged in {folder}/: "
                                         f"{logged or 'none'}") from err
 
-    def ranks(self, run_id: str, split: str) -> pd.DataFrame:
-        """The per-query ranks run ``run_id`` logged for ``split`` (:data:`RANKS`; see argbench.track.tracker)."""
-        return self.table(run_id, RANKS.format(split=split))
+    def ranks(self, run_id: str, split: str, epoch: str = SELECTED) -> pd.DataFrame:
+        """The per-query ranks run ``run_id`` logged for ``split`` at ``epoch`` (:func:`ranks_artifact`; see
+        argbench.track.tracker); FileNotFoundError naming what was logged when the run has none."""
+        try:
+            return self.table(run_id, ranks_artifact(split, epoch))
+        except FileNotFoundError as err:
+            if epoch != LAST:
+                raise
+            raise FileNotFoundError(f"{err} (a run logged before argbench selected epochs has only "
+                                    f"{RANKS.format(split=split)}, its last epoch's: use --epoch {SELECTED})") from None
 
     # --- writing ------------------------------------------------------------------------------------------------
     def log_metrics(self, run_id: str, values: dict[str, float], step: int = 0) -> None:

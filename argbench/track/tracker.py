@@ -10,11 +10,20 @@ the hook passed to ``argbench.train.trainer.fit``. What one run holds:
   ``{split}/{task}/acc_at_{1,3,5,10}``, ``{split}/{task}/mrr``, ``{split}/rerank/acc_at_1``, the same per task
   under ``{split}/dedup/`` and ``{split}/unseen/`` (the views of argbench.data.copies), ``negatives/*``,
   ``schedule/random_rate``, ``perf/*``; plus MLflow's own ``system/*`` metrics when psutil is installed;
+* the run's result, its *selected epoch* (:mod:`argbench.train.selection`: the best ``eval.primary`` on validation,
+  the earliest on ties, test never consulted), decided again at the end of every epoch: tags ``selected_epoch`` and
+  ``selection`` ("best <primary>", or "last (primary not evaluated)" when no epoch evaluated it, and then the last
+  evaluated epoch stands in), and every ``val/...`` and ``test/...`` metric of that epoch again as ``best/<name>``
+  at ``step`` = that epoch, so the run table shows the result; the second stage's ``*/reranked/*`` metrics (logged
+  with the final epoch, but ranking the selected epoch's model) are ``best/`` metrics too;
 * artifacts: config.yaml, metrics.csv (one row per epoch), negatives.csv, learning_curve.html (plotly.js from its
-  CDN), per_query/{split}.csv (long format: epoch, query, task, rank, rank_dedup, unseen), rewritten at the end of
-  every epoch (a kill loses at most the running epoch);
-* with ``log_model``: at the end, the final model exported (:mod:`argbench.model.export`) and logged as a pyfunc
-  model (:mod:`argbench.track.model_log`), listed under the run's "Logged models";
+  CDN), per-query ranks in long format (epoch, query, task, rank, rank_dedup, unseen): ``per_query/{split}.csv``
+  those of the selected epoch (written when an epoch becomes the selected one, so a resumed run whose best epoch
+  came before the interruption keeps it), ``per_query/last/{split}.csv`` those of the last evaluated epoch
+  (:data:`argbench.track.store.RANKS`, :data:`~argbench.track.store.LAST_RANKS`), and ``per_query/{split}.csv``
+  of the ``/reranked`` splits; all rewritten at the end of every epoch (a kill loses at most the running epoch);
+* with ``log_model``: at the end, the selected model exported (:mod:`argbench.model.export`) and logged as a
+  pyfunc model (:mod:`argbench.track.model_log`), listed under the run's "Logged models";
 * the corpus as the run's dataset input (:mod:`argbench.track.lineage`); the experiment is created with MLflow's
   experiment kind "custom_model_development" (model training);
 * where it runs: tags ``process.host``, ``process.pid`` and a ``process.heartbeat`` refreshed by a thread and
@@ -46,10 +55,12 @@ from mlflow.tracking.context.registry import resolve_tags
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from argbench.config import PRIMARY, Config, flatten, to_yaml
+from argbench.data.copies import RERANKED
 from argbench.paths import PACKAGE_DIR, default_tracking_uri
 from argbench.track import stale
-from argbench.track.store import RANKS, Store, redact
+from argbench.track.store import LAST_RANKS, RANKS, Store, redact
 from argbench.track.store_init import ensure_store, sqlite_path
+from argbench.train.selection import selected_epoch
 
 DEFAULT_EXPERIMENT = "argbench"
 RUN_ID_FILE = "mlflow_run_id"
@@ -59,6 +70,10 @@ MAX_ERROR_CHARS = 5000
 # evaluation runs, "custom_model_development" on runs, charts and models).
 EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 EPOCH_MARKER = "perf/epoch_seconds"  # logged at every epoch, so its steps are the epochs already logged
+SELECTED_TAG, SELECTION_TAG = "selected_epoch", "selection"
+FALLBACK = "last (primary not evaluated)"  # the selection tag when no epoch evaluated eval.primary
+BEST_PREFIX = "best/"
+RESULT_SPLITS = ("val/", "test/")  # the metrics of the selected epoch repeated as best/<name>
 
 # Run ids of the tracked_run blocks open in this context, innermost last (parents of nested runs).
 _open_runs: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("argbench_open_runs", default=())
@@ -69,6 +84,22 @@ _open_runs: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("ar
 def _row(metrics: dict) -> dict[str, float]:
     """The metrics of one epoch's trainer dict (see argbench.train.trainer), ``epoch`` left out."""
     return {k: v for k, v in metrics.items() if k != "epoch"}
+
+
+def result_metrics(rows: list[dict], epoch: int) -> dict[str, float]:
+    """A run's result when ``epoch`` is its selected epoch: every ``val/`` and ``test/`` metric of that epoch's row
+    and every second-stage (``*/reranked/*``) metric of any row, since the second stage ranks the selected epoch's
+    model whenever it ran."""
+    chosen = next((row for row in rows if row["epoch"] == epoch), {})
+    values = {k: v for k, v in chosen.items() if k.startswith(RESULT_SPLITS)}
+    for row in rows:
+        values.update({k: v for k, v in row.items() if RERANKED + "/" in k})
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def best_metrics(rows: list[dict], epoch: int) -> dict[str, float]:
+    """:func:`result_metrics` under their ``best/`` names."""
+    return {BEST_PREFIX + k: v for k, v in result_metrics(rows, epoch).items()}
 
 
 def param_values(cfg: Config) -> dict[str, str]:
@@ -149,7 +180,9 @@ class MlflowTracker:
 
     Never logs a step twice: epochs up to the last one already in the run (found from its ``perf/epoch_seconds``,
     ``train/loss`` and primary-metric histories) are ignored, and :meth:`finish` back-fills epochs of the history
-    that never reached MLflow (e.g. an interruption between checkpoint and hook).
+    that never reached MLflow (e.g. an interruption between checkpoint and hook). The evaluations of the running
+    epoch are kept until it ends, when the selected epoch is decided (module doc); a resumed run starts from the
+    selection its ``selected_epoch`` tag records.
     """
 
     def __init__(self, store: Store, run_id: str, *, config: Config | None = None,
@@ -159,7 +192,10 @@ class MlflowTracker:
         self.out_dir, self.log_model = (None if out_dir is None else Path(out_dir)), log_model
         self.rows: list[dict] = []  # one flat row per epoch logged by this process
         self.negatives: list[dict] = []
-        self.ranks: dict[str, tuple[int, object]] = {}  # split -> (epoch, its last Evaluation)
+        self.evaluated: dict[str, tuple[int, object]] = {}  # first-stage split -> (epoch, its last Evaluation)
+        self.reranked: dict[str, tuple[int, object]] = {}  # "<split>/reranked" -> (epoch, the second stage's)
+        self.selection: tuple[int, str] | None = None  # (selected epoch, how) as logged in the run's tags
+        self.best_logged: dict[str, float] = {}  # the best/ values logged for that epoch
         self.logged_steps = self._steps_in_run()
         self.resumed_from: int | None = None
         self.finished = False
@@ -199,9 +235,10 @@ class MlflowTracker:
 
     def on_epoch_end(self, epoch: int, metrics: dict) -> None:
         """Log the epoch's metrics at ``step=epoch`` in one batch, unless the run already has that step, then the
-        artifacts so far (all but the model), and beat the heartbeat."""
+        selected epoch (:meth:`select`) and the artifacts so far (all but the model), and beat the heartbeat."""
         if not self.logged_steps or epoch > max(self.logged_steps):
             self._log_epoch(epoch, _row(metrics))
+            self.select()
             self.log_artifacts(self.rows, with_model=False)
         if self.heartbeat is not None:
             self.heartbeat.beat()
@@ -211,7 +248,41 @@ class MlflowTracker:
                                "source": e["source"]} for e in examples)
 
     def on_evaluation(self, epoch: int, split: str, evaluation) -> None:
-        self.ranks[split] = (epoch, evaluation)
+        """Keep ``evaluation`` (its per-query ranks) until its epoch ends; a ``/reranked`` split's describes the
+        selected epoch's model, whatever ``epoch`` it came with."""
+        (self.reranked if split.endswith(RERANKED) else self.evaluated)[split] = (epoch, evaluation)
+
+    # the selected epoch -----------------------------------------------------------------------------------------
+    def select(self) -> None:
+        """Decide the selected epoch over the epochs logged so far (module doc). When it changes: log its per-query
+        ranks (those this process holds), its ``best/`` metrics, then the tags ``selected_epoch`` and ``selection``
+        (last: a run with the tag has the rest); ``best/`` values not yet logged for it are logged in any case."""
+        epoch, how = self._selection()
+        if epoch is None:
+            return
+        new_epoch = self.selection is None or self.selection[0] != epoch
+        if new_epoch:
+            self.best_logged = {}
+            for split, (evaluated_at, evaluation) in self.evaluated.items():
+                if evaluated_at == epoch:
+                    self._log_ranks(RANKS, split, evaluated_at, evaluation)
+        values = best_metrics(self.rows, epoch)
+        unlogged = {k: v for k, v in values.items() if self.best_logged.get(k) != v}
+        if unlogged:
+            self.store.log_metrics(self.run_id, unlogged, step=epoch)
+        self.best_logged = values
+        if self.selection != (epoch, how):
+            self.log(tags={SELECTED_TAG: epoch, SELECTION_TAG: how})
+            self.selection = (epoch, how)
+
+    def _selection(self) -> tuple[int | None, str]:
+        """(selected epoch, how it was chosen): the best primary, else the last evaluated epoch; None before any
+        evaluation."""
+        epoch = selected_epoch(self.rows, self.primary_key)
+        if epoch is not None:
+            return epoch, f"best {self.primary_key}"
+        evaluated = [row["epoch"] for row in self.rows if any(k.startswith(RESULT_SPLITS) for k in row)]
+        return max(evaluated + [e for e, _ in self.evaluated.values()], default=None), FALLBACK
 
     # end of run -------------------------------------------------------------------------------------------------
     def finish(self, history: list[dict] | None = None, config: Config | None = None) -> None:
@@ -219,15 +290,18 @@ class MlflowTracker:
         when None), then log the artifacts (``config``, if given, replaces the one the run started with).
         Called by :func:`tracked_run` on exit if the caller did not."""
         self.config = config or self.config
-        rows = self.rows if history is None else [dict(m) for m in history]
-        for row in list(rows):
-            if row["epoch"] not in self.logged_steps:
-                self._log_epoch(row["epoch"], _row(row))
-        self.log_artifacts(rows)
+        if history is not None:
+            for row in history:
+                if row["epoch"] not in self.logged_steps:
+                    self._log_epoch(row["epoch"], _row(row))
+            self.rows = [dict(m) for m in history]
+        self.select()
+        self.log_artifacts(self.rows)
         self.finished = True
 
     def log_artifacts(self, rows: list[dict], with_model: bool = True) -> None:
-        """config.yaml, metrics.csv, negatives.csv, learning_curve.html, per_query/*.csv (and the model)."""
+        """config.yaml, metrics.csv, negatives.csv, learning_curve.html, the last epoch's per-query ranks, the second
+        stage's (and the model). The selected epoch's ranks are logged by :meth:`select`."""
         from argbench.track.curve import learning_curve  # plotly is imported only when a run ends
 
         if self.config is not None:
@@ -241,26 +315,37 @@ class MlflowTracker:
         negatives = pd.DataFrame(self.negatives, columns=["epoch", "point", "negative", "source"])
         if len(negatives):
             self.client.log_text(self.run_id, negatives.to_csv(index=False), "negatives.csv")
-        for split, (epoch, evaluation) in self.ranks.items():
-            self.client.log_text(self.run_id, per_query_table(epoch, evaluation).to_csv(index=False),
-                                 RANKS.format(split=split))
+        for split, (epoch, evaluation) in self.evaluated.items():
+            self._log_ranks(LAST_RANKS, split, epoch, evaluation)
+        for split, (epoch, evaluation) in self.reranked.items():
+            self._log_ranks(RANKS, split, epoch, evaluation)
         if with_model and self.log_model and self.out_dir is not None and (self.out_dir / "checkpoint").is_dir():
-            self._log_export(max((row["epoch"] for row in rows), default=0))
+            self._log_export()
 
-    def _log_export(self, step: int) -> None:
-        """The run folder's final model as an export folder, logged as the run's pyfunc model (see
-        :mod:`argbench.track.model_log`)."""
+    def _log_ranks(self, artifact: str, split: str, epoch: int, evaluation) -> None:
+        self.client.log_text(self.run_id, per_query_table(epoch, evaluation).to_csv(index=False),
+                             artifact.format(split=split))
+
+    def _log_export(self) -> None:
+        """The run folder's selected model (``best/``; ``checkpoint/`` where it has none) as an export folder,
+        logged as the run's pyfunc model at the step of its epoch (see :mod:`argbench.track.model_log`)."""
         from argbench.model.export import export_run
         from argbench.track.model_log import log_export
 
         with tempfile.TemporaryDirectory() as scratch:
-            log_export(self.client, self.run_id, export_run(self.out_dir, Path(scratch) / "export"), step=step)
+            log_export(self.client, self.run_id, export_run(self.out_dir, Path(scratch) / "export"))
 
     def _restore(self, history: list[dict]) -> None:
-        """A resumed run's rows and negatives before this session: the epochs of the checkpoint's ``history`` and
-        the examples of the run's negatives.csv up to the checkpoint's epoch, so that the artifacts rewritten at
-        each epoch hold the whole run."""
+        """A resumed run's rows, selection and negatives before this session: the epochs of the checkpoint's
+        ``history``, the selection its tags record (with the ``best/`` values logged with it) and the examples of
+        the run's negatives.csv up to the checkpoint's epoch, so that the artifacts rewritten at each epoch hold
+        the whole run."""
         self.rows = [dict(m) for m in history]
+        tags = self.client.get_run(self.run_id).data.tags
+        if SELECTED_TAG in tags:
+            epoch = int(tags[SELECTED_TAG])
+            self.selection = (epoch, tags.get(SELECTION_TAG, ""))
+            self.best_logged = best_metrics(self.rows, epoch)
         try:
             with tempfile.TemporaryDirectory() as scratch:
                 earlier = pd.read_csv(self.client.download_artifacts(self.run_id, "negatives.csv", scratch))

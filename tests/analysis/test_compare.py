@@ -5,6 +5,7 @@ one test writes them through argbench.track.tracker itself, so a change of that 
 """
 
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -12,7 +13,10 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
+from argbench import cli
 from argbench.analysis.compare import compare, load_ranks
+from argbench.errors import UserError
+from argbench.track.store import LAST_RANKS
 from argbench.track.tracker import tracked_run
 from tests.factories import log_run
 
@@ -35,6 +39,16 @@ def tracking(store, request):
     name = request.node.name
     client.create_experiment(name, artifact_location=(artifacts / name).as_uri())
     return client, name
+
+
+def log_last(client, run_id, ranks, tmp_dir, split="test"):
+    """Log {task: [n]} ranks as run `run_id`'s last-epoch artifact (per_query/last/<split>.csv, epoch 9)."""
+    artifact = LAST_RANKS.format(split=split)
+    path = tmp_dir / run_id / artifact
+    path.parent.mkdir(parents=True)
+    pd.DataFrame([{"epoch": 9, "query": i, "task": task, "rank": int(r)} for task, rs in ranks.items()
+                  for i, r in enumerate(rs)]).to_csv(path, index=False)
+    client.log_artifact(run_id, str(path), artifact_path=str(Path(artifact).parent))
 
 
 def planted(extra=30):
@@ -205,3 +219,71 @@ def test_reranked_split_pairs_final_rankings_a_one_stage_run_counting_its_first_
     first = compare("one_stage", "two_stage", experiment=exp, tracking_uri=client.tracking_uri,
                     **STATS)["tasks"]["epa"]["acc@1"]
     assert (first["a"], first["b"]) == pytest.approx((40 / N, 0.0))
+
+
+def test_epoch_last_pairs_the_last_epochs_ranks(tracking, tmp_path, monkeypatch, capsys):
+    """At the selected epochs b leads (70 vs 40 first places); at the last epochs the two swap."""
+    client, exp = tracking
+    a, b = planted()
+    id_a = log_run(client, exp, "base", {"epa": a}, tmp_dir=tmp_path)
+    id_b = log_run(client, exp, "variant", {"epa": b}, tmp_dir=tmp_path)
+    log_last(client, id_a, {"epa": b}, tmp_path)
+    log_last(client, id_b, {"epa": a}, tmp_path)
+    selected = compare("base", "variant", experiment=exp, tracking_uri=client.tracking_uri, **STATS)
+    last = compare("base", "variant", experiment=exp, tracking_uri=client.tracking_uri, epoch="last", **STATS)
+    assert (selected["epoch"], last["epoch"]) == ("selected", "last")
+    assert (selected["tasks"]["epa"]["acc@1"]["a"], selected["tasks"]["epa"]["acc@1"]["b"]) == (40 / N, 70 / N)
+    assert (last["tasks"]["epa"]["acc@1"]["a"], last["tasks"]["epa"]["acc@1"]["b"]) == (70 / N, 40 / N)
+    assert load_ranks(id_a, "test", client.tracking_uri, epoch="last")["epa"].tolist() == b.tolist()
+    with pytest.raises(UserError, match="epoch 'best': expected one of selected, last"):
+        compare("base", "variant", experiment=exp, tracking_uri=client.tracking_uri, epoch="best")
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", client.tracking_uri)
+    assert cli.main(["compare", "base", "variant", "--experiment", exp, "--epoch", "last", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["epoch"] == "last" and printed["tasks"]["epa"]["acc@1"]["delta"] == pytest.approx(-30 / N)
+    assert cli.main(["compare", "base", "variant", "--experiment", exp, "--epoch", "last"]) == 0
+    assert capsys.readouterr().out.startswith("variant vs base on test at the last epochs: ")
+
+
+def test_epoch_last_of_a_run_logged_before_epochs_were_selected_is_named(tracking, tmp_path):
+    client, exp = tracking
+    for name in ("a", "b"):
+        log_run(client, exp, name, {"epa": np.ones(N)}, tmp_dir=tmp_path)  # per_query/test.csv only
+    with pytest.raises(FileNotFoundError, match=r"per_query/last/test.csv.*logged before argbench selected epochs"):
+        compare("a", "b", experiment=exp, tracking_uri=client.tracking_uri, epoch="last", **STATS)
+
+
+def test_final_rankings_at_the_last_epoch(tracking, tmp_path):
+    """One-stage runs: their last epoch's first stage. A two-stage run: refused, its second stage ranked only the
+    selected epoch's model."""
+    client, exp = tracking
+    a, b = planted()
+    for name, first in (("one", a), ("other", b)):
+        log_last(client, log_run(client, exp, name, {"epa": np.full(N, 5)}, tmp_dir=tmp_path), {"epa": first},
+                 tmp_path)
+    final = compare("one", "other", split="test/reranked", experiment=exp, tracking_uri=client.tracking_uri,
+                    epoch="last", **STATS)["tasks"]["epa"]["acc@1"]
+    assert (final["a"], final["b"]) == pytest.approx((40 / N, 70 / N))
+    two = log_run(client, exp, "two_stage", {"epa": np.full(N, 3)}, split="test/reranked", tmp_dir=tmp_path)
+    log_last(client, two, {"epa": a}, tmp_path)
+    with pytest.raises(UserError, match=f"run {two}: its second stage ranked only the selected epoch's model"):
+        compare("one", "two_stage", split="test/reranked", experiment=exp, tracking_uri=client.tracking_uri,
+                epoch="last", **STATS)
+
+
+def test_tracked_runs_are_compared_at_their_selected_or_last_epoch(tracking):
+    """Through argbench.track.tracker: run "early" peaks on validation at epoch 1 (where its test ranks are b's),
+    then falls (its last test ranks are a's); run "flat" ranks a at every epoch."""
+    client, exp = tracking
+    a, b = planted()
+    track = {"experiment": exp, "tracking_uri": client.tracking_uri, "system_metrics": False}
+    for name, val, test in (("early", [0.1, 0.9, 0.2], [a, b, a]), ("flat", [0.5, 0.5, 0.5], [a, a, a])):
+        with tracked_run(run_name=name, **track) as run:
+            for epoch in range(3):
+                run.on_evaluation(epoch, "test", SimpleNamespace(ranks={"epa": test[epoch]}))
+                run.on_epoch_end(epoch, {"epoch": epoch, "val/epa/acc_at_1": val[epoch]})
+    at = {epoch: compare("flat", "early", experiment=exp, tracking_uri=client.tracking_uri, epoch=epoch,
+                         **STATS)["tasks"]["epa"]["acc@1"] for epoch in ("selected", "last")}
+    assert (at["selected"]["a"], at["selected"]["b"]) == pytest.approx((40 / N, 70 / N))
+    assert at["last"]["delta"] == 0.0

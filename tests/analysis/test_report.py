@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from argbench import cli
 from argbench.analysis import report
 from argbench.data.tasks import TASKS
 from argbench.track.tracker import tracked_run
@@ -77,10 +78,11 @@ def test_figures_hold_the_logged_values(runs):
     assert list(areas[2].y) == [0.5, 0.5] and areas[2].stackgroup == "run1"
     table = report.final_table(runs, ["val/epa/acc@1"]).data[0]
     assert list(table.cells.values[0]) == ["base", "variant"]
-    assert table.header.values[4].replace("<br>", "") == "val/epa/acc_at_1"  # the whole name, broken at "/"
-    longest_line = max(len(line) for line in table.header.values[4].split("<br>"))
-    assert table.columnwidth[4] >= longest_line and table.columnwidth[1] >= len(runs[0].run_id)
-    assert list(table.cells.values[4]) == ["0.3000", "0.6000"]
+    assert list(table.cells.values[4]) == ["2", "2"]  # the selected epochs: here the last ones
+    assert table.header.values[5].replace("<br>", "") == "val/epa/acc_at_1"  # the whole name, broken at "/"
+    longest_line = max(len(line) for line in table.header.values[5].split("<br>"))
+    assert table.columnwidth[5] >= longest_line and table.columnwidth[1] >= len(runs[0].run_id)
+    assert list(table.cells.values[5]) == ["0.3000", "0.6000"]
 
 
 def test_write_report_is_one_self_contained_page(runs, tmp_path):
@@ -135,12 +137,34 @@ def test_every_figure_draws_in_headless_chromium(runs, tmp_path):
     shutil.rmtree(tmp_path / "profile", ignore_errors=True)
 
 
+def test_the_results_are_the_selected_epochs_unless_asked_for_the_last(tmp_path, monkeypatch, capsys):
+    """"peaked" is best on validation at epoch 1 of 3: its table row, bars and test value are epoch 1's."""
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with tracked_run(run_name="peaked", experiment="report", tracking_uri=store, system_metrics=False) as tracker:
+        for epoch, acc in enumerate([0.1, 0.7, 0.2, 0.3]):
+            tracker.on_epoch_end(epoch, {**trainer_metrics(epoch, acc), "test/epa/acc_at_1": acc / 2})
+    (run,) = report.load_runs("report", tracking_uri=store)
+    assert run.selected_epochs == [1]
+    assert (run.selected["val/epa/acc_at_1"], run.final["val/epa/acc_at_1"]) == (0.7, 0.3)
+    for epoch, value in (("selected", 0.7), ("last", 0.3)):
+        table = report.final_table([run], ["test/epa/acc_at_1"], epoch=epoch)
+        cells = {h.replace("<br>", ""): c for h, c in zip(table.data[0].header.values, table.data[0].cells.values)}
+        assert cells["val/epa/acc_at_1"] == [f"{value:.4f}"] and cells["test/epa/acc_at_1"] == [f"{value / 2:.4f}"]
+        assert (cells["last epoch"], cells["selected epoch"]) == ([3], ["1"])
+        assert table.layout.title.text.startswith(f"Metrics at the {epoch} epoch")
+        assert list(report.final_task_bars([run], epoch=epoch).data[0].y) == [value] * len(TASKS)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    for epoch in ("selected", "last"):
+        page = tmp_path / f"{epoch}.html"
+        assert cli.main(["report", "--experiment", "report", "--epoch", epoch, "-o", str(page)]) == 0
+        assert f"Metrics at the {epoch} epoch" in page.read_text()
+    capsys.readouterr()
+
+
 @pytest.mark.parametrize("store_exists", [False, True])
 def test_report_on_a_missing_or_empty_store_is_one_line_and_creates_nothing(tmp_path, monkeypatch, capsys,
                                                                            store_exists):
     from mlflow import MlflowClient
-
-    from argbench import cli
 
     db = tmp_path / "store" / "mlflow.db"
     if store_exists:

@@ -136,7 +136,10 @@ def test_cli_report_table_and_compare_errors(planted, monkeypatch, capsys):
     assert printed["missing"] == ["with_layernorm_relu"]
     assert cli.main(["report", "--table", "--experiment", PLANTED, "--metric", "mrr"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("norm: mrr on test") and "with_relu" in out
+    assert out.startswith("norm: mrr on test at the selected epochs,") and "with_relu" in out
+    with pytest.raises(SystemExit) as stopped:  # argparse's choices: usage and one error line, exit 2
+        cli.main(["report", "--table", "--experiment", PLANTED, "--epoch", "best"])
+    assert stopped.value.code == 2 and "invalid choice: 'best'" in capsys.readouterr().err
 
     assert cli.main(["compare", "baseline", "with_rleu", "--experiment", PLANTED]) == 2
     assert "no FINISHED run named 'with_rleu'" in capsys.readouterr().err
@@ -166,9 +169,11 @@ def trained(tmp_path_factory):
     return uri
 
 
-def test_compare_matches_the_logged_metrics(trained):
-    """End to end: the pooled per-query ranks give back the accuracies the tracker logged from the evaluator."""
-    result = compare("baseline", "with_relu", experiment=TRAINED, tracking_uri=trained, **STATS)
+@pytest.mark.parametrize("epoch, prefix", [("selected", "best/"), ("last", "")])
+def test_compare_matches_the_logged_metrics(trained, epoch, prefix):
+    """End to end: the pooled per-query ranks give back the accuracies the tracker logged from the evaluator: at
+    the selected epochs its best/ metrics, at the last epochs the plain names' last values."""
+    result = compare("baseline", "with_relu", experiment=TRAINED, tracking_uri=trained, epoch=epoch, **STATS)
     client = MlflowClient(trained)
     logged = {side: [client.get_run(i).data.metrics for i in ids] for side, ids in result["runs"].items()}
     assert (len(logged["a"]), len(logged["b"])) == (2, 1)
@@ -177,8 +182,8 @@ def test_compare_matches_the_logged_metrics(trained):
         for metric, key in (("acc@1", "acc_at_1"), ("mrr", "mrr")):
             cell = result["tasks"][task][metric]
             assert cell["n"] == queries
-            assert cell["a"] == pytest.approx(np.mean([m[f"test/{task}/{key}"] for m in logged["a"]]))
-            assert cell["b"] == pytest.approx(logged["b"][0][f"test/{task}/{key}"])
+            assert cell["a"] == pytest.approx(np.mean([m[f"{prefix}test/{task}/{key}"] for m in logged["a"]]))
+            assert cell["b"] == pytest.approx(logged["b"][0][f"{prefix}test/{task}/{key}"])
 
 
 def test_group_table_on_trained_runs(trained):
@@ -203,8 +208,9 @@ def test_cli_compare_json(trained, monkeypatch, capsys):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", trained)
     assert cli.main(["compare", "baseline", "with_relu", "--experiment", TRAINED, "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert set(result) == {"a", "b", "split", "view", "runs", "tasks"}
-    assert (result["a"], result["b"], result["split"], result["view"]) == ("baseline", "with_relu", "test", "official")
+    assert set(result) == {"a", "b", "split", "view", "epoch", "runs", "tasks"}
+    assert (result["a"], result["b"], result["split"], result["view"], result["epoch"]) == (
+        "baseline", "with_relu", "test", "official", "selected")
     assert [len(result["runs"]["a"]), len(result["runs"]["b"])] == [2, 1]
     assert list(result["tasks"]) == list(TASKS)
     for cells in result["tasks"].values():

@@ -17,6 +17,7 @@ from argbench.eval.retrieve import candidates, distances, retrieve
 from argbench.model.export import export_run, load_export
 from argbench.train.trainer import _clean_training_split, _training_pairs, fit
 from tests.conftest import single_torch_thread
+from tests.model.test_export import save_run_folder
 
 one_torch_thread = pytest.fixture(autouse=True, scope="module")(single_torch_thread)
 PAIRS = 8
@@ -109,3 +110,22 @@ def test_cli_unknown_model_exits_2(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert main(["retrieve", "--model", "no-such-run", "--data", "sample", "an argument"]) == 2
     assert "no-such-run" in capsys.readouterr().err
+
+
+def test_cli_retrieves_with_the_selected_epoch_unless_asked_for_the_last(tmp_path, capsys):
+    """A run folder whose best/ (epoch 2) and checkpoint/ (epoch 4) hold different weights: other distances; a
+    folder without best/ uses its checkpoint/ and says so on stderr in one line."""
+    save_run_folder(tmp_path / "run")
+    distances_by_epoch = {}
+    for epoch in (None, "selected", "last"):
+        args = ["retrieve", "--model", str(tmp_path / "run"), "--data", "sample", "--k", "3", "--json", "--cache",
+                str(tmp_path / "cache"), "an argument about school uniforms"] + (["--epoch", epoch] if epoch else [])
+        assert main(args) == 0
+        (result,) = json.loads(capsys.readouterr().out)
+        distances_by_epoch[epoch] = [h["distance"] for h in result["counters"]]
+    assert distances_by_epoch[None] == distances_by_epoch["selected"] != distances_by_epoch["last"]
+    save_run_folder(tmp_path / "old", with_best=False)
+    assert main(["retrieve", "--model", str(tmp_path / "old"), "--data", "sample", "--k", "1", "--json", "--cache",
+                 str(tmp_path / "cache"), "an argument"]) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if "best/" in line]
+    assert len(notes) == 1 and notes[0].startswith(f"argbench: {tmp_path / 'old'} has no best/")

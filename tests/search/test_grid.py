@@ -188,6 +188,29 @@ def test_report_reads_the_grid_from_the_study_and_another_grid_is_refused(two_jo
     assert code == 2 and "holds another grid" in capsys.readouterr().err
 
 
+@pytest.mark.slow
+def test_the_table_pairs_the_selected_epochs_and_report_epoch_last_makes_its_own(two_jobs, capsys):
+    """Official acc@1 of the base is the mean over its cells of what each logged: best/ at the selected epochs,
+    the plain name's last value at the last epochs; the last epochs' tables go to significance/last/."""
+    from argbench import cli
+
+    spec, first, _ = two_jobs
+    code = cli.main(["study", "report", spec.study, "--storage", spec.storage, "--tracking-uri", spec.tracking_uri,
+                     "--experiment", EXPERIMENT, "--epoch", "last", "--json"])
+    last = json.loads(capsys.readouterr().out)
+    assert code == 0 and (first["epoch"], last["epoch"]) == ("selected", "last")
+    client = MlflowClient(spec.tracking_uri)
+    base = [r.data.metrics for r in child_runs(spec, first["parent_run_id"]) if r.data.tags["entry"] == BASE]
+    for result, prefix in ((first, "best/"), (last, "")):
+        official = [r for r in result["table"] if r["view"] == "official"]
+        for row in official:
+            assert row["a"] == pytest.approx(sum(m[f"{prefix}test/{row['task']}/acc_at_1"] for m in base) / len(base))
+    folder = Path(client.download_artifacts(first["parent_run_id"], "significance"))
+    assert {"official.csv", "dedup.csv", "unseen.csv"} <= {p.name for p in (folder / "last").iterdir()}
+    assert pd.read_csv(folder / "official.csv")["a"].tolist() == pytest.approx(
+        [r["a"] for r in first["table"] if r["view"] == "official"])  # the selected epochs' table is kept
+
+
 def test_an_entry_edited_after_the_study_was_made_is_refused_naming_the_key(tmp_path, monkeypatch):
     # The study stores every entry's resolved config: cells run that, and a later start whose registry resolves
     # otherwise stops before training anything (exit 2), so one study never mixes two configs under one name.

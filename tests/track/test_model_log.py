@@ -4,6 +4,7 @@ exported SentenceTransformer; `argbench export RUN_ID` and `retrieve --model RUN
 from __future__ import annotations
 
 import json
+import os
 
 import mlflow
 import numpy as np
@@ -14,11 +15,12 @@ from mlflow import MlflowClient
 from argbench.cli import main
 from argbench.config import load_config
 from argbench.data.corpus import load_corpus
-from argbench.model.export import is_export
-from argbench.track.model_log import ModelNotLogged, logged_model_id
+from argbench.model.export import export_run, is_export
+from argbench.track.model_log import ModelNotLogged, log_export, logged_model_id
 from argbench.track.tracker import tracked_run
 from argbench.train.trainer import fit
 from tests.conftest import single_torch_thread
+from tests.model.test_export import save_run_folder
 
 one_torch_thread = pytest.fixture(autouse=True, scope="module")(single_torch_thread)
 TEXTS = ["School uniforms stop bullying over clothes.", "A ban pushes the trade underground."]
@@ -72,3 +74,25 @@ def test_a_run_without_a_logged_model_is_named(logged):
         pass
     with pytest.raises(ModelNotLogged, match=f"{tracker.run_id} has no logged model"):
         logged_model_id(client, tracker.run_id)
+
+
+def test_a_logged_model_is_the_selected_epoch_and_export_checks_the_epoch_asked_for(logged, tmp_path, monkeypatch,
+                                                                                    capsys):
+    """A run folder whose best/ is epoch 2 of 4, exported and logged: the model sits at step 2, and asking the
+    run id for the last epoch's model is refused in one line."""
+    store, _ = logged
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    save_run_folder(tmp_path / "run")
+    client = MlflowClient(store)
+    with tracked_run(run_name="selected", experiment="models", tracking_uri=store, system_metrics=False) as tracker:
+        model_id = log_export(client, tracker.run_id, export_run(tmp_path / "run", tmp_path / "export"))
+    assert os.environ["MLFLOW_TRACKING_URI"] == store  # MLflow's model logging must not unset it
+    (output,) = client.get_run(tracker.run_id).outputs.model_outputs
+    model = client.get_logged_model(model_id)
+    assert output.step == 2 and (model.tags["argbench.epoch"], model.tags["argbench.selection"]) == ("2", "selected")
+    assert main(["export", tracker.run_id, "--to", str(tmp_path / "model"), "--epoch", "selected", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["epoch"] == 2
+    assert main(["export", tracker.run_id, "--to", str(tmp_path / "last"), "--epoch", "last"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"argbench: error: the model logged by MLflow run {tracker.run_id} holds epoch 2, the best")
+    assert not (tmp_path / "last").exists()  # refused before anything was written

@@ -12,7 +12,8 @@ from argbench import cli
 from argbench.data.corpus import load_corpus
 from argbench.track.run_import import RunFolderError, import_run, read_run_folder
 from argbench.track.tracker import param_values
-from argbench.train.trainer import best, fit
+from argbench.train.selection import best, selected_epoch
+from argbench.train.trainer import fit
 from tests.factories import tiny_config
 
 PRIMARY = "val/epa/acc_at_1"
@@ -55,6 +56,11 @@ def test_an_imported_run_is_logged_like_a_tracked_one(run_dir, store):
     assert {"config.yaml", "metrics.csv", "learning_curve.html"} <= artifacts
     assert result == {"run_id": run.info.run_id, "ablation": "with_relu", "epochs": 3,
                       "best": {PRIMARY: best(history, PRIMARY)}}
+    # the selected epoch, as a tracked run records it
+    chosen = selected_epoch(history, PRIMARY)
+    assert (run.data.tags["selected_epoch"], run.data.tags["selection"]) == (str(chosen), f"best {PRIMARY}")
+    assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, f"best/{PRIMARY}")] == [
+        (chosen, best(history, PRIMARY))]
 
 
 def test_an_old_folder_with_nested_metrics_imports_under_the_same_names(run_dir, store, tmp_path):
@@ -80,7 +86,10 @@ def test_an_old_folder_with_nested_metrics_imports_under_the_same_names(run_dir,
                        "val/dedup/epa/mrr": {0: 0.625}, "val/rerank/acc_at_1": {1: 0.125},
                        "train/loss": {1: 3.0}, "train/loss_triplet": {1: 1.0}, "negatives/random_frac": {1: 0.8},
                        "schedule/random_rate": {1: 0.8}, "perf/train_seq_per_s": {1: 10.0},
-                       "perf/epoch_seconds": {0: 2.0, 1: 4.0}}
+                       "perf/epoch_seconds": {0: 2.0, 1: 4.0},
+                       # epoch 1 is selected: its validation metrics again as the run's result
+                       f"best/{PRIMARY}": {1: 0.5}, "best/val/epa/mrr": {1: 0.75},
+                       "best/val/rerank/acc_at_1": {1: 0.125}}
     assert result["best"] == {PRIMARY: 0.5}  # the old primary spelling reads as the new name
 
 

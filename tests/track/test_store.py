@@ -12,7 +12,8 @@ from mlflow import MlflowClient
 
 from argbench.analysis import report
 from argbench.analysis.compare import compare
-from argbench.track.store import RANKS, NotInStore, Store, redact
+from argbench.errors import UserError
+from argbench.track.store import LAST_RANKS, RANKS, NotInStore, Store, redact
 from argbench.track.tracker import tracked_run
 
 PARENT = "mlflow.parentRunId"
@@ -126,6 +127,21 @@ def test_a_missing_table_names_what_was_logged(uri, exp):
         store.ranks(run_id, "test")
 
 
+def test_ranks_of_the_selected_or_the_last_epoch(uri, exp):
+    run_id = make_run(uri, exp, "x", "RUNNING")
+    store = Store(uri)
+    store.log_text(run_id, "epoch,query,task,rank\n2,0,epa,1\n", RANKS.format(split="test"))
+    store.log_text(run_id, "epoch,query,task,rank\n4,0,epa,3\n", LAST_RANKS.format(split="test"))
+    assert store.ranks(run_id, "test")["epoch"].tolist() == [2]
+    assert store.ranks(run_id, "test", "last")["epoch"].tolist() == [4]
+    with pytest.raises(FileNotFoundError, match=r"per_query/last/val.csv.*logged before argbench selected epochs"):
+        store.ranks(run_id, "val", "last")
+    with pytest.raises(UserError, match="epoch 'best': expected one of selected, last"):
+        store.ranks(run_id, "test", "best")
+    with pytest.raises(UserError, match="second stage ranked only the selected epoch's model"):
+        store.ranks(run_id, "test/reranked", "last")
+
+
 def test_a_two_seed_entry_is_reported_and_compared_as_the_same_seed_runs(uri, exp):
     """Logged by the tracker as argbench.experiments.runner does: a parent, two nested seeds of the same name.
     Seed k's val/epa/acc_at_1 at epoch e is ACC[k][e]; its test ranks put the counter first on 40 + 20k of N
@@ -151,6 +167,7 @@ def test_a_two_seed_entry_is_reported_and_compared_as_the_same_seed_runs(uri, ex
     assert compared["tasks"]["epa"]["acc@1"]["a"] == pytest.approx(50 / n)  # both seeds pooled
     steps, means = shown.series("val/epa/acc_at_1")
     assert steps == [0, 1, 2] and means == pytest.approx([0.15, 0.4, 0.55])
+    assert shown.selected_epochs == [2, 2] and shown.selected["val/epa/acc_at_1"] == pytest.approx(0.55)
     # Two seeds: every bootstrap resample's mean lies between them, and both extremes are drawn often.
     assert shown.band("val/epa/acc_at_1") == ([0, 1, 2], pytest.approx([0.1, 0.3, 0.5]),
                                              pytest.approx([0.2, 0.5, 0.6]))

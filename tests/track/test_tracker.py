@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+from types import SimpleNamespace
 
+import numpy as np
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
@@ -14,6 +16,7 @@ from argbench.data.corpus import load_corpus
 from argbench.data.tasks import TASKS
 from argbench.track import tracker as tracking
 from argbench.track.tracker import load_run_id, redact, save_run_id, tracked_run
+from argbench.train.selection import selected_epoch
 from argbench.train.trainer import fit
 from tests.factories import tiny_config, trainer_metrics
 
@@ -97,10 +100,10 @@ def test_trained_run_tags_describe_the_run_and_hide_passwords(trained, corpus):
 
 
 def test_trained_run_artifacts(trained, tmp_path, store, corpus):
-    client, run_id, _, history, out_dir = trained
-    listed = {f.path for f in client.list_artifacts(run_id)} | {f.path for f in client.list_artifacts(run_id,
-                                                                                                  "per_query")}
-    assert {"config.yaml", "metrics.csv", "negatives.csv", "learning_curve.html", "per_query/val.csv"} <= listed
+    client, run_id, cfg, history, out_dir = trained
+    listed = {f.path for folder in (None, "per_query", "per_query/last") for f in client.list_artifacts(run_id, folder)}
+    assert {"config.yaml", "metrics.csv", "negatives.csv", "learning_curve.html", "per_query/val.csv",
+            "per_query/last/val.csv"} <= listed
     curve = client.download_artifacts(run_id, "learning_curve.html", str(tmp_path))
     assert "cdn.plot.ly" in open(curve).read() and os.path.getsize(curve) < 100_000  # no inlined plotly.js
     run = client.get_run(run_id)
@@ -108,14 +111,17 @@ def test_trained_run_artifacts(trained, tmp_path, store, corpus):
     assert list(read_csv(client, run_id, "metrics.csv", tmp_path)["epoch"]) == [0, 1, 2]
     negatives = read_csv(client, run_id, "negatives.csv", tmp_path)
     assert sorted(set(negatives["epoch"])) == [1, 2] and len(negatives) == 2 * 5  # negatives.examples = 5
-    ranks = read_csv(client, run_id, "per_query/val.csv", tmp_path)
+    chosen = selected_epoch(history, cfg.eval.primary)
+    assert client.get_run(run_id).data.tags["selected_epoch"] == str(chosen)
     queries = len(corpus.split("validation").query_idx)
-    assert len(ranks) == len(TASKS) * queries and set(ranks["task"]) == set(TASKS)
-    assert ranks["rank"].min() >= 1 and set(ranks["epoch"]) == {2}
-    assert (ranks["rank_dedup"] <= ranks["rank"]).all() and ranks["unseen"].all()
-    # acc@1 recomputed from the per-query ranks equals the logged metric
-    epa = ranks[ranks["task"] == "epa"]
-    assert (epa["rank"] == 1).mean() == pytest.approx(history[-1]["val/epa/acc_at_1"])
+    for artifact, epoch in (("per_query/val.csv", chosen), ("per_query/last/val.csv", 2)):
+        ranks = read_csv(client, run_id, artifact, tmp_path / artifact)
+        assert len(ranks) == len(TASKS) * queries and set(ranks["task"]) == set(TASKS)
+        assert ranks["rank"].min() >= 1 and set(ranks["epoch"]) == {epoch}
+        assert (ranks["rank_dedup"] <= ranks["rank"]).all() and ranks["unseen"].all()
+        # acc@1 recomputed from the per-query ranks equals the metric logged for that epoch
+        epa = ranks[ranks["task"] == "epa"]
+        assert (epa["rank"] == 1).mean() == pytest.approx(history[epoch]["val/epa/acc_at_1"])
     assert load_run_id(out_dir) == run_id
 
 
@@ -131,16 +137,18 @@ def test_trained_run_logs_its_corpus_as_a_dataset_input(trained, corpus):
     assert {t.key: t.value for t in dataset_input.tags} == {"mlflow.data.context": "training"}
 
 
-def test_trained_run_logs_its_model_under_logged_models(trained):
-    client, run_id, _, history, _ = trained
+def test_trained_run_logs_its_selected_model_under_logged_models(trained):
+    client, run_id, cfg, history, _ = trained
     run = client.get_run(run_id)
     (output,) = run.outputs.model_outputs
     model = client.get_logged_model(output.model_id)
-    assert (model.name, model.source_run_id, output.step) == ("model", run_id, history[-1]["epoch"])
+    chosen = selected_epoch(history, cfg.eval.primary)
+    assert (model.name, model.source_run_id, output.step) == ("model", run_id, chosen)
+    assert (model.tags["argbench.epoch"], model.tags["argbench.selection"]) == (str(chosen), "selected")
     assert model.experiment_id == run.info.experiment_id and str(model.status) == "READY"
     (listed,) = client.search_logged_models([run.info.experiment_id])  # what the run page's "Logged models" asks
     assert listed.model_id == model.model_id
-    assert {m.key for m in model.metrics} >= {"val/epa/acc_at_1"}  # the final epoch's metrics travel with it
+    assert {m.key for m in model.metrics} >= {"val/epa/acc_at_1"}  # the selected epoch's metrics travel with it
 
 
 def test_experiments_are_created_as_model_training(trained, store):
@@ -235,7 +243,11 @@ def test_the_trainers_metrics_are_logged_under_their_own_names(tmp_path):
             tracker.on_epoch_end(epoch, m)
     client = MlflowClient(f"sqlite:///{tmp_path / 'm.db'}")
     logged = client.get_run(tracker.run_id).data.metrics  # the last step of each name
-    assert logged == {k: v for k, v in metrics[1].items() if k != "epoch"}
+    assert {k: v for k, v in logged.items() if not k.startswith("best/")} == {k: v for k, v in metrics[1].items()
+                                                                              if k != "epoch"}
+    # epoch 1 is the selected one (val/epa/acc_at_1 0.75 > 0.5): its validation metrics again under best/
+    assert {k: v for k, v in logged.items() if k.startswith("best/")} == {f"best/{k}": v for k, v in metrics[1].items()
+                                                                          if k.startswith("val/")}
     assert steps(client, tracker.run_id, "train/loss") == [1] and steps(client, tracker.run_id, "val/epa/mrr") == [0, 1]
 
 
@@ -315,7 +327,7 @@ def test_artifacts_are_in_the_store_as_soon_as_each_epoch_ends(store, corpus, tm
     def look():  # what a kill -9 right now would leave
         seen["metrics"] = read_csv(client, tracker.run_id, "metrics.csv", tmp_path / "m")
         seen["negatives"] = read_csv(client, tracker.run_id, "negatives.csv", tmp_path / "n")
-        seen["ranks"] = read_csv(client, tracker.run_id, "per_query/val.csv", tmp_path / "r")
+        seen["ranks"] = read_csv(client, tracker.run_id, "per_query/last/val.csv", tmp_path / "r")
         seen["files"] = {f.path for f in client.list_artifacts(tracker.run_id)}
 
     with tracked_run(run_name="live", experiment="live", tracking_uri=store, config=cfg) as tracker:
@@ -363,3 +375,114 @@ def test_resume_from_a_damaged_checkpoint_leaves_the_run_as_it_was(store, tmp_pa
     assert status == 2 and err[-1].startswith(f"argbench: error: {state}: truncated (1000 of the ")
     run = MlflowClient(store).get_run(run_id)
     assert run.info.status == "KILLED" and "error" not in run.data.tags
+
+
+# --- the selected epoch: hand-made evaluations with known answers ------------------------------------------------
+
+QUERIES = 20
+# Validation acc@1 per epoch peaks at epoch 2; test keeps rising to epoch 4 (test must never choose the epoch).
+PLANTED_VAL = {0: 0.1, 1: 0.3, 2: 0.6, 3: 0.5, 4: 0.4}
+PLANTED_TEST = {0: 0.1, 1: 0.2, 2: 0.3, 3: 0.5, 4: 0.9}
+
+
+def planted_ranks(epoch: int, split: str) -> SimpleNamespace:
+    """An Evaluation-shaped object whose epa ranks say which epoch and split made them: every rank is
+    epoch + 1 (val) or epoch + 11 (test)."""
+    return SimpleNamespace(ranks={"epa": np.full(QUERIES, epoch + (1 if split == "val" else 11))})
+
+
+def planted_epoch(tracker, epoch: int, val: dict = PLANTED_VAL, extra: dict | None = None) -> None:
+    """What the trainer does at the end of an epoch: on_evaluation per split, then on_epoch_end."""
+    for split in ("val", "test"):
+        tracker.on_evaluation(epoch, split, planted_ranks(epoch, split))
+    tracker.on_epoch_end(epoch, {**trainer_metrics(epoch, val[epoch]), "test/epa/acc_at_1": PLANTED_TEST[epoch],
+                                 **(extra or {})})
+
+
+def planted_run(store: str, name: str, epochs, **kw):
+    with tracked_run(run_name=name, experiment="selection", tracking_uri=store, system_metrics=False) as tracker:
+        for epoch in epochs:
+            planted_epoch(tracker, epoch, **kw)
+    return tracker.run_id
+
+
+def epa_ranks(client, run_id, artifact, tmp_path) -> set:
+    table = read_csv(client, run_id, artifact, tmp_path / artifact)
+    return {(int(e), int(r)) for e, r in zip(table["epoch"], table["rank"])}
+
+
+def test_the_best_validation_epoch_is_the_result_and_test_is_never_consulted(store, tmp_path):
+    client = MlflowClient(store)
+    run_id = planted_run(store, "peak", range(5))
+    run = client.get_run(run_id)
+    assert (run.data.tags["selected_epoch"], run.data.tags["selection"]) == ("2", "best val/epa/acc_at_1")
+    assert epa_ranks(client, run_id, "per_query/test.csv", tmp_path) == {(2, 13)}
+    assert epa_ranks(client, run_id, "per_query/val.csv", tmp_path) == {(2, 3)}
+    assert epa_ranks(client, run_id, "per_query/last/test.csv", tmp_path) == {(4, 15)}
+    assert epa_ranks(client, run_id, "per_query/last/val.csv", tmp_path) == {(4, 5)}
+    best = {k.removeprefix("best/"): v for k, v in run.data.metrics.items() if k.startswith("best/")}
+    expected = {k: v for k, v in trainer_metrics(2, 0.6).items() if k.startswith("val/")}
+    assert best == {**expected, "test/epa/acc_at_1": 0.3}  # epoch 2's test value, not the better 0.9 of epoch 4
+    assert steps(client, run_id, "best/test/epa/acc_at_1") == [0, 1, 2]  # each new selection, at its epoch
+    assert run.data.metrics["test/epa/acc_at_1"] == 0.9  # the plain names keep every epoch
+
+
+def test_a_tie_keeps_the_earlier_epoch(store, tmp_path):
+    client = MlflowClient(store)
+    run_id = planted_run(store, "tie", range(4), val={0: 0.1, 1: 0.5, 2: 0.2, 3: 0.5})
+    assert client.get_run(run_id).data.tags["selected_epoch"] == "1"
+    assert epa_ranks(client, run_id, "per_query/test.csv", tmp_path) == {(1, 12)}
+
+
+def test_without_the_primary_metric_the_last_evaluated_epoch_stands_in(tmp_path):
+    store = f"sqlite:///{tmp_path / 'm.db'}"
+    with tracked_run(run_name="no-val", experiment="selection", tracking_uri=store, system_metrics=False) as tracker:
+        for epoch in range(3):
+            tracker.on_evaluation(epoch, "test", planted_ranks(epoch, "test"))
+            tracker.on_epoch_end(epoch, {"epoch": epoch, "test/epa/acc_at_1": PLANTED_TEST[epoch]})
+    client = MlflowClient(store)
+    run = client.get_run(tracker.run_id)
+    assert (run.data.tags["selected_epoch"], run.data.tags["selection"]) == ("2", "last (primary not evaluated)")
+    assert epa_ranks(client, tracker.run_id, "per_query/test.csv", tmp_path) == {(2, 13)}
+    assert run.data.metrics["best/test/epa/acc_at_1"] == PLANTED_TEST[2]
+
+
+def test_the_second_stage_describes_the_selected_model(store, tmp_path):
+    """The trainer reranks the selected epoch's model at the final epoch: its metrics arrive with epoch 4."""
+    client = MlflowClient(store)
+    with tracked_run(run_name="reranked", experiment="selection", tracking_uri=store, system_metrics=False) as tracker:
+        for epoch in range(4):
+            planted_epoch(tracker, epoch)
+        tracker.on_evaluation(4, "test/reranked", SimpleNamespace(ranks={"epa": np.ones(QUERIES, dtype=int)}))
+        planted_epoch(tracker, 4, extra={"test/reranked/epa/acc_at_1": 1.0})
+    assert {(m.step, m.value) for m in client.get_metric_history(tracker.run_id, "best/test/reranked/epa/acc_at_1")} \
+        == {(2, 1.0)}
+    assert epa_ranks(client, tracker.run_id, "per_query/test/reranked.csv", tmp_path) == {(4, 1)}
+    assert "per_query/last/test/reranked.csv" not in {
+        f.path for f in client.list_artifacts(tracker.run_id, "per_query/last/test")}
+    assert epa_ranks(client, tracker.run_id, "per_query/test.csv", tmp_path) == {(2, 13)}
+
+
+def test_a_resumed_run_keeps_the_selection_made_before_the_interruption(store, tmp_path):
+    client = MlflowClient(store)
+    history = []
+    with pytest.raises(KeyboardInterrupt):
+        with tracked_run(run_name="resumed-best", experiment="selection", tracking_uri=store,
+                         system_metrics=False) as first:
+            for epoch in range(4):
+                planted_epoch(first, epoch)
+                history.append({**trainer_metrics(epoch, PLANTED_VAL[epoch]),
+                                "test/epa/acc_at_1": PLANTED_TEST[epoch]})
+            raise KeyboardInterrupt
+    with tracked_run(run_name="resumed-best", experiment="selection", tracking_uri=store, system_metrics=False,
+                     resume_run_id=first.run_id) as second:
+        with pytest.warns(UserWarning, match="no config"):
+            second.on_train_start({"resumed_from": 3, "history": history})
+        planted_epoch(second, 4)  # worse on validation than epoch 2: the selection stands
+        second.finish()
+    run = client.get_run(first.run_id)
+    assert run.data.tags["selected_epoch"] == "2"
+    assert epa_ranks(client, first.run_id, "per_query/test.csv", tmp_path) == {(2, 13)}  # from the first session
+    assert epa_ranks(client, first.run_id, "per_query/last/test.csv", tmp_path) == {(4, 15)}
+    assert [m.step for m in client.get_metric_history(first.run_id, "best/val/epa/acc_at_1")] == [0, 1, 2]
+    assert list(read_csv(client, first.run_id, "metrics.csv", tmp_path / "m")["epoch"]) == [0, 1, 2, 3, 4]
