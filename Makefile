@@ -25,7 +25,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install lint test test-fast stats baselines ablation ablations ablation-list report ui search dashboard bench clean study server
+.PHONY: help install lint test test-fast stats baselines baseline-mnrl ablation ablations ablation-list report ui search dashboard bench clean study server
 
 help: ## list every target with one line each
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
@@ -54,6 +54,9 @@ stats: $(STAMP) ## corpus statistics, mean pool sizes per task, copies and leaka
 baselines: $(STAMP) ## zero-shot TF-IDF and all-MiniLM-L6-v2 on the test split (three views), tracked in MLflow
 	$(BIN)/argbench eval --encoder tfidf --split test --track $(ARGS)
 	$(BIN)/argbench eval --encoder all-MiniLM-L6-v2 --pooling mean --max-length 256 --split test --track $(ARGS)
+
+baseline-mnrl: $(STAMP) ## sentence-transformers MNRL fine-tuning of all-MiniLM-L6-v2, tracked as st_mnrl (ARGS="--epochs 3 --max-length 128")
+	$(BIN)/argbench baseline mnrl --track $(ARGS)
 
 ablation: $(STAMP) ## run one named ablation, tracked in MLflow: make ablation NAME=with_layernorm_relu [BASE=…] [ARGS="--set k=v"]
 	$(BIN)/argbench ablation run $(NAME) $(if $(BASE),--base $(BASE)) $(if $(filter-out 1,$(SEEDS)),--seeds $(SEEDS)) $(ARGS)

@@ -103,11 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
     tr.set_defaults(func=cmd_train)
 
     from argbench.cli import ablation as cli_ablation
-    from argbench.cli import bench, search, study
+    from argbench.cli import baseline, bench, search, study
     from argbench.cli import model as cli_model
 
     cli_ablation.add_commands(sub, _data_args, _run_args)
     cli_model.add_commands(sub, _data_args)
+    baseline.add_commands(sub, _data_args)
     sp = sub.add_parser("search", help="Optuna search over an ablation's hyperparameters, tracked in MLflow")
     search.add_arguments(sp)
     sp.set_defaults(func=search.cmd_search)
@@ -181,7 +182,7 @@ def _copies_table(splits: dict, tasks: list[str]) -> str:
 def cmd_eval(args) -> int:
     from argbench.data.corpus import load_corpus
     from argbench.eval.baselines import run_baseline
-    from argbench.train.console import view_table
+    from argbench.train.console import view_queries, view_table
 
     corpus = load_corpus(args.data)
     from argbench.model.export import is_export
@@ -213,18 +214,11 @@ def cmd_eval(args) -> int:
                           for view, metrics in short.items()}, indent=2))
     else:
         print(view_table(views, title=f"{args.encoder} on {args.split} ({corpus.source.describe()})",
-                         queries=_view_queries(evaluation)))
+                         queries=view_queries(evaluation)))
     if not sys.stderr.isatty():
         print(f"argbench eval: {args.encoder} {args.split} epa acc@1 "
               + ", ".join(f"{view} {m['epa']['acc@1']:.3f}" for view, m in short.items()), file=sys.stderr)
     return 0
-
-
-def _view_queries(evaluation) -> dict[str, int]:
-    """How many queries each view of an Evaluation ranks."""
-    n = len(next(iter(evaluation.ranks.values())))
-    unseen = int(evaluation.unseen.sum()) if evaluation.unseen is not None else 0
-    return {"official": n, "dedup": n, "unseen": unseen}
 
 
 def _eval_export(args, corpus) -> int:
@@ -246,7 +240,8 @@ def _eval_export(args, corpus) -> int:
         return 0
     print(view_table(evaluation.views(), title=f"{args.encoder} on {args.split} ({corpus.source.describe()})"))
     if difference is None:
-        print(f"the run recorded no {args.split} metrics at its last epoch to compare with")
+        print(f"the run recorded no {args.split} metrics at the exported epoch ({exported.info.get('epoch')}) to "
+              "compare with")
     else:
         print(f"largest difference from the run's recorded {args.split} metrics: {difference:.2e}")
     return 0

@@ -20,6 +20,13 @@ def view_table(views: dict[str, dict[str, dict[str, float]]], columns=("acc@1", 
     return "\n".join(([title] if title else []) + head + rows + note)
 
 
+def view_queries(evaluation) -> dict[str, int]:
+    """How many queries each view of an Evaluation ranks (``view_table``'s ``queries``)."""
+    n = len(next(iter(evaluation.ranks.values())))
+    unseen = int(evaluation.unseen.sum()) if evaluation.unseen is not None else 0
+    return {"official": n, "dedup": n, "unseen": unseen}
+
+
 def epoch_line(metrics: dict, primary: str) -> str:
     """``epoch 3  loss 2.3091  val/epa/acc_at_1 0.458  rerank 0.125  random 0.76  31.2 s`` of the trainer's flat
     ``metrics`` (rerank: that of the primary metric's split key)."""
