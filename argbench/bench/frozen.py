@@ -26,8 +26,9 @@ def run_frozen_bench(data: str | None = None, encoder: str = "all-MiniLM-L6-v2",
     `pooling` None keeps the entry's (pooler); a tiny random model needs ``mean`` for its ranks to be stable
     under float rounding (its pooler outputs are all within ~1e-3 of each other)."""
     source = resolve_data(data)
+    # fp32: the equality check is to 1e-5, and under bf16 batches padded differently round differently
     overrides = [f"model.encoder={encoder}", f"train.epochs={epochs}", f"model.max_length={max_length}",
-                 "train.device=cpu", *([f"model.pooling={pooling}"] if pooling else []),
+                 "train.device=cpu", "train.precision=fp32", *([f"model.pooling={pooling}"] if pooling else []),
                  *([f"data.max_train_pairs={max_train_pairs}"] if max_train_pairs else [])]
     cfg, _ = registry.resolve("frozen_encoder", overrides, profile=data_profile(source, None))
     corpus = load_corpus(source)

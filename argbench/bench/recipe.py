@@ -49,20 +49,23 @@ def run_recipe_bench(data: str | None = None, entries: tuple[str, ...] = ENTRIES
             for name, m in measured.items()]
 
 
-def _one_epoch(cfg, source, device: str) -> dict:
-    """Mine and train one epoch of ``cfg`` in this (fresh) process: seconds of each part and peak memory."""
+def _one_epoch(cfg, source, device: str, rounds: int = 1) -> dict:
+    """Mine and train ``rounds`` epochs of ``cfg`` in this (fresh) process: seconds of each part of the last one
+    (later rounds find the caches of frozen parts filled), peak memory, and the bytes of those caches."""
     import torch
 
     with _quiet():
         corpus = load_corpus(source)
         trainer = Trainer(cfg, corpus, (), setup(device, cfg.train.precision), None, False)
-        start = time.perf_counter()
-        negatives, _ = trainer._mine(1, trainer.schedule.rate(0))
-        mined = time.perf_counter()
-        trainer._train_epoch(1, negatives)
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        done = time.perf_counter()
+        for epoch in range(1, rounds + 1):
+            start = time.perf_counter()
+            negatives, _ = trainer._mine(epoch, trainer.schedule.rate(epoch - 1))
+            mined = time.perf_counter()
+            trainer._train_epoch(epoch, negatives)
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            done = time.perf_counter()
     peak = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else _peak_rss_mb()
     return {"epoch_s": done - start, "mine_s": mined - start, "train_s": done - mined,
-            "seq_per_s": 3 * len(trainer.pairs) / (done - mined), "peak_mb": peak}
+            "seq_per_s": 3 * len(trainer.pairs) / (done - mined), "peak_mb": peak,
+            "cache_mb": sum(s.nbytes for s in trainer.frozen_states.values()) / 2**20}

@@ -13,6 +13,8 @@ eval      top-10 + classifier rerank on the test split, batched vs one classifie
 train     training sequences/s vs sentence-transformers' trainer (same encoder, triplets, batch, steps)
 frozen    frozen_encoder epochs with the encoder's outputs computed once vs at every use (same config, metrics)
 recipe    seconds per epoch and peak memory of each recipe switch vs its base (ratio = cost, not speed-up)
+partial   epochs training the top N layers on cached states of the frozen bottom vs training every layer
+precision bf16 autocast vs fp32: training sequences/s, embedding texts/s, and the metrics' difference
 ========= =============================================================================================
 
     argbench bench all [--json] [--device cuda]
@@ -26,7 +28,7 @@ import sys
 import time
 from collections.abc import Callable
 
-BENCHES = ("load", "mining", "eval", "train", "frozen", "recipe")
+BENCHES = ("load", "mining", "eval", "train", "frozen", "recipe", "partial", "precision")
 # Defaults sized for 2 CPU cores: load, eval and train take ~3 minutes together on an idle machine; mining's
 # reference (BallTree, 128-d) at N = 40,000 alone takes far longer (~20 minutes measured under load).
 DEFAULTS: dict[str, dict] = {
@@ -36,6 +38,8 @@ DEFAULTS: dict[str, dict] = {
     "train": {"steps": 10, "rounds": 2, "batch_size": 8, "max_length": 128},
     "frozen": {"epochs": 3, "max_train_pairs": 256, "max_length": 128},
     "recipe": {"pairs": 128},
+    "partial": {"pairs": 128},
+    "precision": {"pairs": 128},
 }
 
 
@@ -53,6 +57,10 @@ def bench_function(name: str) -> Callable[..., list[dict]]:
         from argbench.bench.frozen import run_frozen_bench as fn
     elif name == "recipe":
         from argbench.bench.recipe import run_recipe_bench as fn
+    elif name == "partial":
+        from argbench.bench.partial import run_partial_bench as fn
+    elif name == "precision":
+        from argbench.bench.precision import run_precision_bench as fn
     else:
         raise ValueError(f"unknown benchmark {name!r}: expected one of {', '.join(BENCHES)} or all")
     return fn

@@ -178,3 +178,20 @@ def test_recipe_bench_measures_each_switch_beside_its_base():
         assert row["argbench_s"] == pytest.approx(row["mine_s"] + row["train_s"])
         assert row["peak_mb"] > 0 and row["seq_per_s"] > 0 and row["ratio"] == row["argbench_s"] / base["argbench_s"]
     assert (base["batch_size"], cached["batch_size"]) == (32, 128)  # the resolved configs, not the defaults
+
+
+@pytest.mark.slow
+def test_partial_bench_times_the_top_layers_against_every_layer():
+    (row,) = runner.run_benches(["partial"], data="sample", encoder="tiny-random-bert", pairs=32,
+                                layers=(1,))["partial"]
+    assert row["case"] == "learning_recipe_in_batch: top 1 layers trained vs all, 32 pairs"
+    assert row["ratio"] == pytest.approx(row["reference_s"] / row["argbench_s"])
+    assert row["cache_mb"] > 0 and row["seq_per_s"] > 0 and row["reference_seq_per_s"] > 0
+
+
+@pytest.mark.slow
+def test_precision_bench_compares_bf16_with_fp32_on_the_same_inputs():
+    train, embed = runner.run_benches(["precision"], data="sample", encoder="tiny-random-bert", pairs=32)["precision"]
+    assert train["per_s"] > 0 and train["reference_per_s"] > 0 and train["agree"] is None
+    assert embed["ratio"] == pytest.approx(embed["reference_s"] / embed["argbench_s"])
+    assert isinstance(embed["agree"], bool) and 0 <= embed["max_diff"] <= 1
