@@ -262,15 +262,15 @@ def test_base_layers_come_before_the_entry_and_the_profile_and_set_after():
 
 
 def test_a_profile_sets_no_key_an_applied_entry_sets(tmp_registry):
-    # cpu sets model.max_length 128 and train.epochs 1; an entry (or the base under it) that sets a key keeps it.
+    # smoke sets model.max_length 128 and train.epochs 1; an entry (or the base under it) that sets a key keeps it.
     entry(tmp_registry, "long", "group: g\nquestion: q?\nmodel:\n  max_length: 256\n")
     entry(tmp_registry, "relu", "group: g\nquestion: q?\nmodel:\n  relu: true\n")
     assert resolved("relu")["model"]["max_length"] == 256  # base.yaml's default, no profile
-    assert to_dict(resolve("relu", profile="cpu")[0])["model"]["max_length"] == 128
+    assert to_dict(resolve("relu", profile="smoke")[0])["model"]["max_length"] == 128
     for name, base in (("long", None), ("relu", "long")):
-        config = to_dict(resolve(name, base=base, profile="cpu")[0])
+        config = to_dict(resolve(name, base=base, profile="smoke")[0])
         assert (config["model"]["max_length"], config["train"]["epochs"]) == (256, 1), (name, base)
-    assert to_dict(resolve("long", ["model.max_length=64"], profile="cpu")[0])["model"]["max_length"] == 64
+    assert to_dict(resolve("long", ["model.max_length=64"], profile="smoke")[0])["model"]["max_length"] == 64
 
 
 def test_entry_whose_config_equals_the_base_is_its_alias():
@@ -315,7 +315,7 @@ def test_cli_show_base_json_prints_layers_and_nested_config(capsys):
     assert capsys.readouterr().out.startswith(f"# ablation: learning_recipe over {RECIPE} (alias of {RECIPE})")
 
 
-@pytest.mark.parametrize("profile, pairs, epochs", [("cpu", 512, 1), ("gpu", None, 30)])
+@pytest.mark.parametrize("profile, pairs, epochs", [("smoke", 512, 1), ("cpu", None, 6), ("gpu", None, 30)])
 def test_study_profiles_apply_over_the_entry_and_under_set(profile, pairs, epochs):
     cfg, _ = resolve("with_relu", ["train.epochs=2"], base=RECIPE, profile=profile)
     assert (cfg.data.max_train_pairs, cfg.model.max_length, cfg.data.eval_splits) == (pairs, 128,
