@@ -336,7 +336,7 @@ class MlflowTracker:
             log_export(self.client, self.run_id, export_run(self.out_dir, Path(scratch) / "export"))
 
     def _restore(self, history: list[dict]) -> None:
-        """A resumed run's rows, selection and negatives before this session: the epochs of the checkpoint's
+        """A resumed run's rows, selection and negatives before this process: the epochs of the checkpoint's
         ``history``, the selection its tags record (with the ``best/`` values logged with it) and the examples of
         the run's negatives.csv up to the checkpoint's epoch, so that the artifacts rewritten at each epoch hold
         the whole run."""

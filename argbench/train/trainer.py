@@ -2,7 +2,10 @@
 
 Per run: tokenise every text once; epoch 0 evaluates the untrained model; then each epoch mines negatives with the
 current model (random rate r(epoch - 1) of the schedule, so the first epoch trains on the round mined before it),
-trains one pass over the training pairs, evaluates, checkpoints, and calls the hooks.
+trains one pass over the training pairs (learning rate per ``train.scheduler``), evaluates, checkpoints (the last
+epoch, and the epoch selected on ``eval.primary`` when it changes), and calls the hooks; ``train.patience`` stops it
+early. With ``model.train_layers`` the frozen bottom's token states are computed once per text
+(:mod:`argbench.train.frozen_states`).
 
 The trainer knows nothing of MLflow or Optuna. A hook is any object with some of these methods (all optional):
 
@@ -83,10 +86,10 @@ def fit(cfg: Config, corpus: Corpus, hooks=(), *, out_dir: Path | None = None, r
         progress: bool = False) -> list[dict]:
     """Train ``cfg`` on ``corpus`` and return one metrics dict per epoch (epoch 0 = untrained).
 
-    With ``out_dir``: writes ``config.yaml``, ``data.json`` (corpus source and hash), ``metrics.jsonl`` and
-    ``checkpoint/`` there; ``resume`` continues from that checkpoint (same seed on CPU gives the same final
-    metrics as an uninterrupted run).
-    """
+    With ``out_dir``: writes ``config.yaml``, ``data.json`` (corpus source and hash), ``metrics.jsonl``,
+    ``checkpoint/`` (the last epoch's) and ``best/`` (the epoch selected on ``eval.primary``,
+    :mod:`argbench.train.selection`) there; ``resume`` continues from the last checkpoint (same seed on CPU gives the
+    same final metrics as an uninterrupted run). ``train.patience`` ends the run early."""
     runtime = setup(cfg.train.device, cfg.train.precision)
     try:
         history = Trainer(cfg, corpus, hooks, runtime, out_dir, progress).run(resume)
@@ -254,11 +257,14 @@ class Trainer:
                      "rng": checkpoint.rng_state(self.np_rng, self.miner_rng),
                      "history": [json.dumps(m) for m in self.history]}
             checkpoint.save(self.out_dir, self.model, state, self.cfg, extra=extra)
-            if selected or extra is not None:
+            chosen = selected_epoch(self.history, self.cfg.eval.primary)
+            if selected:
+                checkpoint.save(self.out_dir, self.model, {"epoch": epoch}, self.cfg, extra=extra,
+                                name=checkpoint.BEST)
+            elif extra is not None and chosen is not None:  # the second stage reranks the selected model
                 with self._selected_weights():
-                    checkpoint.save(self.out_dir, self.model,
-                                    {"epoch": _or(selected_epoch(self.history, self.cfg.eval.primary), epoch)},
-                                    self.cfg, extra=extra, name=checkpoint.BEST)
+                    checkpoint.save(self.out_dir, self.model, {"epoch": chosen}, self.cfg, extra=extra,
+                                    name=checkpoint.BEST)
             with open(self.out_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(metrics) + "\n")
         stop = any(self._call("on_epoch_end", epoch, metrics)) if self.runtime.is_main else False
@@ -510,10 +516,6 @@ def _scheduler(optimizer: torch.optim.Optimizer, train_cfg, steps_per_epoch: int
     name = "constant_with_warmup" if train_cfg.scheduler == "constant" else train_cfg.scheduler
     return get_scheduler(name, optimizer, num_warmup_steps=round(train_cfg.warmup_ratio * total),
                          num_training_steps=total)
-
-
-def _or(value, default):
-    return default if value is None else value
 
 
 def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
