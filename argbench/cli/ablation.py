@@ -161,8 +161,10 @@ def cmd_run(args) -> int:
               f"± {s['std']:.3f} (95% CI {s['ci'][0]:.3f}–{s['ci'][1]:.3f})")
     else:
         (metric, value), = result["best"].items()
-        print(f"run {result['run_id']} ({args.name}, {result['profile']} profile) finished: best {metric} "
-              f"{value:.3f}")
+        test = {k: v for k, v in result["selected"].items() if k in ("test/epa/acc_at_1", "test/unseen/epa/acc_at_1")}
+        shown = "".join(f", {k} {v:.3f}" for k, v in test.items())
+        print(f"run {result['run_id']} ({args.name}, {result['profile']} profile) finished: selected epoch "
+              f"{result['selected'].get('epoch')} of {result['last']['epoch']}, best {metric} {value:.3f}{shown}")
     print("compare runs: make ui  (MLflow UI at http://127.0.0.1:5000)  or  make report")
     return 0
 

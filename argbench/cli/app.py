@@ -252,16 +252,19 @@ def cmd_train(args) -> int:
     from argbench.config import load_config
     from argbench.data.corpus import load_corpus
     from argbench.train.console import EpochPrinter
+    from argbench.train.selection import selected_metrics
     from argbench.train.trainer import fit
 
     cfg = load_config(args.config, shortcut_overrides(args))
     corpus = load_corpus(args.data if args.data is not None else cfg.data.path)
     history = fit(cfg, corpus, [EpochPrinter(cfg.eval.primary)], out_dir=args.out, resume=args.resume,
                   progress=True)
-    if args.json:
-        print(json.dumps(history[-1], indent=2))
+    chosen = selected_metrics(history, cfg.eval.primary)
+    if args.json:  # the run's result: the selected epoch's metrics, "epoch" says which
+        print(json.dumps(chosen, indent=2))
     else:
-        print(f"run folder {args.out}: config.yaml, metrics.jsonl, checkpoint/")
+        print(f"selected epoch {chosen.get('epoch')} of {history[-1]['epoch']} (best {cfg.eval.primary}); run folder "
+              f"{args.out}: config.yaml, metrics.jsonl, checkpoint/ (last epoch), best/ (selected epoch)")
     return 0
 
 

@@ -19,7 +19,7 @@ from argbench.paths import runs_dir
 from argbench.track.tracker import load_run_id, tracked_run
 from argbench.train import checkpoint
 from argbench.train.console import EpochPrinter
-from argbench.train.selection import best
+from argbench.train.selection import best, selected_metrics
 from argbench.train.trainer import fit
 
 
@@ -31,9 +31,14 @@ class RunResult:
     history: list[dict]
     best: float
 
+    @property
+    def selected(self) -> dict:
+        """The metrics of the epoch selected on ``eval.primary`` (``epoch`` says which): the run's result."""
+        return selected_metrics(self.history, self.config.eval.primary)
+
     def summary(self) -> dict:
         return {"run_id": self.run_id, "ablation": self.name, "seed": self.config.train.seed,
-                "best": {self.config.eval.primary: self.best}, "last": self.history[-1]}
+                "best": {self.config.eval.primary: self.best}, "selected": self.selected, "last": self.history[-1]}
 
 
 def run_ablation(name: str, overrides=(), *, data=None, seeds: int = 1, experiment: str = "argbench",
@@ -106,8 +111,9 @@ def train_seed(name, cfg: Config, corpus: Corpus, tags: dict, out: Path, *, expe
 
 
 def _log_seed_summary(parent, results: list[RunResult]) -> dict:
-    """Mean, std and bootstrap CI over seeds of every final-epoch metric, logged on the parent run."""
-    finals = [{k: v for k, v in r.history[-1].items() if k != "epoch"} for r in results]
+    """Mean, std and bootstrap CI over seeds of every metric at each seed's selected epoch, logged on the parent
+    run."""
+    finals = [{k: v for k, v in r.selected.items() if k != "epoch"} for r in results]
     keys = sorted(set.intersection(*(set(f) for f in finals)))
     summary, flat = {}, {}
     for key in keys:
