@@ -10,15 +10,12 @@ any acc@1 or MRR). ``native`` says whether the CPU computes bf16 in hardware (th
 
 from __future__ import annotations
 
-import multiprocessing
 import time
-from concurrent.futures import ProcessPoolExecutor
 
-from argbench.bench.recipe import BASE, _one_epoch
+from argbench.bench.recipe import BASE, _one_epoch, budget, in_fresh_process
 from argbench.bench.train import _quiet
-from argbench.data.corpus import load_corpus, resolve_data
+from argbench.data.corpus import load_corpus
 from argbench.experiments import registry
-from argbench.experiments.runner import data_profile
 from argbench.train.distributed import native_cpu_bf16, setup
 from argbench.train.trainer import Trainer
 
@@ -29,17 +26,12 @@ def run_precision_bench(data: str | None = None, base: str = BASE, pairs: int = 
                         encoder: str | None = None) -> list[dict]:
     """Two rows, training and embedding: ``{"case", "argbench_s" (bf16), "reference_s" (fp32), "ratio", "agree",
     "max_diff", "native", "per_s", "reference_per_s"}``."""
-    source = resolve_data(data)
-    overrides = [f"data.max_train_pairs={pairs}", "train.epochs=1", f"train.device={device}",
-                 *([f"model.encoder={encoder}"] if encoder else [])]
-    profile = data_profile(source, None)
-    context = multiprocessing.get_context("spawn")
+    source, overrides, profile = budget(data, pairs, 1, device, encoder)
     train, embed = {}, {}
     for precision in ("bf16", "fp32"):
         cfg, _ = registry.resolve(base, [*overrides, f"train.precision={precision}"], profile=profile)
-        with ProcessPoolExecutor(1, mp_context=context) as pool:
-            train[precision] = pool.submit(_one_epoch, cfg, source, device).result()
-            embed[precision] = pool.submit(_evaluate_validation, cfg, source, device).result()
+        train[precision] = in_fresh_process(_one_epoch, cfg, source, device)
+        embed[precision] = in_fresh_process(_evaluate_validation, cfg, source, device)
     diffs = [abs(embed["bf16"]["metrics"][k] - v) for k, v in embed["fp32"]["metrics"].items()]
     agree = all(abs(embed["bf16"]["metrics"][k] - v) <= TOLERANCE
                 for k, v in embed["fp32"]["metrics"].items() if k.endswith("acc_at_1"))

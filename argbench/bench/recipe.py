@@ -30,16 +30,11 @@ def run_recipe_bench(data: str | None = None, entries: tuple[str, ...] = ENTRIES
     """One row per entry (the base first, ratio 1): ``{"case", "argbench_s" (the entry's epoch seconds),
     "reference_s" (the base's), "ratio", "agree": None, "mine_s", "train_s", "peak_mb", "base_peak_mb",
     "seq_per_s", "max_length", "batch_size"}``. ``encoder`` replaces the entries' encoder (tests: the tiny BERT)."""
-    source = resolve_data(data)
-    overrides = [f"data.max_train_pairs={pairs}", "train.epochs=1", f"train.device={device}",
-                 *([f"model.encoder={encoder}"] if encoder else [])]
-    profile = data_profile(source, None)
-    context = multiprocessing.get_context("spawn")
+    source, overrides, profile = budget(data, pairs, 1, device, encoder)
     measured = {}
     for name in (base, *entries):
         cfg, _ = registry.resolve(name, overrides, base=base, profile=profile)
-        with ProcessPoolExecutor(1, mp_context=context) as pool:
-            measured[name] = pool.submit(_one_epoch, cfg, source, device).result()
+        measured[name] = in_fresh_process(_one_epoch, cfg, source, device)
         measured[name].update(max_length=cfg.model.max_length, batch_size=cfg.train.batch_size)
     reference = measured[base]
     return [{"case": name, "argbench_s": m["epoch_s"], "reference_s": reference["epoch_s"],
@@ -47,6 +42,21 @@ def run_recipe_bench(data: str | None = None, entries: tuple[str, ...] = ENTRIES
              "base_peak_mb": reference["peak_mb"], **{k: m[k] for k in ("mine_s", "train_s", "seq_per_s",
                                                                           "max_length", "batch_size")}}
             for name, m in measured.items()]
+
+
+def budget(data: str | None, pairs: int, epochs: int, device: str, encoder: str | None) -> tuple:
+    """(data source, the overrides every contender shares, the profile of that source) of a benchmark that trains
+    ``epochs`` epochs on ``pairs`` seeded training pairs; ``encoder`` replaces the entries' (tests: the tiny BERT)."""
+    source = resolve_data(data)
+    overrides = [f"data.max_train_pairs={pairs}", f"train.epochs={epochs}", f"train.device={device}",
+                 *([f"model.encoder={encoder}"] if encoder else [])]
+    return source, overrides, data_profile(source, None)
+
+
+def in_fresh_process(fn, *args):
+    """``fn(*args)`` in a freshly spawned process: its own peak memory, no state left by an earlier contender."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(fn, *args).result()
 
 
 def _one_epoch(cfg, source, device: str, rounds: int = 1) -> dict:
