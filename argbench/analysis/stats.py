@@ -8,9 +8,10 @@ shape ``[n]`` for one run or ``[seeds, n]`` for several seeds of one system. Two
 query*: row position i must be the same query in both. The per-query outcome is ``outcome(ranks, metric)``:
 ``acc@1`` → 1.0 if the counter is ranked first else 0.0; ``mrr`` → 1 / rank.
 
-Intervals are percentile bootstraps; the paired interval resamples *queries* (the same indices for both systems),
-so it describes uncertainty from the choice of test queries, not from training randomness (for that, compare
-several seeds per system: they are averaged per query before pairing).
+Intervals are percentile bootstraps (``scipy.stats.bootstrap``); the paired interval resamples *queries* (the same
+indices for both systems), so it describes uncertainty from the choice of test queries, not from training randomness
+(for that, compare several seeds per system: they are averaged per query before pairing). Paired tests are the exact
+McNemar test (``scipy.stats.binomtest``) and a sign-flip permutation test (``scipy.stats.permutation_test``).
 """
 
 from __future__ import annotations
@@ -18,17 +19,12 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
-from scipy.stats import binomtest
+from scipy.stats import binomtest, bootstrap, permutation_test
 
 METRICS = ("acc@1", "mrr")
-# Resamples are drawn in blocks so memory stays ~block x n floats however large n_boot is (epa has n = 1,401).
+# scipy draws resamples and sign flips this many at a time, so memory stays ~block x n floats however large n_boot or
+# n_perm is (epa has n = 1,401).
 _BLOCK = 1_000
-
-
-def _blocks(total: int):
-    """Sizes of successive blocks of at most _BLOCK that add up to `total`."""
-    for start in range(0, total, _BLOCK):
-        yield min(_BLOCK, total - start)
 
 
 def outcome(ranks, metric: str) -> np.ndarray:
@@ -45,10 +41,10 @@ def bootstrap_ci(values, *, stat: Callable = np.mean, level: float = 0.95, n_boo
                  seed: int = 0) -> tuple[float, float]:
     """Percentile bootstrap interval ``(lo, hi)`` for ``stat`` of a 1-D sample `values` (e.g. one metric per seed).
 
-    Draws `n_boot` resamples of len(values) with replacement (seeded: same inputs → same interval) and returns the
-    (1 − level)/2 and (1 + level)/2 quantiles of ``stat(resample)``. `stat` must reduce along ``axis=-1`` like the
-    numpy reductions (np.mean, np.median). One value gives ``(v, v)``. With few values (3–5 seeds) the interval is
-    narrow-biased: it cannot reach beyond the values observed.
+    ``scipy.stats.bootstrap`` with ``method="percentile"``: `n_boot` resamples of len(values) with replacement
+    (seeded: same inputs → same interval), and the (1 − level)/2 and (1 + level)/2 quantiles of ``stat(resample)``.
+    `stat` must reduce along ``axis=-1`` like the numpy reductions (np.mean, np.median). One value gives ``(v, v)``.
+    With few values (3–5 seeds) the interval is narrow-biased: it cannot reach beyond the values observed.
     """
     values = np.asarray(values, dtype=float)
     if values.ndim != 1 or values.size == 0:
@@ -59,13 +55,11 @@ def bootstrap_ci(values, *, stat: Callable = np.mean, level: float = 0.95, n_boo
         raise ValueError(f"bootstrap_ci: level {level}: expected 0 < level < 1")
     if n_boot < 1:
         raise ValueError(f"bootstrap_ci: n_boot {n_boot}: expected >= 1")
-    rng = np.random.default_rng(seed)
-    stats = []
-    for size in _blocks(n_boot):
-        resamples = values[rng.integers(0, values.size, size=(size, values.size), dtype=np.int32)]
-        stats.append(np.asarray(stat(resamples, axis=-1), dtype=float))
-    lo, hi = np.quantile(np.concatenate(stats), [(1 - level) / 2, (1 + level) / 2])
-    return float(lo), float(hi)
+    if values.size == 1:  # scipy wants two observations; every resample of one value is that value
+        return float(values[0]), float(values[0])
+    ci = bootstrap((values,), stat, n_resamples=n_boot, batch=_BLOCK, vectorized=True, confidence_level=level,
+                   method="percentile", rng=seed).confidence_interval
+    return float(ci.low), float(ci.high)
 
 
 def seed_summary(values_per_seed, **bootstrap_kw) -> dict:
@@ -109,27 +103,29 @@ def mcnemar_exact(a_correct, b_correct) -> float:
 
 
 def sign_flip_p(differences, *, n_perm: int = 10_000, seed: int = 0) -> float:
-    """Two-sided paired permutation p-value for H0 "mean difference is 0", by random sign flips.
+    """Two-sided paired permutation p-value for H0 "mean difference is 0", by sign flips of the per-query differences.
 
-    Each of `n_perm` permutations flips the sign of every per-query difference with probability 1/2;
-    p = (#{|perm sum| >= |observed sum|} + 1) / (n_perm + 1), so the smallest attainable p is 1 / (n_perm + 1).
-    All differences zero → 1.0.
+    The statistic is |sum of the differences|; p is the share of sign vectors whose |sum| reaches the observed one.
+    With 2^n <= `n_perm` every sign vector is enumerated (an exact p); otherwise `n_perm` random ones are drawn (each
+    sign +/- with probability 1/2) and p = (#{|perm sum| >= |observed sum|} + 1) / (n_perm + 1), so the smallest
+    attainable p is 1 / (n_perm + 1). All differences zero, or a single one → 1.0.
     """
     d = np.asarray(differences, dtype=float)
-    if not d.any():
+    if d.size < 2 or not d.any():
         return 1.0
     observed = abs(d.sum())
-    # Sums that equal the observed one in exact arithmetic may differ from it by rounding; count them as ties.
-    threshold = observed - 1e-9 * np.abs(d).sum()
-    rng = np.random.default_rng(seed)
-    hits = 0
-    for size in _blocks(n_perm):
-        # One random bit per query and permutation; float signs so the product is a BLAS matrix-vector call.
-        bits = np.unpackbits(rng.integers(0, 256, size=(size, -(-d.size // 8)), dtype=np.uint8), axis=1,
-                             count=d.size)
-        signs = bits.astype(float) * 2 - 1
-        hits += int(np.sum(np.abs(signs @ d) >= threshold))
-    return (hits + 1) / (n_perm + 1)
+    # Sums that equal the observed one in exact arithmetic may differ from it by rounding; count them as ties. scipy's
+    # own tolerance is relative to the observed sum only, too tight when the differences mostly cancel.
+    tie = observed - 1e-9 * np.abs(d).sum()
+
+    def abs_sum(x, axis=-1):
+        sums = np.abs(x.sum(axis=axis))
+        return np.where(sums >= tie, observed, sums)
+
+    # Two-sided through |sum| and "greater": scipy's "two-sided" doubles the smaller one-sided p, whose floor would be
+    # 2 / (n_perm + 1) instead of this test's 1 / (n_perm + 1).
+    return float(permutation_test((d,), abs_sum, permutation_type="samples", n_resamples=n_perm, batch=_BLOCK,
+                                  vectorized=True, alternative="greater", rng=seed).pvalue)
 
 
 def paired_difference(a_ranks, b_ranks, *, metric: str = "acc@1", n_boot: int = 10_000, n_perm: int = 10_000,
@@ -144,8 +140,8 @@ def paired_difference(a_ranks, b_ranks, *, metric: str = "acc@1", n_boot: int = 
     ``delta`` = b − a, ``ci`` = [lo, hi] the `level` percentile bootstrap interval of delta resampling query indices
     (the same indices for both systems), ``p_value`` two-sided for H0 "no difference", ``test`` naming the test,
     ``n`` the number of queries. The test is the exact McNemar test for acc@1 with one seed per system, else (acc@1
-    pooled over seeds, or MRR) a sign-flip permutation test with `n_perm` permutations, whose p cannot go below
-    1 / (n_perm + 1).
+    pooled over seeds, or MRR) the sign-flip permutation test :func:`sign_flip_p` with `n_perm` permutations, whose
+    p cannot go below 1 / (n_perm + 1) (exact, over every sign vector, when 2^n <= n_perm).
     """
     a = _as_ranks(a_ranks, "a_ranks")
     b = _as_ranks(b_ranks, "b_ranks")
