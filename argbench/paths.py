@@ -5,7 +5,8 @@ The *project folder* is ``$ARGBENCH_PROJECT`` when set, else the current working
 
 * ``mlruns/mlflow.db`` and ``mlruns/artifacts/``: the MLflow store (``$MLFLOW_TRACKING_URI`` overrides);
 * ``mlruns/optuna.db``: the Optuna storage of searches and studies (``--storage`` overrides);
-* ``mlruns/runs/<name>/seed<S>``: run folders (config, metrics.jsonl, checkpoint);
+* ``mlruns/runs/<name>/seed<S>[-N]``: run folders (config, metrics.jsonl, checkpoint), one per run, never reused
+  (``argbench.experiments.run_folders``);
 * ``ablations/``: the registry, when the folder has one with a ``base.yaml`` (``$ARGBENCH_ABLATIONS`` overrides);
   otherwise the registry that ships inside the package;
 * ``data/counterargs-18``: the real corpus, when present (``$ARGBENCH_DATA`` and ``--data`` override).
@@ -32,7 +33,7 @@ def mlruns_dir() -> Path:
 
 
 def runs_dir() -> Path:
-    """``<project>/mlruns/runs``: one folder per run (``<name>/seed<S>``)."""
+    """``<project>/mlruns/runs``: one folder per run (``<name>/seed<S>``, ``seed<S>-2``, …)."""
     return mlruns_dir() / "runs"
 
 

@@ -33,11 +33,17 @@ def add_commands(sub, data_args, run_args) -> None:
     defaults = ab.add_parser("defaults", help="every config default as commented YAML (ablations/base.yaml is "
                                               "this output)")
     defaults.set_defaults(func=cmd_defaults)
-    run = ab.add_parser("run", help="train an ablation and track it in MLflow")
+    run = ab.add_parser("run", help="train an ablation and track it in MLflow", conflict_handler="resolve")
     run.add_argument("name")
     run_args(run)
+    run.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN_ID",
+                     help="continue the newest run folder of this name and seed(s) that has a checkpoint, or the "
+                          "one of MLflow run RUN_ID (a multi-seed run: its parent's id)")
     run.add_argument("--experiment", default="argbench", help="MLflow experiment (default: argbench)")
-    run.add_argument("--out", type=Path, help="run folder (default: mlruns/runs/<name>/seed<seed>)")
+    run.add_argument("--out", type=Path,
+                     help="folder of this ablation's run folders (default: mlruns/runs/<name>); each run gets its "
+                          "own: seed<S>, then seed<S>-2, ... (several seeds: seeds<S>-<S+N-1>/seed<S>/...), and "
+                          "seed<S>-latest points at the newest")
     run.add_argument("--log-model", action="store_true", help="log the final weights as an MLflow artifact")
     run.add_argument("--seeds", type=int, default=1,
                      help="train N seeds (seed, seed+1, ...) as child runs of one parent with mean/std/CI")
@@ -65,8 +71,9 @@ def add_commands(sub, data_args, run_args) -> None:
     cmp.set_defaults(func=cmd_compare)
 
     rep = sub.add_parser("report", help="one HTML page of plotly comparisons, or (--table) significance tables")
-    rep.add_argument("--runs", nargs="*", help="run names or ids for the page (default: every name with a FINISHED "
-                                               "top-level run); a multi-seed entry shows the mean of its seeds")
+    rep.add_argument("--runs", nargs="*", help="run names or ids for the page (default: what was trained: the "
+                                               "top-level runs, then each study's or search's runs under its name); "
+                                               "a multi-seed entry shows the mean of its seeds")
     rep.add_argument("--metric", help=f"page: metric per epoch (default {HTML_METRIC}); --table: acc@1 or mrr "
                                       "(default acc@1; the page's significance part uses mrr for an mrr metric)")
     rep.add_argument("-o", "--out", type=Path, default=Path("mlruns/report.html"))
@@ -146,11 +153,13 @@ def cmd_defaults(args) -> int:
 def cmd_run(args) -> int:
     from argbench.cli.options import shortcut_overrides
     from argbench.experiments.runner import run_ablation
+    from argbench.track.store_faults import store_faults
 
-    open_store()
-    result = run_ablation(args.name, shortcut_overrides(args), data=args.data, seeds=args.seeds,
-                          experiment=args.experiment, out=args.out, resume=args.resume, log_model=args.log_model,
-                          base=args.base, profile=args.profile)
+    with store_faults():
+        open_store()
+        result = run_ablation(args.name, shortcut_overrides(args), data=args.data, seeds=args.seeds,
+                              experiment=args.experiment, out=args.out, resume=args.resume,
+                              log_model=args.log_model, base=args.base, profile=args.profile)
     if args.json:
         print(json.dumps(result, indent=2, default=str))
         return 0
@@ -165,12 +174,14 @@ def cmd_run(args) -> int:
         shown = "".join(f", {k} {v:.3f}" for k, v in test.items())
         print(f"run {result['run_id']} ({args.name}, {result['profile']} profile) finished: selected epoch "
               f"{result['selected'].get('epoch')} of {result['last']['epoch']}, best {metric} {value:.3f}{shown}")
-    print("compare runs: make ui  (MLflow UI at http://127.0.0.1:5000)  or  make report")
+    from argbench.track.ui import run_link
+
+    print(f"see it in the MLflow UI (make ui): {run_link(result['run_id'])}  or  make report")
     return 0
 
 
 def cmd_import(args) -> int:
-    from argbench.track.run_import import import_run
+    from argbench.experiments.run_import import import_run
 
     open_store()
     result = import_run(args.run_dir, name=args.name, experiment=args.experiment, tags=dict(args.tags))

@@ -1,4 +1,5 @@
-"""``argbench search``: an Optuna search over one ablation's hyperparameters (:mod:`argbench.search.study`)."""
+"""``argbench search``: an Optuna search over one ablation's hyperparameters
+(:mod:`argbench.search.hyperparameter_search`)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ import json
 from typing import Any
 
 from argbench.cli.options import shortcut_overrides
+from argbench.search.hyperparameter_search import PRUNERS, run_search
 from argbench.search.storage import DEFAULT_STORAGE
-from argbench.search.study import PRUNERS, run_search
 
 # --- command line --------------------------------------------------------------------------------------------------
 
@@ -24,6 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the TPE sampler (not train.seed)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     add_worker_arguments(parser, "trial")
+    parser.set_defaults(on_interrupt="running trials end FAIL and their MLflow runs KILLED; the same command "
+                                     "continues the study with new trials")
 
 
 def add_worker_arguments(parser: argparse.ArgumentParser, unit: str) -> None:
@@ -47,6 +50,9 @@ def cmd_search(args: argparse.Namespace) -> int:
     # Only --encoder/--epochs are shortcuts here: this command's --seed seeds the sampler, not train.seed.
     shortcuts = argparse.Namespace(encoder=args.encoder, epochs=args.epochs, overrides=args.overrides)
     result = run_search(**{k: getattr(args, k) for k in keys}, overrides=shortcut_overrides(shortcuts))
+    from argbench.track.ui import run_link
+
+    result["parent_url"] = run_link(result["parent_run_id"], args.tracking_uri)
     print(json.dumps(result, indent=2, default=str) if args.json else format_summary(result))
     return 0
 
@@ -67,6 +73,7 @@ def format_summary(result: dict) -> str:
         params = ", ".join(f"{k}={shown(v)}" for k, v in result["best_params"].items())
         lines.append(f"best: {shown(result['best_value'])} (trial {result['best_trial']}) {params}")
     dashboard = f"optuna-dashboard {result['storage']}"
-    lines += [f"MLflow parent run {result['parent_run_id']}",
+    lines += [f"MLflow parent run {result['parent_run_id']}" + (f": {result['parent_url']}" if "parent_url" in result
+                                                                 else ""),
               f"watch it: {'make dashboard, or ' if result['storage'] == DEFAULT_STORAGE else ''}{dashboard}"]
     return "\n".join(lines)

@@ -1,4 +1,4 @@
-"""``argbench study``: a group × seeds grid as one resumable Optuna study (:mod:`argbench.search.grid`)."""
+"""``argbench study``: a group × seeds grid as one resumable Optuna study (:mod:`argbench.search.study`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ from argbench.cli.ablation import _quiet_downloads
 from argbench.cli.options import add_epoch_argument, shortcut_overrides
 from argbench.cli.search import add_worker_arguments
 from argbench.data.copies import RANK_SPLITS
-from argbench.search.grid import GridError, plan, report, run_study, spec_of_study
+from argbench.search.grid_plan import GridError, plan
+from argbench.search.storage import missing_storage
+from argbench.search.study import report, run_study, spec_of_study
 
 
 def add_arguments(parser) -> None:
@@ -32,6 +34,8 @@ def add_arguments(parser) -> None:
     add_epoch_argument(parser, "the table pairs the per-query ranks")
     parser.add_argument("--json", action="store_true", help="print the summary and table as JSON on stdout")
     add_worker_arguments(parser, "cell")
+    parser.set_defaults(on_interrupt="cells in training end FAIL and their MLflow runs KILLED; the same command "
+                                     "resumes the study, retrying each once")
 
 
 def cmd_study(args) -> int:
@@ -42,6 +46,10 @@ def cmd_study(args) -> int:
     if args.names[:1] == ["report"]:  # "report" is no registry entry, so it cannot be meant as one
         if len(args.names) != 2:
             raise GridError("usage: argbench study report STUDY [--storage URL] [--json]")
+        missing = missing_storage(args.storage)
+        if missing is not None:  # opening it would create an empty one
+            raise GridError(f"no study {args.names[1]!r}: there is no Optuna storage at {missing}; expected the "
+                            "--storage the study was run with")
         result = report(spec_of_study(args.names[1], storage=args.storage, **settings))
     else:
         overrides = shortcut_overrides(_shortcuts(args))
@@ -64,7 +72,7 @@ def format_summary(result: dict) -> str:
     """The summary for a terminal: cell counts, then each view's table (or what is still open)."""
     head = (f"study {result['study']}: {result['complete']}/{result['cells']} cells done, {result['failed']} "
             f"failed, {result['running']} running ({result.get('ran_now', 0)} run now); MLflow parent run "
-            f"{result['parent_run_id']}")
+            f"{result['parent_run_id']}" + (f"\n  {result['parent_url']}" if result.get("parent_url") else ""))
     lines = [head]
     if result["text"]:
         lines += result["text"]

@@ -213,9 +213,9 @@ def sweep(tracking_uri: str, *, must_exist: bool = False, stream=None) -> list[s
                         "first, or point MLFLOW_TRACKING_URI at the store to read")
     if missing is not None:
         return []
-    from mlflow import MlflowClient
+    from argbench.track.store import Store  # the store's door: its first-use lock and reachability check
 
-    closed = close_stale_runs(MlflowClient(tracking_uri))
+    closed = close_stale_runs(Store(tracking_uri).client)
     for run in closed:
         print(f"argbench: {run.describe()}", file=stream)
     return [run.run_id for run in closed]

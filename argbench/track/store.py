@@ -6,18 +6,24 @@ What a reference to a *system* (an ablation name or a run id) stands for is deci
 ``argbench compare``, the significance tables and the runner:
 
 * a run id stands for that run;
-* a name stands for the newest FINISHED top-level run of that name; a name that only child runs bear (a search's
-  trials, children of the search's parent run) for the newest FINISHED run of that name. A name whose top-level runs
-  all failed or still run stands for nothing: a child of it is never taken in its place;
-* the run's *seeds*: a multi-seed parent (a run with child runs of its own name, as
-  :mod:`argbench.experiments.runner` logs it) is its FINISHED children, oldest first; any other run is its own seed.
+* a name was trained in one or more *places*: each top-level run of that name, whose seeds are its FINISHED
+  children of its own name (a multi-seed parent, as :mod:`argbench.experiments.runner` logs it) or else itself; and
+  each other parent (a grid study's or a search's) holding runs of that name, whose seeds are those of its runs
+  that FINISHED (a study's cells of one entry, every seed). The name stands for the newest place with a FINISHED
+  seed (newest by the start of its newest seed); ``argbench study report`` takes its own study's place. A child of
+  a top-level run of the same name is a seed of it, never taken in its place when that run failed or still runs;
+* the seeds, oldest first, are what the report averages and ``compare`` pools per query.
+
+:meth:`Store.trained` is the report's default selection: the places as they are, each study's or search's cells
+grouped under that parent.
 
 Per-query ranks (:meth:`Store.ranks`): a tracked run logs, per evaluated split, those of its selected epoch
 (:mod:`argbench.train.selection`) as :data:`RANKS` and those of its last evaluated epoch as :data:`LAST_RANKS`; a
 run logged before argbench selected epochs has only :data:`RANKS`, which holds its last epoch.
 
-Writes: metrics (at ``step``, timestamped now), params and tags (every value through :func:`redact`, in batches
-MLflow accepts), text artifacts, and closing a run left RUNNING by a process that died.
+Writes: metrics (at ``step``, timestamped now), params and tags (every value through
+:func:`argbench.track.redaction.redact`, in batches MLflow accepts), text artifacts, and closing a run left RUNNING by
+a process that died. A store that cannot be used is one line (:mod:`argbench.track.store_faults`).
 """
 
 from __future__ import annotations
@@ -37,23 +43,19 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from argbench.data.copies import RERANKED
 from argbench.errors import UserError
+from argbench.model.epoch_names import EPOCHS, LAST, SELECTED
 from argbench.paths import default_tracking_uri
-from argbench.train.selection import EPOCHS, LAST, SELECTED
+from argbench.track.redaction import redact
+from argbench.track.store_faults import connect
 
 RANKS = "per_query/{split}.csv"  # the per-query ranks of a tracked run's selected epoch, per evaluated split
 LAST_RANKS = "per_query/last/{split}.csv"  # those of its last evaluated epoch (first-stage splits only)
 BATCH = 100  # MLflow's limit on params + tags per log_batch call
 _RUN_ID = re.compile(r"[0-9a-f]{32}")
 
-# scheme://user:PASSWORD@ -- the password runs to the last "@" of the token, so one containing "@" or "/" is
-# hidden whole (a rare "host:port/path@x" is over-redacted rather than a password leaked).
-_URL_PASSWORD = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.\-]*://[^\s:/?#@'\"<>]*:)[^\s'\"<>]*@")
-_QUERY_SECRET = re.compile(r"(?P<head>[?&](?:password|passwd|pwd|secret|token|api_key|apikey)=)[^&#\s'\"<>]*",
-                           re.IGNORECASE)
-
 
 def check_epoch(epoch: str) -> None:
-    """UserError unless ``epoch`` is one of :data:`argbench.train.selection.EPOCHS`."""
+    """UserError unless ``epoch`` is one of :data:`argbench.model.epoch_names.EPOCHS`."""
     if epoch not in EPOCHS:
         raise UserError(f"epoch {epoch!r}: expected one of {', '.join(EPOCHS)}")
 
@@ -73,13 +75,6 @@ def ranks_artifact(split: str, epoch: str = SELECTED) -> str:
 class NotInStore(UserError):
     """An experiment, run id or run name the store does not hold, or a name with no FINISHED run to stand for;
     the message says what is there instead."""
-
-
-def redact(text: str) -> str:
-    """``text`` with the password of every URL in it (``scheme://user:pw@host``) and every secret query
-    parameter (``?password=``, ``token=``...) replaced by ``***``; anything else unchanged."""
-    text = _URL_PASSWORD.sub(r"\g<head>***@", str(text))
-    return _QUERY_SECRET.sub(r"\g<head>***", text)
 
 
 @dataclass(frozen=True)
@@ -105,12 +100,14 @@ class StoredRun:
 class System:
     """What a reference stands for: ``run`` (the run picked for a name, or the run of an id), its ``seeds`` (the
     runs whose results make the system; ``[run]`` for a single run) and ``passed_over``, the number of other
-    runs of the name that were not picked (0 for a run id)."""
+    runs of the name that were not picked (0 for a run id); ``parent``, the id of the study's or search's parent
+    run whose runs the seeds are (None for a top-level run and its own seeds)."""
 
     ref: str
     run: StoredRun
     seeds: list[StoredRun]
     passed_over: int = 0
+    parent: str | None = None
 
 
 def _stored(run) -> StoredRun:
@@ -119,17 +116,51 @@ def _stored(run) -> StoredRun:
                      params=dict(run.data.params), metrics=dict(run.data.metrics))
 
 
-def _newest_finished(runs: list[StoredRun]) -> tuple[StoredRun | None, int]:
-    """The picking rule over the runs of one name: (the run the name stands for, or None; how many other runs
-    were passed over). Top-level runs only, unless no top-level run bears the name."""
-    candidates = [r for r in runs if r.parent_id is None] or runs
-    finished = [r for r in candidates if r.status == "FINISHED"]
-    picked = max(finished, key=lambda r: r.start_time) if finished else None
-    return picked, len(candidates) - 1
+@dataclass(frozen=True)
+class _Place:
+    """Where a name was trained: a top-level ``run`` (``seeds`` None: looked up, :meth:`Store.seeds`), or the
+    FINISHED runs of the name under another ``parent`` (``run`` the newest of them, or of all when none
+    FINISHED)."""
+
+    run: StoredRun
+    seeds: list[StoredRun] | None = None
+    parent: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return bool(self.seeds) if self.parent else self.run.status == "FINISHED"
+
+    @property
+    def newest(self) -> int:
+        return max(s.start_time for s in self.seeds) if self.parent else self.run.start_time
+
+
+def _places(runs: list[StoredRun]) -> list[_Place]:
+    """The places (module doc) of the runs of one name, oldest first."""
+    own = {r.run_id for r in runs if r.parent_id is None}
+    places = [_Place(r) for r in runs if r.parent_id is None]
+    cells: dict[str, list[StoredRun]] = {}
+    for r in runs:
+        if r.parent_id is not None and r.parent_id not in own:
+            cells.setdefault(r.parent_id, []).append(r)
+    for parent, group in cells.items():
+        finished = [r for r in group if r.status == "FINISHED"]
+        places.append(_Place((finished or group)[-1], finished, parent))
+    return places
+
+
+def _newest_finished(runs: list[StoredRun], within: str | None = None) -> tuple[_Place | None, int]:
+    """The picking rule over the runs of one name: (the place the name stands for, or None; how many other places
+    were passed over); only the runs under parent ``within`` when given."""
+    places = [p for p in _places(runs) if within is None or p.parent == within]
+    finished = [p for p in places if p.finished]
+    picked = max(finished, key=lambda p: p.newest) if finished else None
+    return picked, len(places) - 1
 
 
 class Store:
-    """The MLflow store at ``tracking_uri`` (default :func:`argbench.paths.default_tracking_uri`).
+    """The MLflow store at ``tracking_uri`` (default :func:`argbench.paths.default_tracking_uri`), opened through
+    :func:`argbench.track.store_faults.connect`.
 
     Lookup errors are :class:`NotInStore` (a UserError, so a ValueError) naming what is missing and what exists;
     the URI in a message is redacted.
@@ -137,6 +168,7 @@ class Store:
 
     def __init__(self, tracking_uri: str | None = None):
         self.uri = tracking_uri or default_tracking_uri()
+        connect(self.uri)
         self.client = MlflowClient(self.uri)
 
     # --- finding runs -------------------------------------------------------------------------------------------
@@ -170,19 +202,22 @@ class Store:
         except MlflowException as err:
             raise NotInStore(f"no MLflow run with id {run_id} at tracking URI {redact(self.uri)}") from err
 
-    def system(self, ref: str, experiment: str) -> System:
-        """What ``ref`` (a run id, or a run name in ``experiment``) stands for, with its seeds (module rules)."""
+    def system(self, ref: str, experiment: str, within: str | None = None) -> System:
+        """What ``ref`` (a run id, or a run name in ``experiment``) stands for, with its seeds (module rules);
+        ``within``: a name's runs under that parent run only (a study's own cells)."""
         if _RUN_ID.fullmatch(ref):
-            run, passed_over = self.run(ref), 0
-        else:
-            if "'" in ref:
-                raise NotInStore(f"run name {ref!r}: quotes are not allowed")
-            exp_id = self.experiment_id(experiment)
-            named = self._search([exp_id], f"attributes.run_name = '{ref}'")
-            run, passed_over = _newest_finished(named)
-            if run is None:
-                raise NotInStore(self._no_run(ref, experiment, exp_id, named))
-        return System(ref, run, self.seeds(run), passed_over)
+            run = self.run(ref)
+            return System(ref, run, self.seeds(run))
+        if "'" in ref:
+            raise NotInStore(f"run name {ref!r}: quotes are not allowed")
+        exp_id = self.experiment_id(experiment)
+        named = self._search([exp_id], f"attributes.run_name = '{ref}'")
+        place, passed_over = _newest_finished(named, within)
+        if place is None:
+            where = "" if within is None else f" under parent run {within}"
+            raise NotInStore(self._no_run(ref, experiment, exp_id, named) + where)
+        seeds = self.seeds(place.run) if place.seeds is None else place.seeds
+        return System(ref, place.run, seeds, passed_over, place.parent)
 
     def _no_run(self, name: str, experiment: str, exp_id: str, named: list[StoredRun]) -> str:
         where = f"no FINISHED run named {name!r} (nor a run id) in experiment {experiment!r}"
@@ -210,12 +245,43 @@ class Store:
         finished = {r.name for r in top if r.status == "FINISHED"}
         return [name for name in dict.fromkeys(r.name for r in top) if name in finished]
 
+    def trained(self, experiment: str) -> list[System]:
+        """What was trained in ``experiment``: per name of a top-level run that is not a study's or search's
+        parent, the system the name stands for among its top-level runs (oldest name first); then per such parent
+        (oldest first), each name of its FINISHED runs with those runs as its seeds (``parent`` set). A parent is a
+        top-level run with children of other names and none of its own."""
+        runs = self.runs(experiment)
+        children: dict[str, list[StoredRun]] = {}
+        for r in runs:
+            if r.parent_id is not None:
+                children.setdefault(r.parent_id, []).append(r)
+        top = [r for r in runs if r.parent_id is None]
+        parents = [r for r in top if children.get(r.run_id)
+                   and all(c.name != r.name for c in children[r.run_id])]
+        ids = {p.run_id for p in parents}
+        found = []
+        for name in dict.fromkeys(r.name for r in top if r.run_id not in ids):
+            named = [r for r in top if r.name == name and r.run_id not in ids]
+            finished = [r for r in named if r.status == "FINISHED"]
+            seeds = [c for c in children.get(finished[-1].run_id, []) if c.name == name] if finished else []
+            seeds = [c for c in seeds if c.status == "FINISHED"] if seeds else finished[-1:]
+            if seeds:
+                found.append(System(name, finished[-1], seeds, len(named) - 1))
+        for parent in parents:
+            cells = [c for c in children[parent.run_id] if c.status == "FINISHED"]
+            for name in dict.fromkeys(c.name for c in cells):
+                seeds = [c for c in cells if c.name == name]
+                found.append(System(name, seeds[-1], seeds, 0, parent.run_id))
+        return found
+
     def systems(self, experiment: str, refs: list[str] | None = None) -> list[System]:
-        """The systems ``refs`` stand for, in that order (default :meth:`names`); one NotInStore says why for
+        """The systems ``refs`` stand for, in that order (default :meth:`trained`); one NotInStore says why for
         every ref that stands for nothing."""
         names = self.names(experiment)  # also checks that the experiment exists
+        if refs is None:
+            return self.trained(experiment)
         found, errors = [], []
-        for ref in names if refs is None else refs:
+        for ref in refs:
             try:
                 found.append(self.system(ref, experiment))
             except NotInStore as err:
@@ -275,6 +341,24 @@ class Store:
             chunk = entries[start:start + BATCH]
             self.client.log_batch(run_id, params=[e for e in chunk if isinstance(e, Param)],
                                   tags=[e for e in chunk if isinstance(e, RunTag)])
+
+    def update_params(self, run_id: str, params: dict[str, str]) -> bool:
+        """Give the logged params ``params`` ({key: text}) new values: a resumed run whose ``train.epochs`` grew
+        must say so. MLflow's API never changes a param, so the row is updated in the store's database (SQL
+        stores); a tracking server cannot, and then the new values go to tags ``param.<key>`` instead (False)."""
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+        backend = self.client._tracking_client.store
+        if not isinstance(backend, SqlAlchemyStore):
+            self.log(run_id, tags={f"param.{k}": v for k, v in params.items()})
+            return False
+        from mlflow.store.tracking.dbmodels.models import SqlParam
+
+        with backend.ManagedSessionMaker(read_only=False) as session:
+            for key, value in params.items():
+                session.query(SqlParam).filter(SqlParam.run_uuid == run_id, SqlParam.key == key).update(
+                    {SqlParam.value: redact(value)})
+        return True
 
     def log_text(self, run_id: str, text: str, artifact: str) -> None:
         """Store ``text`` as the artifact file ``artifact`` (a relative path, e.g. ``figures/x.html``)."""

@@ -1,11 +1,15 @@
 """MLflow tracking of one training run, plugged into the trainer's hooks (the trainer never imports mlflow).
 
+One module on purpose: opening or re-opening a run, its hook, its heartbeat and its system metrics share the run's
+lifetime (one ``with`` block); read top to bottom, it is what one tracked run does.
+
 ``tracked_run`` opens (or, with ``resume_run_id``, re-opens) an MLflow run and yields an :class:`MlflowTracker`,
 the hook passed to ``argbench.train.trainer.fit``. What one run holds:
 
 * params: the flattened resolved config (None -> "none", lists comma-joined), logged once;
-* tags: ablation, group, seed, data.source, data.hash, encoder, device, git.commit, any extra tags; every tag,
-  param and error message goes through :func:`redact`, so a password in a URL is never stored;
+* tags: ablation, group, seed, data.source, data.hash, encoder, device, ``mlflow.source.git.commit`` (the commit
+  of argbench's code, MLflow's own tag), any extra tags; every tag, param and error message goes through
+  :func:`redact`, so a password in a URL is never stored;
 * metrics, ``step = epoch`` (0 = untrained model), the trainer's per-epoch dict as is: ``train/loss*``,
   ``{split}/{task}/acc_at_{1,3,5,10}``, ``{split}/{task}/mrr``, ``{split}/rerank/acc_at_1``, the same per task
   under ``{split}/dedup/`` and ``{split}/unseen/`` (the views of argbench.data.copies), ``negatives/*``,
@@ -38,7 +42,6 @@ from __future__ import annotations
 
 import contextvars
 import re
-import subprocess
 import tempfile
 import warnings
 from contextlib import contextmanager
@@ -52,14 +55,17 @@ from mlflow import MlflowClient
 from mlflow.entities import RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking.context.registry import resolve_tags
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+from mlflow.utils.git_utils import get_git_commit
+from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID
 
 from argbench.config import PRIMARY, Config, flatten, to_yaml
 from argbench.data.copies import RERANKED
+from argbench.errors import UserError
 from argbench.paths import PACKAGE_DIR, default_tracking_uri
 from argbench.track import stale
-from argbench.track.store import LAST_RANKS, RANKS, Store, redact
-from argbench.track.store_init import ensure_store, sqlite_path
+from argbench.track.redaction import redact
+from argbench.track.store import LAST_RANKS, RANKS, Store
+from argbench.track.store_init import sqlite_path
 from argbench.train.selection import selected_epoch
 
 DEFAULT_EXPERIMENT = "argbench"
@@ -112,13 +118,13 @@ def param_values(cfg: Config) -> dict[str, str]:
 
 
 def git_commit(repo: Path = PACKAGE_DIR) -> str:
-    """``git rev-parse HEAD`` of ``repo``, or "unknown" when it is not a git checkout (or git is missing)."""
-    try:
-        done = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
-                              timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
-    return done.stdout.strip() if done.returncode == 0 and done.stdout.strip() else "unknown"
+    """The commit checked out at ``repo`` (MLflow's lookup), or "unknown" outside a git checkout, in a git-ignored
+    folder (a non-editable install inside the checkout's ``.venv``) or without git.
+
+    MLflow tags runs it starts with the commit of the entry-point script (``sys.argv[0]``), which for
+    ``.venv/bin/argbench`` or pytest is git-ignored and gets no tag: argbench asks about its own package folder.
+    """
+    return get_git_commit(str(repo)) or "unknown"
 
 
 # --- where runs are stored ---------------------------------------------------------------------------------------
@@ -216,7 +222,7 @@ class MlflowTracker:
         tags = {key: info[key] for key in ("data.source", "data.hash", "device", "world_size", "train_pairs",
                                            "train_pairs_before", "train_pairs_cleaned", "params_trainable",
                                            "params_total") if key in info}
-        tags["git.commit"] = git_commit()
+        tags[MLFLOW_GIT_COMMIT] = git_commit()
         if self.resumed_from is not None:
             tags["resumed_from"] = self.resumed_from
             self._restore(info.get("history") or [])
@@ -329,8 +335,8 @@ class MlflowTracker:
     def _log_export(self) -> None:
         """The run folder's selected model (``best/``; ``checkpoint/`` where it has none) as an export folder,
         logged as the run's pyfunc model at the step of its epoch (see :mod:`argbench.track.model_log`)."""
-        from argbench.model.export import export_run
         from argbench.track.model_log import log_export
+        from argbench.train.trained_run import export_run
 
         with tempfile.TemporaryDirectory() as scratch:
             log_export(self.client, self.run_id, export_run(self.out_dir, Path(scratch) / "export"))
@@ -360,12 +366,13 @@ class MlflowTracker:
         self.rows = [r for r in self.rows if r["epoch"] != epoch] + [{"epoch": epoch, **values}]
 
     def _new_params(self, params: dict[str, str]) -> dict[str, str]:
-        """``params`` not yet in the run (a resumed run already has them); warns about changed values."""
+        """``params`` not yet in the run (a resumed run already has them); those a resume changed (``train.epochs``
+        extended: the checkpoint allows only resumable keys to change) get their new values in place."""
         existing = self.client.get_run(self.run_id).data.params
-        changed = sorted(k for k in params if k in existing and existing[k] != params[k])
-        if changed:
-            warnings.warn(f"MLflow run {self.run_id} was logged with other values of {', '.join(changed)}; "
-                          "keeping the logged values (MLflow params cannot change)", stacklevel=3)
+        changed = {k: params[k] for k in sorted(params) if k in existing and existing[k] != params[k]}
+        if changed and not self.store.update_params(self.run_id, changed):
+            warnings.warn(f"MLflow run {self.run_id}: the tracking server keeps the first values of "
+                          f"{', '.join(changed)}; the new ones are tags param.<key>", stacklevel=3)
         return {k: v for k, v in params.items() if k not in existing}
 
     def log(self, params: dict | None = None, tags: dict | None = None) -> None:
@@ -394,9 +401,7 @@ def open_run(*, run_name: str, experiment: str = DEFAULT_EXPERIMENT, tracking_ur
     """Create a RUNNING run that outlives this process and return its id: a parent that workers on several
     machines add children to (a grid study's), closed by whoever finishes it (``Store.end_if_running``). Tags and
     params are redacted."""
-    uri = tracking_uri or default_tracking_uri()
-    ensure_store(uri)
-    store = Store(uri)
+    store = Store(tracking_uri or default_tracking_uri())  # a new SQLite store: made under its first-use lock
     run = store.client.create_run(experiment_id(store.client, experiment), run_name=run_name,
                                   tags={k: redact(str(v)) for k, v in (tags or {}).items()})
     store.log(run.info.run_id, params=params)
@@ -420,8 +425,7 @@ def tracked_run(*, run_name: str, experiment: str = DEFAULT_EXPERIMENT, tracking
     so: its process tags and heartbeat let :func:`argbench.track.stale.sweep` close the run later.
     """
     uri = tracking_uri or default_tracking_uri()
-    ensure_store(uri)  # a new SQLite store: one process creates its tables, concurrent ones wait
-    store = Store(uri)
+    store = Store(uri)  # a new SQLite store: one process creates its tables, concurrent ones wait
     client = store.client
     all_tags = {"ablation": run_name, "group": "none", **(tags or {})}
     if resume_run_id:
@@ -433,13 +437,13 @@ def tracked_run(*, run_name: str, experiment: str = DEFAULT_EXPERIMENT, tracking
             start_tags[MLFLOW_PARENT_RUN_ID] = parent
         run_id = client.create_run(experiment_id(client, experiment), run_name=run_name,
                                    tags=resolve_tags(start_tags)).info.run_id
-    if out_dir is not None:
-        save_run_id(out_dir, run_id)
     tracker = MlflowTracker(store, run_id, config=config, tags=all_tags, out_dir=out_dir, log_model=log_model)
     monitor = _system_monitor(run_id, uri, resumed=bool(resume_run_id)) if system_metrics else None
     tracker.heartbeat = stale.Heartbeat(client, run_id).start()
     status, token = "KILLED", _open_runs.set(_open_runs.get() + (run_id,))
     try:
+        if out_dir is not None:  # inside the try: a folder that cannot be written leaves the run FAILED, not RUNNING
+            save_run_id(out_dir, run_id)
         yield tracker
         if not tracker.finished:
             tracker.finish()
@@ -466,10 +470,11 @@ def _reopen(client: MlflowClient, run_id: str) -> str:
     try:
         run = client.get_run(run_id)
     except MlflowException as err:
-        raise ValueError(f"cannot resume MLflow run {run_id!r}: not found at {redact(client.tracking_uri)} "
-                         f"({err.message}); expected the id saved in the run folder's {RUN_ID_FILE}") from None
+        raise UserError(f"cannot resume MLflow run {run_id!r}: not found at {redact(client.tracking_uri)} "
+                        f"({err.message}); expected the id saved in the run folder's {RUN_ID_FILE} (is "
+                        "MLFLOW_TRACKING_URI the store the run was tracked in?)") from None
     if run.info.lifecycle_stage == "deleted":
-        raise ValueError(f"cannot resume MLflow run {run_id!r}: it is deleted; restore it or start a new run")
+        raise UserError(f"cannot resume MLflow run {run_id!r}: it is deleted; restore it or start a new run")
     # Where it runs now, before it is RUNNING again: a sweep meanwhile must not see the dead process's tags.
     client.log_batch(run_id, tags=[RunTag(k, v) for k, v in stale.process_tags().items()])
     for tag in (stale.STALE_TAG, stale.LAST_HEARTBEAT_TAG):
@@ -491,7 +496,18 @@ def _enclosing_run() -> str:
 
 
 def _system_monitor(run_id: str, uri: str, resumed: bool):
-    """MLflow's system-metrics sampler (``system/*`` metrics) for the run, started; None without psutil."""
+    """MLflow's system-metrics sampler (``system/*`` metrics) for the run, started; None without psutil.
+
+    It samples every 10 s unless ``mlflow.set_system_metrics_sampling_interval`` (or its environment variable)
+    says otherwise; ``set_system_metrics_samples_before_logging`` and ``set_system_metrics_node_id`` apply too.
+    A resumed run continues the ``system/*`` steps after the last one it holds.
+    """
+    # MLflow's public switch (``mlflow.start_run(log_system_metrics=True)``, ``enable_system_metrics_logging``)
+    # builds this same sampler, but only inside the fluent ``mlflow.start_run``: that samples against the
+    # process-wide tracking URI and pushes the run onto the process's active-run stack, while a tracked run is
+    # opened by an MlflowClient bound to its own store and leaves global MLflow state alone (module doc). The
+    # fluent path also raises without psutil, where a tracked run warns and trains on. So the sampler is built
+    # here as ``mlflow.start_run`` builds it, with the run's own tracking URI.
     if find_spec("psutil") is None:
         warnings.warn("psutil is not installed: MLflow system metrics are not logged (pip install psutil)",
                       stacklevel=3)

@@ -13,7 +13,8 @@ from mlflow import MlflowClient
 from argbench.analysis import report
 from argbench.analysis.compare import compare
 from argbench.errors import UserError
-from argbench.track.store import LAST_RANKS, RANKS, NotInStore, Store, redact
+from argbench.track.redaction import redact
+from argbench.track.store import LAST_RANKS, RANKS, NotInStore, Store
 from argbench.track.tracker import tracked_run
 
 PARENT = "mlflow.parentRunId"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -14,6 +16,7 @@ from mlflow import MlflowClient
 from argbench.config import flatten
 from argbench.data.corpus import load_corpus
 from argbench.data.tasks import TASKS
+from argbench.paths import PACKAGE_DIR
 from argbench.track import tracker as tracking
 from argbench.track.tracker import load_run_id, redact, save_run_id, tracked_run
 from argbench.train.selection import selected_epoch
@@ -32,6 +35,10 @@ EVAL_KEYS = (*(f"val/{t}/acc_at_{k}" for t in TASKS for k in KS), *(f"val/{t}/mr
 # The dedup and unseen views of the trained run's validation split (argbench.data.copies; the sample's validation texts
 # occur nowhere else, so every query is unseen).
 VIEW_KEYS = tuple(f"val/{view}/{t}/{m}" for view in ("dedup", "unseen") for t in TASKS for m in ("acc_at_1", "mrr"))
+
+
+# What mlflow.set_system_metrics_sampling_interval sets.
+SAMPLING_INTERVAL = "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"
 
 
 def steps(client: MlflowClient, run_id: str, key: str) -> list[int]:
@@ -59,11 +66,13 @@ def trained(store, corpus, tmp_path_factory):
     cfg, out_dir = tiny_config(epochs=2), tmp_path_factory.mktemp("run")
     tags = {"ablation": "tiny", "group": "tests", "profile": "embedded",
             "store": "postgresql://argbench:hunter2@db.example/mlflow"}
-    # no config=: the tracker takes it from the trainer's on_train_start info
-    with tracked_run(run_name="tiny", experiment="tracking", tracking_uri=store, tags=tags, out_dir=out_dir,
-                     log_model=True) as tracker:
-        history = fit(cfg, corpus, [tracker], out_dir=out_dir)
-        tracker.finish(history)
+    # no config=: the tracker takes it from the trainer's on_train_start info; system metrics sampled every 0.2 s
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(SAMPLING_INTERVAL, "0.2")
+        with tracked_run(run_name="tiny", experiment="tracking", tracking_uri=store, tags=tags, out_dir=out_dir,
+                         log_model=True) as tracker:
+            history = fit(cfg, corpus, [tracker], out_dir=out_dir)
+            tracker.finish(history)
     return MlflowClient(store), tracker.run_id, cfg, history, out_dir
 
 
@@ -80,6 +89,26 @@ def test_trained_run_is_finished_with_every_metric_once_per_epoch(trained):
     assert logged == pytest.approx({m["epoch"]: m["val/epa/acc_at_1"] for m in history})
 
 
+def test_trained_run_logs_mlflow_system_metrics(trained):
+    client, run_id, _, _, _ = trained
+    system = {key for key in client.get_run(run_id).data.metrics if key.startswith("system/")}
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= system
+    assert steps(client, run_id, "system/cpu_utilization_percentage")[0] == 0
+
+
+def test_resumed_run_continues_its_system_metric_steps(store, monkeypatch):
+    monkeypatch.setenv(SAMPLING_INTERVAL, "0.1")
+    client, key = MlflowClient(store), "system/cpu_utilization_percentage"
+    with tracked_run(run_name="sampled", experiment="system", tracking_uri=store) as first:
+        time.sleep(0.5)
+    before = steps(client, first.run_id, key)
+    with tracked_run(run_name="sampled", tracking_uri=store, resume_run_id=first.run_id):
+        time.sleep(0.5)
+    after = steps(client, first.run_id, key)
+    assert before and before == list(range(len(before)))
+    assert after[:len(before)] == before and after[len(before)] == before[-1] + 1  # no step logged twice
+
+
 def test_trained_run_params_are_the_flattened_config(trained):
     client, run_id, cfg, _, _ = trained
     expected = {k: "none" if v is None else ",".join(v) if isinstance(v, list) else str(v)
@@ -94,9 +123,24 @@ def test_trained_run_tags_describe_the_run_and_hide_passwords(trained, corpus):
         "ablation": "tiny", "group": "tests", "seed": str(cfg.train.seed), "encoder": "tiny-random-bert",
         "data.hash": corpus.hash, "profile": "embedded", "device": "cpu"}
     assert tags["data.source"] == corpus.source.describe()
-    assert len(tags["git.commit"]) == 40 or tags["git.commit"] == "unknown"
+    assert tags["mlflow.source.git.commit"] == tracking.git_commit() and "git.commit" not in tags
     assert tags["store"] == "postgresql://argbench:***@db.example/mlflow"
     assert tags["mlflow.runName"] == "tiny"
+
+
+def rev_parse_head(repo) -> str:
+    """The tracker's former hand-written lookup, kept as the reference for MLflow's."""
+    try:
+        done = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return done.stdout.strip() if done.returncode == 0 and done.stdout.strip() else "unknown"
+
+
+def test_git_commit_is_the_checked_out_commit_of_the_package(tmp_path):
+    assert tracking.git_commit() == rev_parse_head(PACKAGE_DIR)  # this checkout (or "unknown" outside one)
+    assert tracking.git_commit(tmp_path) == rev_parse_head(tmp_path) == "unknown"
 
 
 def test_trained_run_artifacts(trained, tmp_path, store, corpus):
