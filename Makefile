@@ -20,6 +20,8 @@ DB ?= sqlite:///$(CURDIR)/mlruns/server.db
 SPACE ?= default
 HOST ?= 127.0.0.1
 PORT ?= 5000
+# the address a browser uses for the UI (HOST=0.0.0.0 listens everywhere; a browser needs a name)
+UI_HOST = $(if $(filter 0.0.0.0,$(HOST)),$(shell hostname),$(HOST))
 DASH_PORT ?= 8080
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
@@ -28,7 +30,8 @@ export TRANSFORMERS_OFFLINE := 1
 .PHONY: help install lint test test-fast stats baselines baseline-mnrl ablation ablations ablation-list report ui search dashboard bench clean study server
 
 help: ## list every target with one line each
-	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}' \
+	  | sed -e 's|$$(HOST)|$(HOST)|g' -e 's|$$(PORT)|$(PORT)|g' -e 's|$$(DASH_PORT)|$(DASH_PORT)|g'
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -58,12 +61,12 @@ baselines: $(STAMP) ## zero-shot TF-IDF and all-MiniLM-L6-v2 on the test split (
 baseline-mnrl: $(STAMP) ## sentence-transformers MNRL fine-tuning of all-MiniLM-L6-v2, tracked as st_mnrl (ARGS="--epochs 3 --max-length 128")
 	$(BIN)/argbench baseline mnrl --track $(ARGS)
 
-ablation: $(STAMP) ## run one named ablation, tracked in MLflow: make ablation NAME=with_layernorm_relu [BASE=…] [ARGS="--set k=v"]
-	$(BIN)/argbench ablation run $(NAME) $(if $(BASE),--base $(BASE)) $(if $(filter-out 1,$(SEEDS)),--seeds $(SEEDS)) $(ARGS)
+ablation: $(STAMP) ## run one named ablation, tracked in MLflow: make ablation NAME=with_layernorm_relu [BASE=…] [SEEDS=3] [PROFILE=cpu] [ARGS="--set k=v"]
+	$(BIN)/argbench ablation run $(NAME) $(if $(BASE),--base $(BASE)) $(if $(filter-out 1,$(SEEDS)),--seeds $(SEEDS)) $(if $(PROFILE),--profile $(PROFILE)) $(ARGS)
 
 ablations: $(STAMP) ## run every ablation of a group (or all): make ablations GROUP=norm [ARGS=...]
 	@set -e; for name in $$($(BIN)/argbench ablation list --names $(if $(GROUP),--group $(GROUP))); do \
-	  echo "== $$name"; $(BIN)/argbench ablation run $$name $(if $(BASE),--base $(BASE)) $(if $(filter-out 1,$(SEEDS)),--seeds $(SEEDS)) $(ARGS); done
+	  echo "== $$name"; $(BIN)/argbench ablation run $$name $(if $(BASE),--base $(BASE)) $(if $(filter-out 1,$(SEEDS)),--seeds $(SEEDS)) $(if $(PROFILE),--profile $(PROFILE)) $(ARGS); done
 
 ablation-list: $(STAMP) ## list the registry: name, group, question
 	$(BIN)/argbench ablation list
@@ -71,7 +74,8 @@ ablation-list: $(STAMP) ## list the registry: name, group, question
 report: $(STAMP) ## write mlruns/report.html comparing runs from MLflow (ARGS="--runs a b --metric val/epa/acc_at_1")
 	$(BIN)/argbench report $(ARGS)
 
-ui: $(STAMP) ## MLflow UI on the local store, http://$(HOST):$(PORT) (HOST=0.0.0.0 to expose it)
+ui: $(STAMP) ## MLflow UI on the local store at http://$(HOST):$(PORT); prints the link that opens on the training runs (HOST=0.0.0.0 to expose it)
+	@echo "MLflow UI, training runs of experiment argbench: $$(MLFLOW_TRACKING_URI=sqlite:///$(CURDIR)/mlruns/mlflow.db ARGBENCH_UI_URL=http://$(UI_HOST):$(PORT) $(BIN)/argbench link)"
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --host $(HOST) --port $(PORT)
 
 search: $(STAMP) ## Optuna search for an ablation: make search NAME=baseline [SPACE=default] TRIALS=8 [ARGS="--jobs 2"]
@@ -82,6 +86,10 @@ dashboard: $(STAMP) ## optuna-dashboard on the default study storage, http://$(H
 
 bench: $(STAMP) ## side-by-side benchmarks against the original's methods (ARGS="load --json")
 	$(BIN)/argbench bench $(or $(ARGS),all)
+
+.PHONY: gpu-check
+gpu-check: $(STAMP) ## first command on a GPU machine (~5 min): recipe bf16 vs fp32, seq/s vs sentence-transformers, memory (ARGS="--dry-run")
+	$(BIN)/argbench bench gpu $(ARGS)
 
 clean: ## remove the venv and caches (keeps mlruns/)
 	rm -rf $(VENV) .pytest_cache *.egg-info

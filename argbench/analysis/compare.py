@@ -9,7 +9,7 @@ those of each run's selected epoch (the best ``eval.primary`` on validation; :mo
 (split key ``val``, ``test`` or ``train``; see :func:`argbench.track.store.ranks_artifact`): a long table with columns
 ``query`` (the query's position in the split, so the same query has the same id in every run on the same data),
 ``task`` and ``rank`` (1-based rank of the true counter), plus ``epoch``, which is not used here. Runs on different
-data (``data.hash`` tags that differ) are refused. The statistics are :func:`argbench.analysis.stats.compare_runs`.
+data (``data.hash`` tags that differ) are refused. The statistics are :func:`argbench.eval.stats.compare_runs`.
 
 A *view* (:data:`argbench.data.copies.VIEWS`) picks what is paired: ``official`` the ``rank`` column; ``dedup`` the
 ``rank_dedup`` column (pools without copies of the query); ``unseen`` the ``rank`` of only the rows flagged
@@ -28,12 +28,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from argbench.analysis.stats import compare_runs
 from argbench.data.copies import RERANKED, VIEWS
 from argbench.data.tasks import TASKS
 from argbench.errors import UserError
+from argbench.eval.stats import compare_runs
+from argbench.model.epoch_names import LAST, SELECTED
 from argbench.track.store import Store, StoredRun, check_epoch, ranks_artifact
-from argbench.train.selection import LAST, SELECTED
 
 COLUMNS = ("query", "task", "rank")
 
@@ -164,7 +164,7 @@ def compare(a: str | list[str], b: str | list[str], *, split: str = "test", task
     Returns ``{"a", "b", "split", "view", "epoch", "runs": {"a": [run ids], "b": [...]}, "tasks": {task: {"acc@1":
     {...}, "mrr": {...}}}}``; each metric dict holds ``a``, ``b``, ``delta`` (= b − a), ``ci`` [lo, hi], ``p_value``,
     ``p_holm`` (Holm over the tasks × metrics shown), ``test`` and ``n``: see
-    :func:`argbench.analysis.stats.paired_difference`.
+    :func:`argbench.eval.stats.paired_difference`.
     `tasks` defaults to every task logged; `stats_kw` (n_boot, n_perm, seed, level) goes to the statistics.
     `tracking_uri` defaults to :func:`argbench.paths.default_tracking_uri`.
     """

@@ -1,13 +1,17 @@
 """Plotly comparisons of runs, read back from MLflow (never from log files), as one self-contained HTML page.
 
 ``load_runs`` fetches the systems named (:mod:`argbench.track.store` decides which runs a name stands for, as for
-``argbench compare``) with their per-epoch metric histories; a multi-seed entry is its seeds: its history is their
-mean per epoch, and :meth:`RunData.band` their 95 % bootstrap interval, drawn as a band around the mean curve. A
+``argbench compare`` and the significance tables) with their per-epoch metric histories; without names, what was
+trained (:meth:`argbench.track.store.Store.trained`): the top-level runs, then each grid study's or search's runs
+under their parent's name as a heading, a study's entry as one system of its seeds (the parent itself is no run on
+the page). A multi-seed system is its seeds: its history is their mean per epoch, and :meth:`RunData.band` their
+95 % bootstrap interval, drawn as a band around the mean curve. A
 run's result is taken at its selected epoch (:mod:`argbench.train.selection`: the best of its ``eval.primary`` on
 validation, found in its history), or with ``epoch="last"`` at its last; the final-metrics table and the per-task
 bars show those values and say which epoch. The figure functions each take those runs and return a
-``go.Figure``; ``write_report`` puts them on one page with plotly.js inlined once, so it opens on a machine without
-internet. Metric names are MLflow's
+``go.Figure``; the final-metrics table is a plain HTML table (it wraps and scrolls; names are never cut);
+``write_report`` puts them on one page with plotly.js inlined once, so it opens on a machine without internet.
+Metric names are MLflow's
 (``val/epa/acc_at_1``); the old spelling (``val/epa/acc@1``) is read as MLflow's.
 """
 
@@ -23,15 +27,17 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
-from argbench.analysis.stats import seed_summary
 from argbench.config import PRIMARY, metric_name
 from argbench.data.tasks import TASKS
 from argbench.errors import UserError
+from argbench.eval.stats import seed_summary
+from argbench.model.epoch_names import LAST, SELECTED
 from argbench.paths import project_dir
 from argbench.track.curve import epoch_ticks
-from argbench.track.store import Store, System, check_epoch, redact
+from argbench.track.redaction import redact
+from argbench.track.store import Store, System, check_epoch
 from argbench.track.tracker import BEST_PREFIX, result_metrics
-from argbench.train.selection import LAST, SELECTED, selected_metrics
+from argbench.train.selection import selected_metrics
 
 SOURCES = {"point": "negatives/point_frac", "counter": "negatives/counter_frac", "random": "negatives/random_frac"}
 COLOURS = qualitative.Plotly
@@ -43,7 +49,9 @@ class RunData:
     its seeds at the steps every seed logged; ``final[key]`` the value at the last step; ``selected[key]`` the
     value at each seed's selected epoch (``selected_epochs``, by its ``eval.primary``), the mean over the seeds.
     ``seeds`` are the run ids behind it (``[run_id]`` for a single run) and ``seed_histories`` their own histories,
-    in the same order; ``duplicates`` counts other runs of the same name that were passed over."""
+    in the same order; ``duplicates`` counts other runs of the same name that were passed over. ``heading`` names
+    the study or search whose runs these are (its parent run's name; "" for a top-level run), ``parent_id`` that
+    parent run's id."""
 
     run_id: str
     name: str
@@ -58,11 +66,19 @@ class RunData:
     duplicates: int = 0
     seeds: list[str] = field(default_factory=list)
     seed_histories: list[dict[str, list[tuple[int, float]]]] = field(default_factory=list)
+    heading: str = ""
+    parent_id: str | None = None
+    qualified: bool = False  # the name is on the page more than once: say whose it is
+
+    @property
+    def display(self) -> str:
+        """The name, with its heading when the page shows the name twice."""
+        return f"{self.name} · {self.heading}" if self.qualified and self.heading else self.name
 
     @property
     def label(self) -> str:
-        """The name, with the number of seeds when the values are a mean over several."""
-        return self.name if len(self.seeds) < 2 else f"{self.name} (mean of {len(self.seeds)} seeds)"
+        """:attr:`display`, with the number of seeds when the values are a mean over several."""
+        return self.display if len(self.seeds) < 2 else f"{self.display} (mean of {len(self.seeds)} seeds)"
 
     def at(self, epoch: str) -> dict[str, float]:
         """The values at ``epoch``: :attr:`selected` ("selected") or :attr:`final` ("last")."""
@@ -76,7 +92,7 @@ class RunData:
 
     def band(self, key: str) -> tuple[list[int], list[float], list[float]]:
         """(steps, lo, hi): the 95 % bootstrap interval of the mean of ``key`` over the seeds at each step of
-        :meth:`series` (:func:`argbench.analysis.stats.seed_summary`); empty lists with fewer than two seeds."""
+        :meth:`series` (:func:`argbench.eval.stats.seed_summary`); empty lists with fewer than two seeds."""
         if len(self.seed_histories) < 2 or key not in self.history:
             return [], [], []
         per_seed = [dict(h[key]) for h in self.seed_histories]
@@ -87,17 +103,23 @@ class RunData:
 
 def load_runs(experiment: str, run_names: list[str] | None = None, tracking_uri: str | None = None,
               ) -> list[RunData]:
-    """The systems ``run_names`` (names or run ids) of ``experiment`` stand for, in that order (every name with a
-    FINISHED top-level run, oldest first, when None): see :mod:`argbench.track.store`. ``system/*`` metrics are
-    left out. Raises ValueError naming a missing experiment or run name."""
+    """The systems ``run_names`` (names or run ids) of ``experiment`` stand for, in that order (what was trained,
+    :meth:`argbench.track.store.Store.trained`, when None): see :mod:`argbench.track.store`. ``system/*`` metrics
+    are left out. Raises ValueError naming a missing experiment or run name."""
     return _load(Store(tracking_uri), experiment, run_names)
 
 
 def _load(store: Store, experiment: str, run_names: list[str] | None) -> list[RunData]:
-    return [_run_data(store, system) for system in store.systems(experiment, run_names)]
+    systems = store.systems(experiment, run_names)
+    headings = {pid: store.run(pid).name for pid in dict.fromkeys(s.parent for s in systems if s.parent)}
+    runs = [_run_data(store, system, headings.get(system.parent, "")) for system in systems]
+    names = [r.name for r in runs]
+    for run in runs:
+        run.qualified = names.count(run.name) > 1
+    return runs
 
 
-def _run_data(store: Store, system: System) -> RunData:
+def _run_data(store: Store, system: System, heading: str = "") -> RunData:
     seed_histories = [store.histories(seed) for seed in system.seeds]
     history = seed_histories[0] if len(seed_histories) == 1 else _mean_history(seed_histories)
     run = system.run
@@ -107,7 +129,8 @@ def _run_data(store: Store, system: System) -> RunData:
                    final={k: v[-1][1] for k, v in history.items() if v},
                    selected=_mean_values(picks), selected_epochs=[p.get("epoch") for p in picks],
                    duplicates=system.passed_over,
-                   seeds=[seed.run_id for seed in system.seeds], seed_histories=seed_histories)
+                   seeds=[seed.run_id for seed in system.seeds], seed_histories=seed_histories,
+                   heading=heading, parent_id=system.parent)
 
 
 def _selected(history: dict[str, list[tuple[int, float]]], primary: str) -> dict:
@@ -151,11 +174,11 @@ def metric_per_epoch(runs: list[RunData], metric: str) -> go.Figure:
         colour = COLOURS[i % len(COLOURS)]
         steps, lo, hi = run.band(key)
         if steps:
-            figure.add_trace(go.Scatter(x=steps + steps[::-1], y=hi + lo[::-1], name=f"{run.name} 95% CI",
+            figure.add_trace(go.Scatter(x=steps + steps[::-1], y=hi + lo[::-1], name=f"{run.display} 95% CI",
                                         fill="toself", fillcolor=colour, opacity=0.2, line_width=0,
-                                        hoverinfo="skip", showlegend=False, legendgroup=run.name))
+                                        hoverinfo="skip", showlegend=False, legendgroup=run.label))
         figure.add_trace(go.Scatter(x=run.series(key)[0], y=run.series(key)[1], name=run.label,
-                                    mode="lines+markers", line_color=colour, legendgroup=run.name))
+                                    mode="lines+markers", line_color=colour, legendgroup=run.label))
     epoch_ticks(figure, [s for run in runs for s in run.series(key)[0]])
     return figure.update_layout(title=f"{key} per epoch", xaxis_title="epoch", yaxis_title=key)
 
@@ -184,26 +207,31 @@ def negative_sources(runs: list[RunData]) -> go.Figure:
     return figure
 
 
-def final_table(runs: list[RunData], metrics: list[str] | None = None, epoch: str = SELECTED) -> go.Figure:
-    """A table of the runs' metrics at their ``epoch`` (the title says which): ``metrics``, then val acc@1 per
-    task, rerank acc@1 and epa acc@1 in the dedup and unseen views (argbench.data.copies); beside them each run's
-    last and selected epoch (one per seed)."""
+def final_table(runs: list[RunData], metrics: list[str] | None = None, epoch: str = SELECTED
+                ) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of the runs' metrics at their ``epoch``: ``metrics``, then val acc@1 per task, rerank acc@1
+    and epa acc@1 in the dedup and unseen views (argbench.data.copies); before them each run's label, its study or
+    search, run id, status, last and selected epoch (one per seed)."""
     keys = list(dict.fromkeys(metric_name(m) for m in (metrics or [])))
     keys += [k for k in [f"val/{t}/acc_at_1" for t in TASKS] + ["val/rerank/acc_at_1"] if k not in keys]
     keys += [k for k in [f"val/{view}/epa/acc_at_1" for view in ("dedup", "unseen")] if k not in keys]
-    cells = [[r.label for r in runs], [r.run_id for r in runs], [r.status for r in runs],
-             [max((s for h in r.history.values() for s, _ in h), default="-") for r in runs],
-             [", ".join("-" if e is None else str(e) for e in r.selected_epochs) or "-" for r in runs]]
-    cells += [[_number(r.at(epoch).get(k)) for r in runs] for k in keys]
-    header = ["run", "run id", "status", "last epoch", "selected epoch", *keys]
-    # plotly cuts a cell's text at the column's edge and breaks lines only at spaces or <br>: metric names break
-    # after each "/" and every column is as wide as its longest line (about 7.5 px a character at 12 px).
-    lines = [h.replace("/", "/<br>") for h in header]
-    widths = [max(len(part) for column in (str(h).split("/<br>"), map(str, c)) for part in column) + 2
-              for h, c in zip(lines, cells)]
-    table = go.Table(columnwidth=widths, header={"values": lines, "height": 50}, cells={"values": cells})
-    return go.Figure(table).update_layout(title=f"Metrics at the {_epoch_words(epoch)}", height=260 + 30 * len(runs),
-                                          width=max(700, int(7.5 * sum(widths)) + 80))
+    header = ["run", "study / search", "run id", "status", "last epoch", "selected epoch", *keys]
+    rows = [[r.label, r.heading or "-", r.run_id, r.status,
+             str(max((s for h in r.history.values() for s, _ in h), default="-")),
+             ", ".join("-" if e is None else str(e) for e in r.selected_epochs) or "-",
+             *(_number(r.at(epoch).get(k)) for k in keys)] for r in runs]
+    return header, rows
+
+
+def table_html(runs: list[RunData], metrics: list[str] | None = None, epoch: str = SELECTED,
+               div_id: str = "fig-table") -> str:
+    """:func:`final_table` as an HTML table in a box that scrolls sideways when it is wider than the page; metric
+    names may break after each "/", names and numbers never break."""
+    header, rows = final_table(runs, metrics, epoch)
+    head = "".join(f"<th>{html.escape(h).replace('/', '/<wbr>')}</th>" for h in header)
+    body = "\n".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return (f'<div id="{div_id}" class="table"><h2>Metrics at the {html.escape(_epoch_words(epoch))}</h2>\n'
+            f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table></div>")
 
 
 def _number(value: float | None) -> str:
@@ -219,11 +247,11 @@ def _epoch_words(epoch: str) -> str:
 # --- the page ----------------------------------------------------------------------------------------------------
 
 def figures(runs: list[RunData], metric: str, epoch: str = SELECTED) -> dict[str, go.Figure]:
-    """The report's figures by div id, in page order; results at each run's ``epoch``."""
+    """The report's figures by div id, in page order; results at each run's ``epoch`` (the metrics table,
+    :func:`table_html`, follows them)."""
     split = metric_name(metric).split("/")[0] if "/" in metric else "val"
     return {"fig-metric": metric_per_epoch(runs, metric), "fig-loss": metric_per_epoch(runs, "train/loss"),
-            "fig-tasks": final_task_bars(runs, split, epoch), "fig-negatives": negative_sources(runs),
-            "fig-table": final_table(runs, [metric], epoch)}
+            "fig-tasks": final_task_bars(runs, split, epoch), "fig-negatives": negative_sources(runs)}
 
 
 def write_report(runs: list[RunData], metric: str, path: Path, *, source: str = "",
@@ -239,32 +267,49 @@ def write_report(runs: list[RunData], metric: str, path: Path, *, source: str = 
         known = sorted({k for r in runs for k in r.history})
         raise ValueError(f"no run logged metric {key!r}; logged metrics include: {', '.join(known[:20])}")
     standard = figures(runs, metric, epoch)
-    clash = sorted(set(standard) & set(extra_figures or {}))
+    clash = sorted(set([*standard, "fig-table"]) & set(extra_figures or {}))
     if clash:
         raise ValueError(f"extra_figures: div ids {clash} are taken by the standard figures {list(standard)}")
     divs = [figure.to_html(full_html=False, include_plotlyjs=i == 0, div_id=div_id)
-            for i, (div_id, figure) in enumerate({**standard, **(extra_figures or {})}.items())]
+            for i, (div_id, figure) in enumerate(standard.items())]
+    divs.append(table_html(runs, [metric], epoch))
+    divs += [figure.to_html(full_html=False, include_plotlyjs=False, div_id=div_id)
+             for div_id, figure in (extra_figures or {}).items()]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(_page(runs, key, source, divs), encoding="utf-8")
     return path
 
 
+STYLE = ("body{font-family:sans-serif;margin:2em}"
+         ".table{overflow-x:auto;max-width:100%}"
+         ".table table{border-collapse:collapse;font-size:13px}"
+         ".table th,.table td{border:1px solid #ccc;padding:3px 6px;text-align:right;vertical-align:top}"
+         ".table th{background:#f3f3f3;max-width:11em}"
+         ".table td{white-space:nowrap}"
+         ".table td:nth-child(-n+4),.table th:nth-child(-n+4){text-align:left}")
+
+
 def _page(runs: list[RunData], key: str, source: str, divs: list[str]) -> str:
-    items = []
+    sections: dict[tuple[str, str | None], list[str]] = {}
     for r in runs:
         note = f" — {r.duplicates + 1} runs have this name; showing the latest FINISHED one" if r.duplicates \
             else ""
         if len(r.seeds) > 1:
             note += f" — the mean of {len(r.seeds)} seeds: {', '.join(r.seeds)}"
         started = time.strftime("%Y-%m-%d %H:%M", time.localtime(r.start_time / 1000))
-        items.append(f"<li><b>{html.escape(r.name)}</b> <code>{r.run_id}</code> {r.status}, started "
-                     f"{started}{html.escape(note)}</li>")
+        sections.setdefault((r.heading, r.parent_id), []).append(
+            f"<li><b>{html.escape(r.name)}</b> <code>{r.run_id}</code> {r.status}, started "
+            f"{started}{html.escape(note)}</li>")
+    listing = "\n".join(
+        (f"<h3>{html.escape(heading)} <small>(parent run <code>{parent}</code>)</small></h3>" if parent
+         else "<h3>Runs</h3>") + "\n<ul>\n" + "\n".join(items) + "\n</ul>"
+        for (heading, parent), items in sections.items())
     title = f"argbench report: {key}"
     return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
-            "<style>body{font-family:sans-serif;margin:2em}</style></head><body>\n"
+            f"<style>{STYLE}</style></head><body>\n"
             f"<h1>{html.escape(title)}</h1>\n<p>Data: {html.escape(source or 'MLflow')}; generated "
-            f"{time.strftime('%Y-%m-%d %H:%M')}.</p>\n<ul>\n{chr(10).join(items)}\n</ul>\n"
+            f"{time.strftime('%Y-%m-%d %H:%M')}.</p>\n{listing}\n"
             + "\n".join(divs) + "\n</body></html>\n")
 
 

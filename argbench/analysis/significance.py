@@ -6,24 +6,36 @@ its selected epoch, or its last with ``epoch="last"``) on one split and one metr
 p-values over *all* comparisons the table shows (members × tasks): a row is ``significant`` when its adjusted p is
 below :data:`ALPHA`, which keeps the chance of even one false positive in the table at 5 %. :func:`format_table`
 renders the result as fixed-width text, :func:`table_figure` and :func:`figure` as plotly figures for the HTML
-report, and :func:`format_comparison` renders one ``compare`` result (``argbench compare A B``).
+report, :func:`table_html` as a small HTML page (what a study logs on its parent run, which MLflow's artifact view
+shows), and :func:`format_comparison` renders one ``compare`` result (``argbench compare A B``).
 
 Not compared: the baseline itself and its aliases (the same config, so the difference would be seed noise only);
-members with no FINISHED run are listed under ``missing``. User errors are typed so the CLI exits with status 2:
+members with no FINISHED run are listed under ``missing``, each with the reason in ``not_compared`` (no run at
+all, or runs trained over another base: "trained over baseline, not over R"). User errors are typed so the CLI
+exits with status 2:
 :class:`UnknownRun` (no FINISHED run of that name or id) and :class:`ComparisonError` (runs that cannot be
 compared, or a task or metric they lack).
 """
 
 from __future__ import annotations
 
+import html
+
 import plotly.graph_objects as go
 
 from argbench.analysis.compare import OFFICIAL, compare
-from argbench.analysis.stats import METRICS, holm
 from argbench.errors import UserError
-from argbench.experiments.registry import RegistryError, distinct_members, groups, list_ablations, run_name
+from argbench.eval.stats import METRICS, holm
+from argbench.experiments.registry import (
+    DEFAULT_BASE,
+    RegistryError,
+    distinct_members,
+    groups,
+    list_ablations,
+    run_name,
+)
+from argbench.model.epoch_names import SELECTED
 from argbench.track.store import NotInStore, Store
-from argbench.train.selection import SELECTED
 
 ALPHA = 0.05
 
@@ -90,7 +102,8 @@ def group_table(group: str, *, baseline: str = "baseline", base: str | None = No
     ``{"ablation", "task", "a", "b", "delta", "ci", "p_value", "p_holm", "significant", "seeds_a", "seeds_b",
     "n"}``: `metric` (``acc@1`` or ``mrr``, a mean over the ``n`` queries) of the baseline (a) and the member (b),
     delta = b − a, its 95 % bootstrap CI, the raw two-sided p, the Holm-adjusted p over all rows, significant =
-    p_holm < ALPHA, and the number of seeds pooled on each side. ``missing``: members with no FINISHED run. `tasks`
+    p_holm < ALPHA, and the number of seeds pooled on each side. ``missing``: members with no FINISHED run over
+    the base, ``not_compared``: {member: why} for them. `tasks`
     defaults to every task logged; `stats_kw` (n_boot, n_perm, seed) goes to the statistics. UnknownRun if the
     baseline has no run.
     """
@@ -111,9 +124,24 @@ def group_table(group: str, *, baseline: str = "baseline", base: str | None = No
             pass
     rows = members_table(reference, found, split=split, tasks=tasks, metric=metric, experiment=experiment,
                          tracking_uri=tracking_uri, view=view, epoch=epoch, **stats_kw)
+    missing = [m for m in members if m not in found]
     return {"group": group, "baseline": baseline, "baseline_run": reference, "split": split, "view": view,
-            "epoch": epoch, "metric": metric,
-            "rows": rows, "missing": [m for m in members if m not in found]}
+            "epoch": epoch, "metric": metric, "rows": rows, "missing": missing,
+            "not_compared": _not_compared(missing, base or DEFAULT_BASE, experiment, tracking_uri)}
+
+
+def _not_compared(missing: list[str], base: str, experiment: str, tracking_uri: str | None) -> dict[str, str]:
+    """{member: why it has no run to compare}: the bases its FINISHED runs were trained over (run names ``M`` and
+    ``M@B``: over baseline and over B), or that it has none."""
+    if not missing:
+        return {}
+    names = {r.name for r in Store(tracking_uri).runs(experiment) if r.status == "FINISHED"}
+    why = {}
+    for member in missing:
+        over = sorted({DEFAULT_BASE if name == member else name.partition("@")[2] for name in names
+                       if name == member or name.startswith(f"{member}@")} - {base})
+        why[member] = f"trained over {', '.join(over)}, not over {base}" if over else "no FINISHED run"
+    return why
 
 
 def members_table(reference: str | list[str], members: dict[str, str | list[str]], *, split: str = "test",
@@ -192,9 +220,9 @@ def _render(header: list[str], rows: list[list[str]], left: int) -> str:
 
 def _table_cells(result: dict) -> tuple[list[str], list[list[str]]]:
     """Header and string cells of a group table, shared by the text and the HTML table."""
-    header = ["ablation", "task", "baseline", "value", "Δ", "95% CI", "p", "p_holm", ""]
+    header = ["ablation", "task", "baseline", "value", "Δ", "95% CI", "p", "p_holm"]
     rows = [[r["ablation"], r["task"], _value(r["a"]), _value(r["b"]), _signed(r["delta"]), _ci(r["ci"]),
-             _p(r["p_value"]), _p(r["p_holm"]), "*" if r["significant"] else ""] for r in result["rows"]]
+             _p(r["p_value"]), _p(r["p_holm"]) + (" *" if r["significant"] else "")] for r in result["rows"]]
     return header, rows
 
 
@@ -220,8 +248,14 @@ def format_table(result: dict) -> str:
         queries = ", ".join(dict.fromkeys(f"{r['task']} {r['n']}" for r in rows))
         lines.append(f"queries per task: {queries}; seeds: {_seeds(result)}")
     if result["missing"]:
-        lines.append(f"no FINISHED run, not compared: {', '.join(result['missing'])}")
+        lines.append(f"not compared: {_missing(result)}")
     return "\n".join(lines)
+
+
+def _missing(result: dict) -> str:
+    """'with_relu (trained over baseline, not over R), with_layernorm (no FINISHED run)'."""
+    why = result.get("not_compared", {})
+    return ", ".join(f"{m} ({why.get(m, 'no FINISHED run')})" for m in result["missing"])
 
 
 def _where(result: dict) -> str:
@@ -270,12 +304,32 @@ def figure(result: dict) -> go.Figure:
         yaxis_title=f"Δ {result['metric']} (ablation − baseline)")
 
 
+def _title(result: dict) -> str:
+    missing = f"; not compared: {_missing(result)}" if result["missing"] else ""
+    return (f"{result['group']}: {result['metric']} on {result['split']}, {result.get('view', 'official')} view, "
+            f"{result.get('epoch', SELECTED)} epochs, vs {result['baseline']} (* = p_holm < {ALPHA}){missing}")
+
+
 def table_figure(result: dict) -> go.Figure:
     """The rows of :func:`format_table` as a plotly table (for the HTML report)."""
     header, rows = _table_cells(result)
     columns = [list(column) for column in zip(*rows)] if rows else [[] for _ in header]
-    missing = f"; no FINISHED run: {', '.join(result['missing'])}" if result["missing"] else ""
     return go.Figure(go.Table(header={"values": header}, cells={"values": columns})).update_layout(
-        title=f"{result['group']}: {result['metric']} on {result['split']}, {result.get('view', 'official')} view, "
-              f"{result.get('epoch', SELECTED)} epochs, vs {result['baseline']} (* = p_holm < {ALPHA}){missing}",
-        height=260 + 25 * len(rows))
+        title=_title(result), height=260 + 25 * len(rows))
+
+
+def table_html(result: dict) -> str:
+    """The rows of :func:`format_table` as one small self-contained HTML page (no script: it shows in MLflow's
+    artifact preview and offline), names left-aligned, numbers right-aligned, significant rows in bold."""
+    header, rows = _table_cells(result)
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "\n".join(
+        ('<tr class="sig">' if r["significant"] else "<tr>")
+        + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>" for cells, r in zip(rows, result["rows"]))
+    style = ("body{font-family:sans-serif;margin:1em}table{border-collapse:collapse;font-size:13px}"
+             "th,td{border:1px solid #ccc;padding:3px 8px;text-align:right;white-space:nowrap}"
+             "th{background:#f3f3f3}td:nth-child(-n+2),th:nth-child(-n+2){text-align:left}tr.sig{font-weight:bold}")
+    title = html.escape(_title(result))
+    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{title}</title><style>{style}</style>"
+            f"</head><body>\n<h3>{title}</h3>\n<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n"
+            "</tbody>\n</table>\n</body></html>\n")

@@ -12,13 +12,14 @@ import argparse
 import errno
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from argbench.errors import RunError, UserError  # noqa: E402
+from argbench.errors import RunError, Terminated, UserError, raise_terminated  # noqa: E402
 
 USER_ERRORS = (UserError, FileNotFoundError)
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
@@ -30,6 +31,8 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read by mlflow when it configures its loggers
     # With a tracking server MLflow writes "View run … at: http://…" on stdout when a run ends, which breaks --json.
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    if not sys.stderr.isatty():  # a log file gets no "Downloading artifacts" bars, redrawn per file
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
@@ -42,14 +45,17 @@ def main(argv: list[str] | None = None) -> int:
     if not hasattr(args, "func"):
         parser.print_help()
         return 2
+    signal.signal(signal.SIGTERM, raise_terminated)  # kill, docker stop, scancel: stop as Ctrl-C does
     try:
         return run_command(args.func, args)
     except BrokenPipeError:  # `argbench ... | head`: the reader left; that is not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except KeyboardInterrupt:
-        print("argbench: interrupted (the last epoch's checkpoint is kept; --resume continues)", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        stopped = "terminated (SIGTERM)" if isinstance(err, Terminated) else "interrupted"
+        hint = getattr(args, "on_interrupt", "the last epoch's checkpoint is kept; --resume continues")
+        print(f"argbench: {stopped} ({hint})", file=sys.stderr)
+        return 143 if isinstance(err, Terminated) else 130
 
 
 def run_command(func, args, prog: str = "argbench") -> int:
@@ -116,6 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
                                       "with its significance table")
     study.add_arguments(st)
     st.set_defaults(func=study.cmd_study)
+    ln = sub.add_parser("link", help="the MLflow UI address of an experiment or run, opening on its training runs")
+    ln.add_argument("run", nargs="?", help="a run id (default: the experiment's page)")
+    ln.add_argument("--experiment", default="argbench", help="MLflow experiment (default: argbench)")
+    ln.add_argument("--ui", help="the UI's address (default: the tracking server, else $ARGBENCH_UI_URL or "
+                                 "http://127.0.0.1:5000, what `make ui` serves)")
+    ln.set_defaults(func=cmd_link)
     bp = sub.add_parser("bench", help="side-by-side benchmarks against the original's methods")
     bench.add_arguments(bp)
     bp.set_defaults(func=bench.cmd_bench)
@@ -198,7 +210,7 @@ def cmd_eval(args) -> int:
              for view, metrics in views.items()}
     if args.track:
         from argbench.cli.ablation import open_store
-        from argbench.eval.baselines import log_baseline, run_name
+        from argbench.track.baseline_log import log_baseline, run_name
         from argbench.train.trainer import SPLIT_KEYS
 
         open_store()
@@ -208,7 +220,10 @@ def cmd_eval(args) -> int:
         run_id = log_baseline(evaluation, name=run_name(args.encoder), split_key=SPLIT_KEYS[args.split],
                               params=params, experiment=args.experiment,
                               tags={"data.source": corpus.source.describe(), "data.hash": corpus.hash})
-        print(f"argbench eval: logged MLflow run {run_id} ({run_name(args.encoder)})", file=sys.stderr)
+        from argbench.track.ui import run_link
+
+        print(f"argbench eval: logged MLflow run {run_id} ({run_name(args.encoder)}): {run_link(run_id)}",
+              file=sys.stderr)
     if args.json:  # the official view under the split's name, the others beside it: {"test", "test_dedup", ...}
         print(json.dumps({args.split if view == "official" else f"{args.split}_{view}": metrics
                           for view, metrics in short.items()}, indent=2))
@@ -223,7 +238,8 @@ def cmd_eval(args) -> int:
 
 def _eval_export(args, corpus) -> int:
     """``eval --encoder EXPORT_DIR``: the exported model's metrics, and how far they are from the run's own."""
-    from argbench.model.export import evaluate_export, load_export, recorded_difference
+    from argbench.eval.evaluate_export import evaluate_export, recorded_difference
+    from argbench.model.exported_model import load_export
     from argbench.train.console import view_table
     from argbench.train.trainer import SPLIT_KEYS
 
@@ -265,6 +281,15 @@ def cmd_train(args) -> int:
     else:
         print(f"selected epoch {chosen.get('epoch')} of {history[-1]['epoch']} (best {cfg.eval.primary}); run folder "
               f"{args.out}: config.yaml, metrics.jsonl, checkpoint/ (last epoch), best/ (selected epoch)")
+    return 0
+
+
+def cmd_link(args) -> int:
+    """``argbench link``: one URL on stdout, ``?workflowType=machine_learning`` included (argbench.track.ui)."""
+    from argbench.track.ui import experiment_link, run_link
+
+    root = args.ui.rstrip("/") if args.ui else None
+    print(experiment_link(args.experiment, root=root) if args.run is None else run_link(args.run, root=root))
     return 0
 
 

@@ -31,7 +31,9 @@ def add_commands(sub, data_args) -> None:
     rt.add_argument("--model", required=True, help="export folder, run folder, or MLflow run id")
     rt.add_argument("--split", default="test", choices=("training", "validation", "test"),
                     help="the split whose counters are the candidates (default: test)")
-    rt.add_argument("--k", type=int, default=5, help="counters shown per text (default: 5)")
+    rt.add_argument("--all", action="store_true",
+                    help="search every argument of the split (points too), not only its counters")
+    rt.add_argument("--k", type=int, default=5, help="texts shown per query, each text once (default: 5)")
     rt.add_argument("--rerank", action="store_true",
                     help="reorder the nearest max(k, eval.rerank_depth) by the run's cross-encoder "
                          "(eval.rerank: cross_encoder), else its pair classifier")
@@ -59,14 +61,15 @@ def model_folder(arg: str, epoch: str | None = None) -> Iterator[Path]:
 def write_export(arg: str, out: Path, epoch: str | None) -> Path:
     """Write to ``out`` the export of ``epoch`` of the run folder or MLflow run id ``arg`` (module doc); returns
     ``out``. The fallback of a run folder without ``best/`` is one line on stderr."""
-    from argbench.model.export import export_run, is_export, load_run_dir
+    from argbench.model.export import is_export, write_export
+    from argbench.train.trained_run import load_run_dir
 
     path = Path(arg).expanduser()
     if path.is_dir() and not is_export(path):
         run = load_run_dir(path, epoch)
         if run.note:
             print(f"argbench: {run.note}", file=sys.stderr)
-        return export_run(run, out)
+        return write_export(run, out)
     from argbench.track.model_log import download_export
 
     return download_export(arg, out, epoch=epoch)
@@ -87,10 +90,33 @@ def cmd_export(args) -> int:
     return 0
 
 
+class _Progress:
+    """What ``retrieve`` embeds, on stderr: a progress bar on a terminal, else one line."""
+
+    def __init__(self, where: str):
+        self.where, self.bar = where, None
+
+    def __call__(self, done: int, total: int) -> None:
+        if done == 0:
+            what = f"argbench retrieve: embedding the {total:,} candidate texts of the {self.where} (once: cached)"
+            if sys.stderr.isatty():
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=total, desc=what, unit="text", file=sys.stderr, leave=False)
+            else:
+                print(what, file=sys.stderr)
+        elif self.bar is not None:
+            self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 def cmd_retrieve(args) -> int:
     from argbench.data.corpus import load_corpus
     from argbench.eval.retrieve import cache_dir, candidates, format_results, retrieve
-    from argbench.model.export import load_export
+    from argbench.model.exported_model import load_export
 
     texts = args.texts or [line.strip() for line in sys.stdin if line.strip()]
     if not texts:
@@ -104,7 +130,11 @@ def cmd_retrieve(args) -> int:
         if trained_on != corpus.hash:
             print(f"argbench retrieve: the model was trained on data {trained_on}, searching {corpus.hash} "
                   f"({corpus.source.describe()})", file=sys.stderr)
-        cands = candidates(exported, corpus.split(args.split), corpus.hash, args.cache or cache_dir())
+        split = corpus.split(args.split)
+        progress = _Progress(f"{args.split} split")
+        cands = candidates(exported, split, corpus.hash, args.cache or cache_dir(),
+                           arguments="all" if args.all else "counters", progress=progress)
+        progress.close()
         results = retrieve(exported, cands, texts, k=args.k, rerank=args.rerank)
     print(json.dumps(results, indent=2) if args.json else format_results(results))
     return 0

@@ -9,13 +9,19 @@ signature and an input example);
 the point encoder of a separate-encoder model (default "document", the candidate encoder; a shared model has one).
 ``download_export`` fetches the folder of a run's logged model back, for ``argbench export/retrieve RUN_ID``
 (checking that it holds the epoch asked for).
+
+MLflow's notes about argbench's own model are left out of stderr: the suggestion to add type hints to ``predict``
+(this model states its signature), the CloudPickle caution (the object pickled is argbench's own class) and the
+"Downloading artifacts" bar when stderr is not a terminal.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
+import sys
 import tempfile
 import warnings
 from contextlib import contextmanager
@@ -31,7 +37,7 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
 
 from argbench.errors import UserError
-from argbench.track.store import redact
+from argbench.track.redaction import redact
 
 MODEL_NAME = "model"
 ARTIFACT_KEY = "export"  # the export folder inside the model's artifacts
@@ -43,8 +49,16 @@ class ModelNotLogged(UserError):
     """An MLflow run without an argbench logged model."""
 
 
+_TYPE_HINTS = ".*type hints to the `predict` method"
+
+
 class ArgumentEncoder(mlflow.pyfunc.PythonModel):
     """pyfunc wrapper of an export folder: ``predict(texts) -> float32 [n, d]`` embeddings."""
+
+    # MLflow wraps a PythonModel's predict for type-hint validation when the class is made, and without type hints
+    # says so in a coloured warning (under its own warnings filter, so no filter of ours reaches it). This model
+    # states its signature itself (signature()); the attribute is the one MLflow's own ChatModel uses to opt out.
+    _skip_type_hint_validation = True
 
     def load_context(self, context) -> None:
         from sentence_transformers import SentenceTransformer
@@ -91,14 +105,43 @@ def log_export(client: MlflowClient, run_id: str, export_dir: Path, *, step: int
                                              "argbench.data.hash": str(info["data"].get("hash")),
                                              "argbench.epoch": str(info.get("epoch")),
                                              "argbench.selection": str(info.get("selection"))})
-    with _tracking_uri(client.tracking_uri), warnings.catch_warnings():
-        # MLflow suggests type hints on predict to infer a signature; this model states its signature itself
-        warnings.filterwarnings("ignore", message=".*type hints to the `predict` method")
+    with _tracking_uri(client.tracking_uri), _quiet_logging(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_TYPE_HINTS)
         logged = Model.log(artifact_path=None, name=MODEL_NAME, flavor=mlflow.pyfunc, run_id=run_id, step=step,
                            python_model=ArgumentEncoder(), artifacts={ARTIFACT_KEY: str(export_dir)},
                            signature=signature(info["dimension"]), input_example=example,
                            pip_requirements=_requirements(), model_id=model.model_id)
     return logged.model_id
+
+
+class _OwnModelNotes(logging.Filter):
+    """MLflow's CloudPickle caution, which is about loading someone else's pickle: the object pickled here is
+    argbench's own :class:`ArgumentEncoder`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "serialized using CloudPickle" not in record.getMessage()
+
+
+@contextmanager
+def _quiet_logging() -> Iterator[None]:
+    """Inside the block: no CloudPickle caution from MLflow's pyfunc logger, and no "Downloading artifacts" bar
+    unless stderr is a terminal."""
+    logger, notes = logging.getLogger("mlflow.pyfunc"), _OwnModelNotes()
+    saved = os.environ.get(_PROGRESS_BAR)
+    logger.addFilter(notes)
+    if not sys.stderr.isatty():
+        os.environ[_PROGRESS_BAR] = "false"
+    try:
+        yield
+    finally:
+        logger.removeFilter(notes)
+        if saved is None:
+            os.environ.pop(_PROGRESS_BAR, None)
+        else:
+            os.environ[_PROGRESS_BAR] = saved
+
+
+_PROGRESS_BAR = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 
 
 @contextmanager
@@ -147,17 +190,15 @@ def download_export(run_id: str, dest: Path, tracking_uri: str | None = None, ep
     returns it. ExportError, before ``dest`` is touched, when ``dest`` is another non-empty folder or the model does
     not hold ``epoch`` ("selected" or "last"; None: whichever it holds), see
     :func:`argbench.model.export.check_holds`."""
-    from argbench.model.export import ExportError, check_holds, is_export, run_info
+    from argbench.model.export import check_destination, check_holds, run_info
     from argbench.paths import default_tracking_uri
 
     dest = Path(dest)
-    if dest.exists() and (not dest.is_dir() or (any(dest.iterdir()) and not is_export(dest))):
-        raise ExportError(f"--to {dest}: exists and is not an empty folder or an earlier export; expected a new "
-                          "folder name")
+    check_destination(dest)
     uri = tracking_uri or default_tracking_uri()
     client = MlflowClient(uri)
     model = client.get_logged_model(logged_model_id(client, run_id))
-    with tempfile.TemporaryDirectory() as scratch:
+    with tempfile.TemporaryDirectory() as scratch, _quiet_logging():
         local = mlflow.artifacts.download_artifacts(artifact_uri=f"{model.artifact_location}/artifacts/"
                                                                  f"{ARTIFACT_KEY}", dst_path=scratch,
                                                     tracking_uri=uri)

@@ -14,7 +14,8 @@ from argbench.cli import main
 from argbench.config import load_config
 from argbench.data.corpus import load_corpus
 from argbench.eval.retrieve import candidates, distances, retrieve
-from argbench.model.export import export_run, load_export
+from argbench.model.exported_model import load_export
+from argbench.train.trained_run import export_run
 from argbench.train.trainer import _clean_training_split, _training_pairs, fit
 from tests.conftest import single_torch_thread
 from tests.model.test_export import save_run_folder
@@ -81,7 +82,7 @@ def test_candidates_are_cached_by_model_and_data(exported, corpus, tmp_path, mon
     split = corpus.split("test")
     first = candidates(model, split, corpus.hash, tmp_path)
     (path,) = tmp_path.iterdir()
-    assert path.name == f"{model.info['weights_digest']}-{corpus.hash}-test.safetensors"
+    assert path.name == f"{model.info['weights_digest']}-{corpus.hash}-test-counters.safetensors"
     monkeypatch.setattr(model, "embed", None)  # a second call must not embed again
     second = candidates(model, split, corpus.hash, tmp_path)
     assert torch.equal(first.encoded.emb, second.encoded.emb) and torch.equal(first.rows, second.rows)
@@ -102,8 +103,10 @@ def test_cli_reads_stdin_and_prints_json(exported, corpus, tmp_path, monkeypatch
                  "--cache", str(tmp_path)]) == 0
     results = json.loads(capsys.readouterr().out)
     assert len(results) == 2 and [len(r["counters"]) for r in results] == [2, 2]
-    assert set(results[0]["counters"][0]) == {"rank", "text", "theme", "debate", "stance", "distance",
-                                              "classifier_score", "path"}
+    assert set(results[0]["counters"][0]) == {"rank", "text", "kind", "theme", "debate", "stance", "filed_under",
+                                              "distance", "classifier_score", "path"}
+    assert results[0]["candidates"].startswith("the ") and "distinct counters of the test split" in \
+        results[0]["candidates"]
 
 
 def test_cli_unknown_model_exits_2(tmp_path, capsys, monkeypatch):

@@ -15,9 +15,10 @@ from mlflow import MlflowClient
 from argbench.cli import main
 from argbench.config import load_config
 from argbench.data.corpus import load_corpus
-from argbench.model.export import export_run, is_export
+from argbench.model.export import is_export
 from argbench.track.model_log import ModelNotLogged, log_export, logged_model_id
 from argbench.track.tracker import tracked_run
+from argbench.train.trained_run import export_run
 from argbench.train.trainer import fit
 from tests.conftest import single_torch_thread
 from tests.model.test_export import save_run_folder
