@@ -1,5 +1,7 @@
 """Typed, frozen configuration of one training run, read from YAML with dotted overrides.
 
+One module on purpose: it is the single source of every default, its help text and its check, read in one place.
+
 A `Config` has seven sections (data, model, loss, negatives, train, eval, reranker); each field carries its type (the
 annotation), its default (the original research recipe, see docs/research-protocol.md), a one-line help string and
 any allowed choices or bounds in its metadata. Validation is driven by that metadata alone: constructing a section
@@ -183,6 +185,11 @@ class TrainConfig(_Section):
                             choices=("auto", "fp32", "bf16"))
     embed_batch_size: int = option(128, "texts per forward pass when embedding without gradients", min=1)
     num_threads: int | None = option(None, "torch CPU threads; null = torch's default", min=1)
+    compile: bool = option(False, "torch.compile the encoder(s): fused kernels for the training and embedding "
+                                  "forwards, after a one-off compilation (minutes) at the first batch shapes")
+    ddp_timeout: int = option(3600, "multi-process runs (torchrun): seconds a process waits in a collective "
+                                    "before the run fails; covers what the main process does alone (checkpoints, "
+                                    "hooks, the cross-encoder second stage)", min=1)
 
 
 PRIMARY = "val/epa/acc_at_1"

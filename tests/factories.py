@@ -3,6 +3,10 @@ construction), the tiny training config, a trainer-shaped metrics dict, and MLfl
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -81,3 +85,21 @@ def log_run(client, experiment, name, ranks, *, split="test", parent=None, statu
     client.log_artifact(run_id, str(path), artifact_path=str(path.parent.relative_to(tmp_dir / run_id)))
     client.set_terminated(run_id, status)
     return run_id
+
+
+def run_torchrun(script: Path, *args: str, timeout: float) -> subprocess.CompletedProcess:
+    """Run ``script`` under ``torchrun --nproc_per_node 2 --standalone`` (gloo on CPU, one thread a process), offline.
+
+    The processes get their own session, so a hang ends with torchrun's workers killed rather than orphaned."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    command = [str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node", "2", "--standalone", str(script),
+               *args]
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)

@@ -169,9 +169,11 @@ def _importable(module: str) -> bool:
 
 def _sentence_transformers_run(folder: Path, triplets: dict[str, list[str]], steps: int, batch_size: int,
                                max_length: int, lr: float, device: str, seed: int,
-                               out_dir: Path) -> Callable[[], None]:
+                               out_dir: Path, loss: str = "triplet") -> Callable[[], None]:
     """A function that trains the SentenceTransformer of ``folder`` (built once, here) for ``steps`` steps of
-    SentenceTransformerTrainer + TripletLoss on ``triplets``, offline and silent, with a fresh trainer per call."""
+    SentenceTransformerTrainer + ``loss`` (``triplet``: TripletLoss; ``mnrl``: MultipleNegativesRankingLoss, the
+    triplet's negative as a hard negative beside the batch's other positives) on ``triplets``, offline and silent,
+    with a fresh trainer per call."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from datasets import Dataset
     from sentence_transformers import (
@@ -179,7 +181,7 @@ def _sentence_transformers_run(folder: Path, triplets: dict[str, list[str]], ste
         SentenceTransformerTrainer,
         SentenceTransformerTrainingArguments,
     )
-    from sentence_transformers.sentence_transformer.losses import TripletLoss
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss, TripletLoss
     from transformers import PrinterCallback
 
     model = SentenceTransformer(str(folder), device=device, local_files_only=True)
@@ -193,7 +195,8 @@ def _sentence_transformers_run(folder: Path, triplets: dict[str, list[str]], ste
 
     def train() -> None:
         trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset,
-                                             loss=TripletLoss(model))
+                                             loss=(MultipleNegativesRankingLoss if loss == "mnrl"
+                                                   else TripletLoss)(model))
         trainer.remove_callback(PrinterCallback)  # it prints the final metrics dict to stdout
         trainer.train()
 

@@ -67,12 +67,15 @@ def tokenize_texts(tokenizer, texts: Sequence[str], max_length: int) -> Tokenize
 
 
 def pad_batch(
-    tok: TokenizedTexts, rows: Sequence[int] | np.ndarray, device: torch.device | str | None = None
+    tok: TokenizedTexts, rows: Sequence[int] | np.ndarray, device: torch.device | str | None = None, *,
+    pin_memory: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pad the given rows of `tok` to the longest of them.
 
     Returns (input_ids, attention_mask), both int64 [len(rows), longest], on `device` (CPU if None);
-    the mask is 1 on real tokens and 0 on padding.
+    the mask is 1 on real tokens and 0 on padding. `pin_memory` (CUDA machines only) puts the CPU tensors in
+    page-locked memory, so that their copy to the GPU (here, or later with ``non_blocking=True``) does not stall
+    the host.
     """
     rows = np.asarray(rows, dtype=np.int64).reshape(-1)
     if rows.size == 0:
@@ -83,7 +86,9 @@ def pad_batch(
     input_ids = torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True, padding_value=tok.pad_id)
     lengths = torch.tensor([len(s) for s in seqs])
     attention_mask = (torch.arange(input_ids.shape[1]) < lengths[:, None]).long()
-    return input_ids.to(device), attention_mask.to(device)
+    if pin_memory:
+        input_ids, attention_mask = input_ids.pin_memory(), attention_mask.pin_memory()
+    return input_ids.to(device, non_blocking=pin_memory), attention_mask.to(device, non_blocking=pin_memory)
 
 
 def _check_batch_size(batch_size: int) -> None:

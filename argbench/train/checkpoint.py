@@ -35,7 +35,8 @@ MODEL, STATE, CONFIG, CHECKSUMS = "model.safetensors", "state.pt", "config.yaml"
 RERANKER = "reranker"  # extra module of a run with eval.rerank: cross_encoder, saved as reranker.safetensors
 # Keys that may differ between the sessions of one run: how long, where and how fast it trains, where the corpus is.
 RESUMABLE_KEYS = frozenset({"train.epochs", "train.device", "train.precision", "train.embed_batch_size",
-                            "train.num_threads", "data.path"})
+                            "train.num_threads", "train.compile", "train.ddp_timeout",
+                            "data.path"})
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 

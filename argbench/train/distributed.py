@@ -1,15 +1,23 @@
 """Device choice and multi-process data parallelism (``torchrun``): NCCL on CUDA, gloo on CPU.
 
 A process started by ``torchrun --nproc_per_node N`` sees ``WORLD_SIZE``/``RANK``/``LOCAL_RANK`` in its
-environment; :func:`setup` joins the process group. Without them everything is a single process and the helpers
-here are no-ops.
+environment; :func:`setup` joins the process group (with ``train.ddp_timeout``: how long a rank waits in a
+collective while the main process works alone). Without them everything is a single process and the helpers here
+are no-ops.
+
+Work without gradients is shared too: :func:`gather_batches` has each rank compute every N-th of a list of
+inference batches and gives every rank all the rows, in the one-process order and from the very same batches, so
+embeddings for mining and evaluation are bit for bit those of one process.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -41,8 +49,9 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def setup(device_name: str, precision: str) -> Runtime:
-    """Pick the device and precision, and join the process group when launched by ``torchrun``."""
+def setup(device_name: str, precision: str, timeout_s: float | None = None) -> Runtime:
+    """Pick the device and precision, and join the process group when launched by ``torchrun``; ``timeout_s``:
+    how long a rank waits in a collective (None: torch's default, 10 minutes for NCCL)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     device = resolve_device(device_name)
     rank = 0
@@ -52,7 +61,8 @@ def setup(device_name: str, precision: str) -> Runtime:
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
             torch.cuda.set_device(device)
         if not dist.is_initialized():
-            dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+            dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
+                                    timeout=timedelta(seconds=timeout_s) if timeout_s else None)
     use_bf16 = precision == "bf16" or (precision == "auto" and (device.type == "cuda" or native_cpu_bf16()))
     return Runtime(device, torch.bfloat16 if use_bf16 else None, rank, world_size)
 
@@ -88,11 +98,53 @@ def mean_over_ranks(values: dict[str, float], runtime: Runtime) -> dict[str, flo
 
 
 def shard(batches: list, runtime: Runtime) -> list:
-    """This rank's share of the batches; every rank gets the same number so collective calls stay in step."""
+    """This rank's share of the batches (:func:`shares`); every rank gets the same number so collective calls stay
+    in step, and no row is left out."""
     if not runtime.distributed:
         return batches
-    usable = len(batches) - len(batches) % runtime.world_size
-    return batches[runtime.rank:usable:runtime.world_size]
+    return shares(batches, runtime.world_size)[runtime.rank]
+
+
+def shares(batches: list[np.ndarray], world_size: int) -> list[list[np.ndarray]]:
+    """Batches of row indices dealt to ``world_size`` ranks: rank r gets batches r, r + W, ... of the whole rounds;
+    the rows of the batches left over (fewer than W) are cut into W near-equal batches, one more per rank, merged
+    with the last whole round first when they hold fewer than W rows. Every row is in exactly one share and every
+    share has the same number of batches. ValueError when there are fewer rows than ranks."""
+    whole = len(batches) - len(batches) % world_size
+    head, tail = list(batches[:whole]), list(batches[whole:])
+    if tail:
+        rows = np.concatenate(tail)
+        if len(rows) < world_size:
+            if not head:
+                raise ValueError(f"{len(rows)} training rows cannot be shared by {world_size} processes")
+            rows = np.concatenate([*head[-world_size:], rows])
+            head = head[:-world_size]
+        tail = np.array_split(rows, world_size)
+    return [head[r::world_size] + ([tail[r]] if tail else []) for r in range(world_size)]
+
+
+def gather_batches(compute: Callable[[np.ndarray], torch.Tensor], batches: list[np.ndarray], n: int,
+                   runtime: Runtime) -> torch.Tensor:
+    """All ``n`` rows of a result computed batch by batch without gradients, each rank doing every W-th batch.
+
+    ``batches``: positions in [0, n), each exactly once (e.g. :func:`argbench.model.tokens.length_sorted_batches`);
+    ``compute(positions)`` returns the float rows [len(positions), ...] (CPU) of this rank's batches concatenated
+    in order; a rank with no batch gets an empty ``positions``. Returns [n, ...] on the CPU on every rank."""
+    if not runtime.distributed:
+        return compute(np.concatenate(batches) if batches else np.zeros(0, dtype=np.int64))
+    mine = [np.concatenate(batches[r::runtime.world_size]) if batches[r::runtime.world_size]
+            else np.zeros(0, dtype=np.int64) for r in range(runtime.world_size)]
+    local = compute(mine[runtime.rank])
+    width = max(len(m) for m in mine)
+    comm = runtime.device if runtime.device.type == "cuda" else torch.device("cpu")
+    padded = torch.zeros((width, *local.shape[1:]), dtype=local.dtype, device=comm)
+    padded[:len(local)] = local.to(comm)
+    parts = [torch.empty_like(padded) for _ in range(runtime.world_size)]
+    dist.all_gather(parts, padded)
+    out = torch.empty((n, *local.shape[1:]), dtype=local.dtype)
+    for positions, part in zip(mine, parts):
+        out[positions] = part[:len(positions)].cpu()
+    return out
 
 
 def teardown(runtime: Runtime, *, failed: bool = False) -> None:

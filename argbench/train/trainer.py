@@ -1,5 +1,7 @@
 """The one trainer every ablation launches: ``fit(config, corpus, hooks) -> history``.
 
+One module on purpose: the epoch loop and the steps it runs share the run's state; read top to bottom, it is the run.
+
 Per run: tokenise every text once; epoch 0 evaluates the untrained model; then each epoch mines negatives with the
 current model (random rate r(epoch - 1) of the schedule, so the first epoch trains on the round mined before it),
 trains one pass over the training pairs (learning rate per ``train.scheduler``), evaluates, checkpoints (the last
@@ -30,6 +32,14 @@ negatives trained on (:data:`NEGATIVE_NAMES`; a figure that does not apply is ab
 Training pairs are the corpus's, less (by default) those whose texts occur in validation or test and the
 text-identical repeats (:mod:`argbench.data.copies`); a training split in ``data.eval_splits`` is evaluated on the pairs
 trained on.
+
+The step is written for an accelerator: its batch is padded ahead by a background thread (:mod:`argbench.train.batches`;
+pinned memory and asynchronous copies on CUDA), and nothing is read back to the host inside the step loop (loss sums and
+the non-finite check stay on the device, :mod:`argbench.train.step_totals`; the progress bar reads them every
+:data:`PROGRESS_EVERY` steps, and only when shown). Under ``torchrun`` every rank embeds a share of the texts for
+mining and evaluation (:func:`argbench.train.distributed.gather_batches`: the same embeddings as one process); the
+main process alone ranks, checkpoints, calls the hooks and trains the cross-encoder stage, while the others wait up
+to ``train.ddp_timeout``.
 """
 
 from __future__ import annotations
@@ -39,7 +49,7 @@ import json
 import random
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -48,34 +58,42 @@ from tqdm import tqdm
 from transformers import get_scheduler
 
 from argbench.config import Config, ConfigError, to_yaml
-from argbench.data.copies import in_batch_copies, training_frame
+from argbench.data.copies import training_frame
 from argbench.data.corpus import Corpus
 from argbench.data.tasks import SplitData, build_split
 from argbench.errors import RunError, UserError
 from argbench.eval.evaluate import evaluate
 from argbench.eval.rerank import rerank
 from argbench.model import cross_encoder
+from argbench.model import loss as losses
 from argbench.model.bi_encoder import BiEncoder, Encoded, build_model
 from argbench.model.encoders import embed, hidden_size, pool
 from argbench.model.loss import combined_loss
 from argbench.model.tokens import TokenizedTexts, bucketed_batches, length_sorted_batches, pad_batch, tokenize_texts
 from argbench.train import checkpoint
-from argbench.train.distributed import Runtime, broadcast_flag, mean_over_ranks, setup, shard, teardown
+from argbench.train.batches import host_batch, in_batch_masks, prefetch, to_device
+from argbench.train.distributed import (
+    Runtime,
+    broadcast_flag,
+    gather_batches,
+    mean_over_ranks,
+    setup,
+    shard,
+    teardown,
+)
 from argbench.train.frozen_states import FrozenStates
 from argbench.train.grad_cache import cached_step
+from argbench.train.metric_names import LOSS_NAMES, NEGATIVE_NAMES
 from argbench.train.negatives import mine
 from argbench.train.reranker import fit_cross_encoder, training_groups
 from argbench.train.schedule import schedule_from_config
 from argbench.train.selection import patience_exhausted, selected_epoch
+from argbench.train.step_totals import StepTotals, Totals
 
 SPLIT_KEYS = {"training": "train", "validation": "val", "test": "test"}
-# Metric names of the loss parts (combined_loss) and of the negatives' stats (MiningResult.stats)
-LOSS_NAMES = {"total": "train/loss", "triplet": "train/loss_triplet", "ce_pos": "train/loss_ce_pos",
-              "ce_neg": "train/loss_ce_neg", "in_batch": "train/loss_in_batch"}
-NEGATIVE_NAMES = {"point": "negatives/point_frac", "counter": "negatives/counter_frac",
-                  "random": "negatives/random_frac", "same_debate": "negatives/same_debate_frac",
-                  "same_theme": "negatives/same_theme_frac", "mean_distance": "negatives/mean_distance",
-                  "copy": "negatives/copy_frac", "ratio_skipped": "negatives/ratio_skipped"}
+SIDES = ("point", "candidate", "candidate")  # the encoder side of a step's anchors, positives and negatives
+# Steps between the progress bar's readings of the running loss (each waits for the device; none when no bar).
+PROGRESS_EVERY = 25
 
 
 class NonFiniteLoss(RunError, FloatingPointError):
@@ -90,7 +108,7 @@ def fit(cfg: Config, corpus: Corpus, hooks=(), *, out_dir: Path | None = None, r
     ``checkpoint/`` (the last epoch's) and ``best/`` (the epoch selected on ``eval.primary``,
     :mod:`argbench.train.selection`) there; ``resume`` continues from the last checkpoint (same seed on CPU gives the
     same final metrics as an uninterrupted run). ``train.patience`` ends the run early."""
-    runtime = setup(cfg.train.device, cfg.train.precision)
+    runtime = setup(cfg.train.device, cfg.train.precision, cfg.train.ddp_timeout)
     try:
         history = Trainer(cfg, corpus, hooks, runtime, out_dir, progress).run(resume)
     except BaseException:  # Ctrl-C, a hook's exception (pruning) or NonFiniteLoss: leave without a barrier
@@ -119,6 +137,9 @@ class Trainer:
                                              cfg.negatives.floor, cfg.negatives.rate)
         self.model, tokenizer = build_model(cfg.model)
         self.model.to(runtime.device)
+        if cfg.train.compile:
+            for encoder in self.model.encoders():
+                encoder.compile()  # in place: the state dict keeps its names (checkpoints, export)
         self.train_split, pair_counts = _clean_training_split(corpus, cfg)
         self.pairs = _training_pairs(self.train_split, cfg.data.max_train_pairs, self.np_rng)
         self.eval_splits = {SPLIT_KEYS[s]: self.train_split if s == "training" else corpus.split(s)
@@ -127,10 +148,11 @@ class Trainer:
                        for key, split in [("train", self.train_split), *self.eval_splits.items()]}
         self.optimizer = _optimizer(self.model, cfg.train)
         # as many as each rank's share of an epoch's batches (train.distributed.shard); the rng only counts them
-        self.steps_per_epoch = len(bucketed_batches(self.tokens["train"].lengths[self.pairs], cfg.train.batch_size,
-                                                    np.random.default_rng(0))) // runtime.world_size
+        self.steps_per_epoch = -(-len(bucketed_batches(self.tokens["train"].lengths[self.pairs], cfg.train.batch_size,
+                                                       np.random.default_rng(0))) // runtime.world_size)
         self.scheduler = _scheduler(self.optimizer, cfg.train, self.steps_per_epoch)
-        self.ddp_model = _wrap_ddp(self.model, runtime, cfg.model.pooling)
+        self.ddp_model = _wrap_ddp(self.model, runtime, self._gradientless_parameters() if runtime.distributed
+                                   else [])
         self.history: list[dict] = []
         self.frozen_outputs: dict[tuple[str, str], tuple[torch.Tensor, np.ndarray]] = {}
         self.frozen_states: dict[tuple[str, str], FrozenStates] = {}
@@ -209,11 +231,13 @@ class Trainer:
             metrics.update({name: float(stats[part]) for part, name in NEGATIVE_NAMES.items()
                             if stats.get(part) is not None})
             metrics["schedule/random_rate"] = rate
-        if self.runtime.is_main and self._evaluates(epoch):
+        if self._evaluates(epoch):
             for key, split in self.eval_splits.items():
-                evaluation = self._evaluate(key, split)
-                metrics.update(evaluation.flat(key))
-                self._call("on_evaluation", epoch, key, evaluation)
+                evaluation = self._evaluate(key, split)  # every rank embeds its share; the main process ranks
+                if evaluation is not None:
+                    metrics.update(evaluation.flat(key))
+                    self._call("on_evaluation", epoch, key, evaluation)
+        if self.runtime.is_main and self._evaluates(epoch):
             if self._is_selected(epoch, metrics):
                 self.selected_first_stage = dict(self.first_stage)
                 self.selected_state = _cpu_state(self.model)
@@ -304,53 +328,96 @@ class Trainer:
 
     def _train_epoch(self, epoch: int, negative_rows: np.ndarray) -> dict:
         """One pass over the training pairs; returns the mean of each loss component over the batches of every
-        rank (each rank has the same number of batches, so the mean of the ranks' means)."""
+        rank (each rank has the same number of batches, so the mean of the ranks' means). A non-finite loss is
+        found on the device and raised after the pass (:meth:`_check_finite`), naming its first step, before
+        anything of this epoch is saved."""
         split, tok, device = self.train_split, self.tokens["train"], self.runtime.device
-        anchors, positives = split.points_idx[self.pairs], split.counters_idx[self.pairs]
-        groups = split.args["copy_group"].to_numpy()
-        batches = shard(bucketed_batches(tok.lengths[anchors], self.cfg.train.batch_size, self.np_rng), self.runtime)
+        sides = (split.points_idx[self.pairs], split.counters_idx[self.pairs], negative_rows)
+        groups = split.args["copy_group"].to_numpy() if self.cfg.loss.in_batch_weight != 0 else None
+        batches = shard(bucketed_batches(tok.lengths[sides[0]], self.cfg.train.batch_size, self.np_rng), self.runtime)
         self.ddp_model.train()
-        cached = self._caches_encoder()
-        sums: dict[str, float] = {}
-        bar = tqdm(batches, desc=f"epoch {epoch}", unit="batch", disable=not self.progress, leave=False)
-        for step, rows in enumerate(bar, start=1):
-            sides = ((anchors[rows], "point"), (positives[rows], "candidate"), (negative_rows[rows], "candidate"))
-            masks = self._in_batch_masks(groups[anchors[rows]], groups[positives[rows]])
-            if cached:  # the frozen encoder's pooled vectors: only the heads run
-                inputs = [self._frozen_pooled(tok, r, side).to(device) for r, side in sides]
-            elif self._caches_layers():  # the frozen bottom's token states: only the top layers run
-                inputs = [self._states(tok, side).get(r) for r, side in sides]
-            else:
-                inputs = [pad_batch(tok, r, device) for r, _ in sides]
-            if self.cfg.train.mini_batch_size and not cached:  # gradient cache: same step, less memory
-                parts, backward = cached_step(self.model, *inputs, self.cfg.train.mini_batch_size,
-                                              lambda out: combined_loss(out, self.cfg.loss, *masks), self._autocast)
-            else:
-                with self._autocast():
-                    parts = combined_loss(self.ddp_model(*inputs), self.cfg.loss, *masks)
-                backward = parts["total"].backward
-            if not torch.isfinite(parts["total"]):
-                raise NonFiniteLoss(f"non-finite loss {parts['total'].item()} at epoch {epoch}, step {step} "
-                                    f"(components: { {k: round(v.item(), 4) for k, v in parts.items()} }); "
-                                    f"the checkpoint of epoch {epoch - 1} is kept; try a smaller train.lr or loss "
-                                    "weights in a new run")
-            self.optimizer.zero_grad(set_to_none=True)
-            backward()
-            if self.cfg.train.grad_clip:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
-            self.optimizer.step()
-            self.scheduler.step()
-            for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())
-            bar.set_postfix(loss=f"{sums['total'] / step:.4f}")
-        return mean_over_ranks({k: v / max(len(batches), 1) for k, v in sums.items()}, self.runtime)
+        cached, layers = self._caches_encoder(), self._caches_layers()
+        pad, pin = not (cached or layers), device.type == "cuda"
+        totals = StepTotals()
+        bar = tqdm(total=len(batches), desc=f"epoch {epoch}", unit="batch", disable=not self.progress, leave=False)
+
+        def make(rows: np.ndarray):  # the host's part of a step, done by the prefetching thread
+            return host_batch(tok, rows, sides, groups, pad=pad, pin_memory=pin)
+
+        with closing(prefetch(make, batches)) as ready:  # closed on any exit: the thread stops with the loop
+            for step, batch in enumerate(ready, start=1):
+                masks = (in_batch_masks(*to_device(batch.groups, device), self.cfg.loss.in_batch_symmetric)
+                         if batch.groups is not None else (None, None))
+                if cached:  # the frozen encoder's pooled vectors: only the heads run
+                    inputs = [self._frozen_pooled(tok, rows[batch.rows], side).to(device)
+                              for rows, side in zip(sides, SIDES)]
+                elif layers:  # the frozen bottom's token states: only the top layers run
+                    inputs = [self._states(tok, side).get(rows[batch.rows]) for rows, side in zip(sides, SIDES)]
+                else:
+                    inputs = to_device(batch.padded, device)
+                if self.cfg.train.mini_batch_size and not cached:  # gradient cache: same step, less memory
+                    parts, backward = cached_step(self.model, *inputs, self.cfg.train.mini_batch_size,
+                                                  lambda out: combined_loss(out, self.cfg.loss, *masks), self._autocast)
+                else:
+                    with self._autocast():
+                        parts = combined_loss(self.ddp_model(*inputs), self.cfg.loss, *masks)
+                    backward = parts["total"].backward
+                totals.add(parts)
+                self.optimizer.zero_grad(set_to_none=True)
+                backward()
+                if self.cfg.train.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
+                self.optimizer.step()
+                self.scheduler.step()
+                if self.progress and (step % PROGRESS_EVERY == 0 or step == len(batches)):
+                    so_far = totals.read()
+                    self._check_finite(so_far, epoch)
+                    bar.update(step - bar.n)
+                    bar.set_postfix(loss=f"{so_far.sums['total'] / step:.4f}")
+        bar.close()
+        done = totals.read()
+        self._check_finite(done, epoch)
+        return mean_over_ranks({k: v / max(len(batches), 1) for k, v in done.sums.items()}, self.runtime)
+
+    @staticmethod
+    def _check_finite(totals: Totals, epoch: int) -> None:
+        """NonFiniteLoss naming the epoch, the first step whose loss was not finite and that step's components."""
+        if not totals.bad_step:
+            return
+        parts = totals.bad_parts
+        raise NonFiniteLoss(f"non-finite loss {parts['total']} at epoch {epoch}, step {totals.bad_step} "
+                            f"(components: { {k: round(v, 4) for k, v in parts.items()} }); "
+                            f"the checkpoint of epoch {epoch - 1} is kept; try a smaller train.lr or loss "
+                            "weights in a new run")
+
+    def _gradientless_parameters(self) -> list[str]:
+        """Names of the trainable parameters the training loss gives no gradient (the pooler layer unless pooling
+        uses it; the classifier without its loss terms), found by one forward and backward pass over two training
+        pairs. The random state and the gradients are left as they were."""
+        split, tok, device = self.train_split, self.tokens["train"], self.runtime.device
+        rows = self.pairs[:2]
+        anchors, positives = split.points_idx[rows], split.counters_idx[rows]
+        inputs = [pad_batch(tok, r, device) for r in (anchors, positives, positives[::-1])]
+        masks = (None, None)
+        if self.cfg.loss.in_batch_weight != 0:
+            groups = split.args["copy_group"].to_numpy()
+            masks = in_batch_masks(torch.from_numpy(groups[anchors]).to(device),
+                                   torch.from_numpy(groups[positives]).to(device), self.cfg.loss.in_batch_symmetric)
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            with self._autocast():  # the loss module's own function: this pass is no training step
+                parts = losses.combined_loss(self.model(*inputs), self.cfg.loss, *masks)
+            parts["total"].backward()
+        names = [name for name, p in self.model.named_parameters() if p.requires_grad and p.grad is None]
+        self.model.zero_grad(set_to_none=True)
+        return names
 
     def _second_stage(self, epoch: int) -> dict:
         """After the last epoch: train the cross-encoder (:mod:`argbench.train.reranker`) and evaluate every split
         two-stage (:mod:`argbench.eval.rerank`) under ``{key}/reranked/...``; also ``train/rerank_loss`` and
         ``perf/rerank_{train,eval}_seconds``. Main process only (the others wait at the epoch's end)."""
         tok, device = self.tokens["train"], self.runtime.device
-        groups = training_groups(self.train_split, self.pairs, lambda rows, side: self._embed(tok, rows, side).emb,
+        groups = training_groups(self.train_split, self.pairs,
+                                 lambda rows, side: self._embed(tok, rows, side, shard=False).emb,
                                  self.cfg.reranker.negatives, self.cfg.eval.metric)
         self.reranker, metrics = fit_cross_encoder(self.cfg, self.model.point_encoder, tok, *groups,
                                                    seed=self.cfg.train.seed, device=device, autocast=self._autocast,
@@ -367,16 +434,9 @@ class Trainer:
         metrics["perf/rerank_eval_seconds"] = time.perf_counter() - t0
         return metrics
 
-    def _in_batch_masks(self, anchor_groups: np.ndarray, positive_groups: np.ndarray) -> tuple:
-        """The in-batch copy masks the loss needs: (points -> counters, counters -> points), None where unused."""
-        loss = self.cfg.loss
-        if loss.in_batch_weight == 0:
-            return None, None
-        forward = torch.from_numpy(in_batch_copies(anchor_groups, positive_groups))
-        reverse = torch.from_numpy(in_batch_copies(positive_groups, anchor_groups)) if loss.in_batch_symmetric else None
-        return forward, reverse
-
     def _evaluate(self, key: str, split: SplitData):
+        """The evaluation of split ``key`` by the current model; every rank embeds its share of the texts, the main
+        process ranks (None on the others)."""
         tok = self.tokens[key]
         candidates = self._embed(tok, np.arange(len(split.args)), "candidate")
         if self.model.sharing == "shared":
@@ -385,15 +445,25 @@ class Trainer:
             queries = self._embed(tok, split.query_idx, "point")
         if self.cfg.eval.rerank == "cross_encoder":
             self.first_stage[key] = (queries.emb, candidates.emb)
+        if not self.runtime.is_main:
+            return None
         scorer = self.model.pair_scorer(queries, candidates) if self.model.classifier else None
         return evaluate(split, queries.emb, candidates.emb, metric=self.cfg.eval.metric, scorer=scorer,
                         rerank_depth=self.cfg.eval.rerank_depth)
 
     @torch.no_grad()
-    def _embed(self, tok: TokenizedTexts, rows: np.ndarray, side: str) -> Encoded:
-        """Pooled vectors and retrieval embeddings (float32, CPU) of ``rows`` of ``tok``."""
-        cached = self._caches_encoder()
-        pooled = (self._frozen_pooled if cached else self._encoder_pooled)(tok, rows, side)
+    def _embed(self, tok: TokenizedTexts, rows: np.ndarray, side: str, shard: bool = True) -> Encoded:
+        """Pooled vectors and retrieval embeddings (float32, CPU) of ``rows`` of ``tok``. Under torchrun with
+        ``shard`` (every rank calls it with the same rows) each rank encodes every N-th of the inference batches
+        and all ranks get every row; ``shard=False`` when the main process embeds alone."""
+        pooled_of = self._frozen_pooled if self._caches_encoder() else self._encoder_pooled
+        rows = np.asarray(rows)
+        if shard and self.runtime.distributed:
+            batches = length_sorted_batches(tok.lengths[rows], self.cfg.train.embed_batch_size)
+            pooled = gather_batches(lambda positions: pooled_of(tok, rows[positions], side), batches, len(rows),
+                                    self.runtime)
+        else:
+            pooled = pooled_of(tok, rows, side)
         was_training = self.model.training
         self.model.eval()
         emb = self.model.head(pooled.to(self.runtime.device)).float().cpu()
@@ -523,14 +593,16 @@ def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
-def _wrap_ddp(model: BiEncoder, runtime: Runtime, pooling: str):
+def _wrap_ddp(model: BiEncoder, runtime: Runtime, gradientless: list[str]):
+    """``model`` under DistributedDataParallel when distributed; ``gradientless``: names of the parameters the loss
+    never reaches, which DDP leaves out (rather than searching the graph for unused parameters at every step)."""
     if not runtime.distributed:
         return model
     from torch.nn.parallel import DistributedDataParallel
 
     ids = [runtime.device.index] if runtime.device.type == "cuda" else None
-    # The pooler layer gets no gradient unless pooling uses it.
-    return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=pooling != "pooler")
+    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, gradientless)
+    return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=False)
 
 
 def _seed_everything(seed: int, threads: int | None) -> None:

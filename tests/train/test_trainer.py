@@ -9,7 +9,6 @@ import math
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import textwrap
@@ -27,6 +26,7 @@ from argbench.train import checkpoint
 from argbench.train.selection import best
 from argbench.train.trainer import NonFiniteLoss, fit
 from tests.conftest import single_torch_thread
+from tests.factories import run_torchrun
 
 TINY = ["model.encoder=tiny-random-bert", "model.max_length=64", "train.batch_size=16", "data.max_train_pairs=32",
         "train.device=cpu", "train.precision=fp32"]
@@ -322,12 +322,12 @@ DDP_SCRIPT = """
     import json, os, sys
     from pathlib import Path
 
-    import argbench.train.trainer as train
     from argbench.config import load_config
     from argbench.data.corpus import load_corpus
+    from argbench.train import trainer
 
     record = Path(sys.argv[2])
-    real_shard = train.shard
+    real_shard = trainer.shard
 
     def recording_shard(batches, runtime):  # which training pairs each rank trains on, per epoch
         mine = real_shard(batches, runtime)
@@ -335,8 +335,8 @@ DDP_SCRIPT = """
             f.write(json.dumps(sorted(int(r) for b in mine for r in b)) + "\\n")
         return mine
 
-    train.shard = recording_shard
-    real_loss = train.combined_loss
+    trainer.shard = recording_shard
+    real_loss = trainer.combined_loss
 
     def recording_loss(out, loss_cfg, *masks):  # every step's loss on every rank
         parts = real_loss(out, loss_cfg, *masks)
@@ -344,7 +344,7 @@ DDP_SCRIPT = """
             f.write(json.dumps(parts["total"].item()) + "\\n")
         return parts
 
-    train.combined_loss = recording_loss
+    trainer.combined_loss = recording_loss
 
 
     class FailOnRank0:  # hooks run on rank 0 only: rank 1 is meanwhile waiting for rank 0's "stop?" flag
@@ -354,7 +354,7 @@ DDP_SCRIPT = """
 
     hooks = [FailOnRank0()] if sys.argv[3:] == ["fail"] else []
     cfg = load_config(overrides=OVERRIDES)
-    train.fit(cfg, load_corpus("sample"), hooks, out_dir=Path(sys.argv[1]))
+    trainer.fit(cfg, load_corpus("sample"), hooks, out_dir=Path(sys.argv[1]))
 """
 
 
@@ -363,19 +363,7 @@ def torchrun(tmp_path: Path, *args: str, timeout: float) -> subprocess.Completed
     script = tmp_path / "ddp_fit.py"
     overrides = [*TINY, "train.epochs=1", "train.batch_size=4"]  # 8 batches: 4 per rank
     script.write_text(textwrap.dedent(DDP_SCRIPT).replace("OVERRIDES", repr(overrides)))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    command = [str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node", "2", "--standalone",
-               str(script), str(tmp_path / "run"), str(tmp_path), *args]
-    # Own session, so that a hang can be ended with torchrun's workers rather than leaving them orphaned.
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        stdout, stderr = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        raise
-    return subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)
+    return run_torchrun(script, str(tmp_path / "run"), str(tmp_path), *args, timeout=timeout)
 
 
 @pytest.mark.slow
