@@ -1,9 +1,9 @@
 """``frozen_encoder`` with its encoder outputs computed once (argbench) against computed at every use (before).
 
-Both contenders are :func:`argbench.train.fit` on the same resolved ``frozen_encoder`` config, corpus and seed in
-one process; only :attr:`argbench.train.Trainer.cache_frozen_encoder` differs. Times are the mean seconds of the
-trained epochs after the first (the first also fills the cache of the training texts; epoch 0 that of the evaluated
-splits), and the whole run. ``agree``: every metric of every epoch equal within 1e-5.
+Both contenders are :func:`argbench.train.trainer.fit` on the same resolved ``frozen_encoder`` config, corpus and
+seed in one process; only :attr:`argbench.train.trainer.Trainer.cache_frozen_encoder` differs. Times are the mean
+seconds of the trained epochs after the first (the first also fills the cache of the training texts; epoch 0 that
+of the evaluated splits), and the whole run. ``agree``: every metric of every epoch equal within 1e-5.
 """
 
 from __future__ import annotations

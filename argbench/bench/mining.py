@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from argbench.train.negatives import mine
-from argbench.train.reference import mine_reference
+from argbench.train.original_mining import mine_reference
 
 
 def run_mining_bench(

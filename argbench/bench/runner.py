@@ -50,7 +50,7 @@ def bench_function(name: str) -> Callable[..., list[dict]]:
     elif name == "mining":
         from argbench.bench.mining import run_mining_bench as fn
     elif name == "eval":
-        from argbench.bench.evalproto import run_eval_bench as fn
+        from argbench.bench.original_eval import run_eval_bench as fn
     elif name == "train":
         from argbench.bench.train import run_train_bench as fn
     elif name == "frozen":

@@ -72,7 +72,7 @@ def cmd_mnrl(args) -> int:
 
 def _track(result, corpus, experiment: str) -> None:
     from argbench.cli.ablation import open_store
-    from argbench.eval.baselines import log_baseline
+    from argbench.track.baseline_log import log_baseline
     from argbench.train.trainer import SPLIT_KEYS
 
     open_store()

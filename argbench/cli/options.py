@@ -4,7 +4,7 @@ else of the CLI, so every command module can use it."""
 
 from __future__ import annotations
 
-from argbench.train.selection import EPOCHS, LAST, SELECTED
+from argbench.model.epoch_names import EPOCHS, LAST, SELECTED
 
 
 def shortcut_overrides(args) -> list[str]:

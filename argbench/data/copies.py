@@ -19,15 +19,12 @@ Only *paired* arguments count (unpaired points are neither queries nor candidate
 from __future__ import annotations
 
 import hashlib
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import torch
 
-if TYPE_CHECKING:
-    from argbench.data.corpus import Corpus
-    from argbench.data.tasks import SplitData
+from argbench.data.tasks import SplitData, build_split
 
 TRAINING = "training"
 HELD_OUT = ("validation", "test")
@@ -151,7 +148,7 @@ def in_batch_copies(anchor_groups: np.ndarray, positive_groups: np.ndarray) -> n
 
 # --- the table of `argbench data stats` ----------------------------------------------------------------------------
 
-def copy_stats(corpus: Corpus, splits: dict[str, SplitData] | None = None) -> dict[str, dict]:
+def copy_stats(frame: pd.DataFrame, splits: dict[str, SplitData] | None = None) -> dict[str, dict]:
     """Per split, JSON-ready::
 
         {"points_with_twin": N, "counters_with_twin": N, "pairs_in_training": N | None,
@@ -161,14 +158,13 @@ def copy_stats(corpus: Corpus, splits: dict[str, SplitData] | None = None) -> di
     whose point and counter both occur among training's paired arguments (None for training itself); queries whose
     pool holds a copy of the query's text. Training also gets ``pairs_in_heldout`` (training pairs whose point or
     counter occurs in validation or test: what :func:`decontaminate` drops) and ``distinct_pairs`` (what
-    :func:`dedupe_pairs` keeps). ``splits``: the corpus's splits by name, when already built.
+    :func:`dedupe_pairs` keeps). ``frame``: the corpus frame; ``splits``: its splits by name, when already built.
     """
-    frame = corpus.frame
     training = _groups(frame, [TRAINING])
     out = {}
     for name in (TRAINING, *HELD_OUT):
         pairs = _pairs(frame, name)
-        split = splits[name] if splits else corpus.split(name)
+        split = splits[name] if splits else build_split(frame[frame["split"] == name], name)
         copies = query_copy_mask(split)
         row = {
             "points_with_twin": int(pairs["point"].duplicated(keep=False).sum()),

@@ -25,6 +25,9 @@ import pandas as pd
 from argbench.errors import UserError
 from argbench.paths import project_data
 
+# argbench.data.copies and .tasks load torch: they are imported where a frame or split is built, so that
+# resolving a data source (and every module that only names Corpus or SPLITS) stays light.
+
 SPLITS = ("training", "validation", "test")
 STANCES = ("pro", "con")
 FILE_PATTERN = re.compile(r"^(pro|con)(\d+)([ab])-(point|counter)\.txt$")
@@ -181,7 +184,7 @@ def stats(corpus: Corpus) -> dict:
 
     out = {"source": corpus.source.describe(), "hash": corpus.hash, "splits": {}}
     splits = {split: corpus.split(split) for split in SPLITS}
-    copies = copy_stats(corpus, splits)
+    copies = copy_stats(corpus.frame, splits)
     for split in SPLITS:
         part = corpus.frame[corpus.frame["split"] == split]
         data = splits[split]

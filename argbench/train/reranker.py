@@ -6,6 +6,16 @@ evaluation ranks by; its own point and counter and every copy of their texts exc
 the reranker will have to put below the true counter at test time. The cross-encoder then reads (point, counter) and
 (point, negative) and is trained with a softmax over each point's group, the true counter at position 0 (the
 listwise loss of rerankers such as tevatron's and sentence-transformers' CrossEncoder MultipleNegativesRankingLoss).
+
+Why not sentence-transformers' ``CrossEncoderTrainer``: the reranker must read the very token rows the bi-encoder
+embedded, each side cut to ``model.max_length`` (:func:`argbench.model.cross_encoder.pad_pairs`), so that the second
+stage judges the texts the first stage ranked, cut the same way, and nothing is tokenised twice; a ``CrossEncoder``
+tokenises each text pair again and truncates the pair as a whole (longest side first), so a long point would be cut
+elsewhere and the scores, hence the ``*/reranked/*`` metrics, change. It also trains inside the run: on the main
+process while the other ranks wait at the epoch's end, under the run's autocast, with its own RNG stream, plain
+AdamW at a constant rate, and a non-finite loss an error that names ``reranker.lr``; a ``CrossEncoderTrainer`` is a
+Hugging Face ``Trainer`` with its own seeding, schedule, gradient clipping, distributed set-up and logging
+integrations.
 """
 
 from __future__ import annotations

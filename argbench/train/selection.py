@@ -3,15 +3,13 @@
 A run keeps the checkpoint of its selected epoch beside its last one (:mod:`argbench.train.checkpoint`), and every
 command that reports, compares or exports a run uses that epoch unless asked for the last. Ties keep the earlier
 epoch (the same number with fewer steps); an epoch that did not evaluate ``primary`` cannot be selected. Early
-stopping (``train.patience``) ends a run after that many evaluated epochs without a new best.
+stopping (``train.patience``) ends a run after that many evaluated epochs without a new best. The names of the two
+epochs (``selected``, ``last``) are :mod:`argbench.model.epoch_names`.
 """
 
 from __future__ import annotations
 
 import math
-
-SELECTED, LAST = "selected", "last"  # the two epochs a command can ask for (--epoch)
-EPOCHS = (SELECTED, LAST)
 
 
 def selected_epoch(history: list[dict], primary: str) -> int | None:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from argbench.bench import evalproto, load, runner
+from argbench.bench import load, original_eval, runner
 from argbench.bench import train as train_bench
 from argbench.data.corpus import load_corpus
 from argbench.eval.evaluate import evaluate
@@ -63,7 +63,7 @@ def test_reference_pool_sizes_follow_the_task_definitions(sample_corpus):
 
 
 def test_eval_bench_agrees_with_the_per_candidate_loop():
-    (row,) = evalproto.run_eval_bench("sample", repeats=1)
+    (row,) = original_eval.run_eval_bench("sample", repeats=1)
 
     assert row["agree"] is True
     assert 0.0 <= row["rerank_acc1"] <= 1.0
@@ -71,16 +71,16 @@ def test_eval_bench_agrees_with_the_per_candidate_loop():
 
 def test_both_rerankers_find_every_counter_with_a_classifier_that_prefers_close_pairs(sample_corpus):
     split = sample_corpus.split("test")
-    model = evalproto.random_model(hidden=16, proj_dim=8, seed=0)
+    model = original_eval.random_model(hidden=16, proj_dim=8, seed=0)
     with torch.no_grad():  # P(true pair) rises as the projections' L1 distance falls: features are [a, b, |a-b|, ...]
         model.classifier.weight.zero_()
         model.classifier.bias.zero_()
         model.classifier.weight[1, 16:24] = -1.0
-    candidates = evalproto.random_embeddings(model, split, hidden=16, noise=1e-3, seed=0)
+    candidates = original_eval.random_embeddings(model, split, hidden=16, noise=1e-3, seed=0)
     queries = Encoded(candidates.pooled[split.query_idx], candidates.emb[split.query_idx])
     scorer = model.pair_scorer(queries, candidates)
 
-    assert evalproto.reference_rerank_acc1(split, model, queries, candidates) == 1.0
+    assert original_eval.reference_rerank_acc1(split, model, queries, candidates) == 1.0
     assert evaluate(split, queries.emb, candidates.emb, metric="euclidean", scorer=scorer).rerank_acc1 == 1.0
 
 

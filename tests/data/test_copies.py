@@ -106,7 +106,7 @@ def test_training_frame_counts_each_step(copies_corpus):
 
 # --- the stats table -----------------------------------------------------------------------------------------------
 def test_copy_stats_of_the_hand_made_corpus(copies_corpus):
-    got = copy_stats(copies_corpus)
+    got = copy_stats(copies_corpus.frame)
     n_training = len(pair_ids(copies_corpus.frame))
     assert got["training"] == {
         "points_with_twin": 2, "counters_with_twin": 2, "pairs_in_training": None,
@@ -271,7 +271,7 @@ def refiled_pairs(corpus) -> int:
 
 
 def test_sample_has_leakage_and_copies(sample_corpus):
-    got = copy_stats(sample_corpus)
+    got = copy_stats(sample_corpus.frame)
     n = refiled_pairs(sample_corpus)
     assert n >= 6  # a whole debate: 3-5 pairs per stance
     assert got["training"]["pairs_in_heldout"] == got["test"]["pairs_in_training"] == n
@@ -325,7 +325,7 @@ def test_eval_json_has_the_three_views(capsys):
 @pytest.mark.skipif(not REAL, reason="set ARGBENCH_DATA to the real counterargs-18 corpus")
 @pytest.mark.realdata
 def test_real_corpus_copies_table():
-    got = copy_stats(load_corpus(REAL))
+    got = copy_stats(load_corpus(REAL).frame)
     table = {split: (got[split]["points_with_twin"], got[split]["counters_with_twin"], got[split]["pairs_in_training"])
              for split in got}
     assert table == {"training": (1844, 1862, None), "validation": (179, 183, 574), "test": (214, 218, 616)}

@@ -18,9 +18,11 @@ from argbench.config import load_config, to_yaml
 from argbench.data.corpus import load_corpus
 from argbench.model.bi_encoder import BiEncoder, Encoded, build_model
 from argbench.model.encoders import embed
-from argbench.model.export import ExportError, TrainedRun, export_run, is_export, load_export, load_run_dir, run_info
+from argbench.model.export import ExportError, TrainedRun, is_export, run_info, write_export
+from argbench.model.exported_model import load_export
 from argbench.model.tokens import tokenize_texts
 from argbench.train import checkpoint
+from argbench.train.trained_run import load_run_dir
 from argbench.train.trainer import fit
 from tests.conftest import single_torch_thread
 
@@ -64,7 +66,7 @@ def test_sentence_transformer_embeds_as_argbench(tiny_encoder, tmp_path, head, s
     from sentence_transformers import SentenceTransformer
 
     run = hand_made_run(tiny_encoder, tmp_path, *head, sharing)
-    folder = export_run(run, tmp_path / "export")
+    folder = write_export(run, tmp_path / "export")
     st = SentenceTransformer(str(folder), device="cpu", local_files_only=True)
     for side, task in (("point", "query"), ("candidate", "document")):
         expected = argbench_embeddings(run, side).emb
@@ -86,7 +88,7 @@ def test_loaded_export_scores_pairs_as_the_original(tiny_encoder, tmp_path, shar
     run.model.fusion = fusion
     run.model.classifier = torch.nn.Linear(3 * ((16 + 32) if fusion == "concatenated" else 32), 2)
     run.config = load_config(base=run.config, overrides=[f"model.fusion={fusion}"])
-    exported = load_export(export_run(run, tmp_path / "export"))
+    exported = load_export(write_export(run, tmp_path / "export"))
     queries, cands = exported.embed(TEXTS, "point"), exported.embed(TEXTS, "candidate")
     expected_q, expected_c = argbench_embeddings(run, "point"), argbench_embeddings(run, "candidate")
     rows, grid = torch.arange(len(TEXTS)), torch.arange(len(TEXTS)).repeat(len(TEXTS), 1)
@@ -99,7 +101,7 @@ def test_export_refuses_a_folder_that_is_not_an_export(tiny_encoder, tmp_path):
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "keep.txt").write_text("mine")
     with pytest.raises(ExportError, match="notes"):
-        export_run(hand_made_run(tiny_encoder, tmp_path, "mean", 16, False, False, "shared"), tmp_path / "notes")
+        write_export(hand_made_run(tiny_encoder, tmp_path, "mean", 16, False, False, "shared"), tmp_path / "notes")
     assert (tmp_path / "notes" / "keep.txt").read_text() == "mine" and not is_export(tmp_path / "notes")
 
 
@@ -185,7 +187,7 @@ def test_a_run_folder_exports_its_selected_epoch_unless_asked_for_the_last(two_e
         run = load_run_dir(run_dir, epoch)
         want = "selected" if epoch is None else epoch
         assert torch.equal(run.model.head[0].weight, saved[want].head[0].weight)
-        folder = export_run(run, tmp_path / f"export-{epoch}")
+        folder = write_export(run, tmp_path / f"export-{epoch}")
         info = run_info(folder)
         assert (info["epoch"], info["last_epoch"], info["selection"], info["note"]) == (number, 4, selection, None)
         assert info["metrics"] == planted_metrics(number)

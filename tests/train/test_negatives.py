@@ -12,7 +12,7 @@ import torch
 from argbench.bench.mining import run_mining_bench
 from argbench.train import negatives
 from argbench.train.negatives import BACKENDS, mine, nearest
-from argbench.train.reference import mine_reference
+from argbench.train.original_mining import mine_reference
 from argbench.train.schedule import Schedule, schedule_from_config
 
 # A 2-D layout of six pairs. Answers worked out by hand (d = Euclidean distance):

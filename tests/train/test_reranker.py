@@ -12,9 +12,11 @@ from argbench.config import load_config
 from argbench.data.corpus import load_corpus
 from argbench.data.tasks import TASKS
 from argbench.eval.retrieve import candidates, retrieve
-from argbench.model.export import export_run, load_export, load_run_dir
+from argbench.model.export import write_export
+from argbench.model.exported_model import load_export
 from argbench.train.reranker import hard_negatives, listwise_loss, training_groups
 from argbench.train.selection import selected_epoch
+from argbench.train.trained_run import load_run_dir
 from argbench.train.trainer import fit
 from tests.conftest import single_torch_thread
 
@@ -105,7 +107,7 @@ def test_the_checkpoint_export_and_retrieve_use_the_cross_encoder(runs, tmp_path
     assert (out / "checkpoint" / "reranker.safetensors").is_file()
     run = load_run_dir(out)
     assert run.reranker is not None
-    exported = load_export(export_run(run, tmp_path / "export"))
+    exported = load_export(write_export(run, tmp_path / "export"))
     assert (tmp_path / "export" / "cross_encoder" / "config.json").is_file()
     split = corpus.split("test")
     cands = candidates(exported, split, corpus.hash, None)

@@ -1,7 +1,7 @@
 """The scipy-backed bootstrap and sign-flip test give the numbers of the hand-written code they replaced.
 
 ``hand_bootstrap_ci`` and ``hand_sign_flip_p`` are that code, kept here as the reference (block size 1,000, as in
-:data:`argbench.analysis.stats._BLOCK`; the sign-flip one can also take a fixed set of sign vectors). The bootstrap
+:data:`argbench.eval.stats._BLOCK`; the sign-flip one can also take a fixed set of sign vectors). The bootstrap
 must agree to rounding: scipy draws the same resample indices from the same seed, and only its quantile
 interpolation rounds the last digit differently (``ROUNDING``; resamples that differed would move the interval by
 ~1e-3). The sign-flip test must agree exactly wherever scipy enumerates every sign vector (2^n <= n_perm), against
@@ -15,7 +15,7 @@ import itertools
 import numpy as np
 import pytest
 
-from argbench.analysis.stats import bootstrap_ci, paired_difference, sign_flip_p
+from argbench.eval.stats import bootstrap_ci, paired_difference, sign_flip_p
 
 BLOCK = 1_000
 ROUNDING = dict(rel=1e-12, abs=1e-15)

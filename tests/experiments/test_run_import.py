@@ -10,7 +10,7 @@ from mlflow import MlflowClient
 
 from argbench import cli
 from argbench.data.corpus import load_corpus
-from argbench.track.run_import import RunFolderError, import_run, read_run_folder
+from argbench.experiments.run_import import RunFolderError, import_run, read_run_folder
 from argbench.track.tracker import param_values
 from argbench.train.selection import best, selected_epoch
 from argbench.train.trainer import fit

@@ -1,9 +1,9 @@
-"""argbench.analysis.stats on hand-made ranks whose answers are known by construction (every random draw is seeded)."""
+"""argbench.eval.stats on hand-made ranks whose answers are known by construction (every random draw is seeded)."""
 
 import numpy as np
 import pytest
 
-from argbench.analysis.stats import (
+from argbench.eval.stats import (
     bootstrap_ci,
     compare_runs,
     holm,

@@ -23,8 +23,8 @@ from argbench.config import Config, ConfigError, load_config, metric_name
 from argbench.errors import UserError
 from argbench.experiments.registry import RegistryError, get
 from argbench.track.tracker import tracked_run
+from argbench.train.metric_names import LOSS_NAMES, NEGATIVE_NAMES
 from argbench.train.selection import best
-from argbench.train.trainer import LOSS_NAMES, NEGATIVE_NAMES
 
 CONFIG, METRICS = "config.yaml", "metrics.jsonl"
 # Scalars of the old nested rows and their names now
@@ -115,7 +115,7 @@ def import_run(run_dir: Path, *, name: str, experiment: str = "argbench", tracki
     group (and ``alias_of``) tags like a run made by ``argbench ablation run``."""
     cfg, history = read_run_folder(run_dir)
     run_tags = {"imported_from": str(Path(run_dir).resolve()), "profile": "imported",
-                "git.commit": "unknown (imported)", **(tags or {})}
+                "mlflow.source.git.commit": "unknown (imported)", **(tags or {})}
     try:
         entry = get(name)
         run_tags.setdefault("group", entry.group)
