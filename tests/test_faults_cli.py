@@ -126,3 +126,18 @@ def test_a_search_on_an_unreachable_store_is_one_line_too(tmp_path):
     err = [line for line in done.stderr.strip().splitlines() if not line.startswith("[")]
     assert done.returncode == 1 and len(err) == 1, done.stderr[-3000:]
     assert "user:***@" in err[0] and "s3cret" not in err[0]
+
+
+def test_a_read_only_store_is_one_line_and_holds_no_run(tmp_path, empty_mlflow_db):
+    """A store the process may not write (here SQLite's own read-only mode, the error a read-only file gives): one
+    line naming the store, exit 1, no traceback from MLflow's logger, and no run in it."""
+    db = tmp_path / "mlflow.db"
+    shutil.copy(empty_mlflow_db, db)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///file:{db}?mode=ro&uri=true", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "argbench", "ablation", "run", "baseline", "--data", "sample",
+                           "--out", str(tmp_path / "r"), *TINY_FLAGS], env=env, cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "is read-only" in lines[0] and str(db) in lines[0]
+    assert MlflowClient(f"sqlite:///{db}").search_runs(["0"]) == []

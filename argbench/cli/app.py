@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import logging
 import os
 import signal
 import sys
@@ -46,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     signal.signal(signal.SIGTERM, raise_terminated)  # kill, docker stop, scancel: stop as Ctrl-C does
+    if not args.debug:  # MLflow logs a store's SQL error with its traceback before raising it; the raise is one line
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     try:
         return run_command(args.func, args)
     except BrokenPipeError:  # `argbench ... | head`: the reader left; that is not an error
