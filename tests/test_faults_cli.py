@@ -141,3 +141,31 @@ def test_a_read_only_store_is_one_line_and_holds_no_run(tmp_path, empty_mlflow_d
     assert proc.returncode == 1 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert "is read-only" in lines[0] and str(db) in lines[0]
     assert MlflowClient(f"sqlite:///{db}").search_runs(["0"]) == []
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 1 MB tmpfs filled to the last byte (needs the right to mount: skipped where there is none)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root and CAP_SYS_ADMIN)")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_store_on_a_full_disk_is_one_line_and_exit_1(tmp_path, empty_mlflow_db, full_disk):
+    db = full_disk / "mlflow.db"
+    shutil.copy(empty_mlflow_db, db)
+    with open(full_disk / "fill", "wb", buffering=0) as fill, pytest.raises(OSError):  # ENOSPC once it is full
+        while True:
+            fill.write(b"\0" * 4096)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{db}", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "argbench", "ablation", "run", "baseline", "--data", "sample",
+                           "--out", str(tmp_path / "r"), *TINY_FLAGS], env=env, cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "is full (no space left on its device)" in lines[0] and str(db) in lines[0]
