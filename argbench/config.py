@@ -4,10 +4,10 @@ One module on purpose: it is the single source of every default, its help text a
 
 A `Config` has seven sections (data, model, loss, negatives, train, eval, reranker); each field carries its type (the
 annotation), its default (the original research recipe, see docs/research-protocol.md), a one-line help string and
-any allowed choices or bounds in its metadata. Validation is driven by that metadata alone: constructing a section
-coerces and checks every field, and `Config` then checks the rules that span fields. So a bad value fails while the
-config is read, naming where it came from (file path, "--set", ...), the dotted key, the value and what is allowed,
-before any model is built.
+any allowed choices or bounds in its metadata. Validation is driven by that metadata alone (pydantic checks it; the
+messages are argbench's): constructing a section coerces and checks every field, and `Config` then checks the rules
+that span fields. So a bad value fails while the config is read, naming where it came from (file path, "--set",
+...), the dotted key, the value and what is allowed, before any model is built.
 
 YAML is always read with `yaml.safe_load`. PyYAML follows YAML 1.1, which reads `1e-5` as a string; float fields
 therefore also accept strings that spell a finite number.
@@ -15,16 +15,18 @@ therefore also accept strings that spell a finite number.
 
 import dataclasses
 import difflib
-import math
+import functools
 import os
 import re
 import types
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, ClassVar, Union, get_args, get_origin
+from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
 
 import yaml
+from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic_core import PydanticCustomError
 
 from argbench.errors import UserError
 
@@ -288,7 +290,7 @@ def _check_across(cfg: Config) -> None:
                                                   "nothing to train; expected a projection or a classifier")
 
 
-# --- field checks, driven by annotation and metadata -------------------------------------------------------------
+# --- field checks, driven by annotation and metadata: pydantic validates, the messages are argbench's ----------
 
 def _shown(value: Any) -> str:
     return f"{value!r} ({type(value).__name__})"
@@ -304,63 +306,89 @@ def _describe(tp: Any) -> str:
     return {bool: "a bool (true/false)", int: "an int", float: "a float", str: "a string"}[tp]
 
 
-def _coerce(value: Any, tp: Any) -> Any:
-    """`value` as type `tp`, or raise TypeError. bool is not an int; ints and numeric strings are floats."""
-    if get_origin(tp) in (Union, types.UnionType):
-        if value is None:
-            return None
-        (inner,) = [a for a in get_args(tp) if a is not type(None)]
-        return _coerce(value, inner)
-    if get_origin(tp) is list:
-        if not isinstance(value, (list, tuple)):
-            raise TypeError
-        return [_coerce(item, get_args(tp)[0]) for item in value]
-    if tp is float:
-        if isinstance(value, str):  # YAML 1.1 reads "1e-5" as a string
-            value = float(value.strip())  # ValueError for non-numbers
-        elif isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TypeError
-        if not math.isfinite(value):
-            raise TypeError
-        return float(value)
-    if tp is str and isinstance(value, os.PathLike):
-        return os.fspath(value)
-    if tp is int and isinstance(value, bool) or not isinstance(value, tp):
-        raise TypeError
+def _number(value: Any) -> Any:
+    """Before pydantic's strict float: a string is read by Python's float() (YAML 1.1 reads "1e-5" as text; pydantic's
+    own parser refuses some spellings float() reads, e.g. non-ASCII digits), and what is neither an int, a float
+    nor a string is refused here (strict pydantic takes Decimal and numpy ints)."""
+    if isinstance(value, str):
+        return float(value.strip())
+    if not isinstance(value, (int, float)):
+        raise ValueError("not a number")
     return value
 
 
-def _rule_problem(value: Any, rules: Mapping[str, Any]) -> str | None:
-    """What `value` (already of the right type, not None) breaks among `rules`, or None."""
-    if "choices" in rules:
-        bad = [v for v in (value if isinstance(value, list) else [value]) if v not in rules["choices"]]
-        if bad:
-            return f"{bad[0]!r} is not allowed; expected one of: {', '.join(rules['choices'])}"
-    if "min_items" in rules and len(value) < rules["min_items"]:
+_fspath = BeforeValidator(lambda v: os.fspath(v) if isinstance(v, os.PathLike) else v)
+_tuple_as_list = BeforeValidator(lambda v: list(v) if isinstance(v, tuple) else v)  # strict lists refuse tuples
+_STRICT = ConfigDict(strict=True, allow_inf_nan=False, regex_engine="python-re")  # bool is no int, 1.0 no int
+
+
+def _accepted(tp: Any) -> Any:
+    """Annotation `tp` as argbench reads it: also a numeric string for a float, a path for a string, a tuple
+    for a list."""
+    if get_origin(tp) in (Union, types.UnionType):
+        (inner,) = [a for a in get_args(tp) if a is not type(None)]
+        return _accepted(inner) | None
+    if get_origin(tp) is list:
+        return Annotated[list[_accepted(get_args(tp)[0])], _tuple_as_list]
+    return {float: Annotated[float, BeforeValidator(_number)], str: Annotated[str, _fspath]}.get(tp, tp)
+
+
+def _no_repeats(value: list) -> list:
+    if len(set(value)) < len(value):
+        raise PydanticCustomError("repeated_entry", "repeats an entry")
+    return value
+
+
+def _constrained(tp: Any, rules: Mapping[str, Any]) -> Any:
+    """Field type `tp` without None, with `rules` as pydantic constraints: choices as a Literal (per item for a
+    list), min / max as gt / ge / le, the pattern matched whole, min_items as min_length; no list repeats an entry."""
+    if get_origin(tp) in (Union, types.UnionType):
+        (tp,) = [a for a in get_args(tp) if a is not type(None)]
+    is_list = get_origin(tp) is list
+    item = Literal[rules["choices"]] if "choices" in rules else get_args(tp)[0] if is_list else tp
+    if is_list:
+        return Annotated[list[item], Field(min_length=rules.get("min_items")), AfterValidator(_no_repeats)]
+    low, strict, pattern = rules.get("min"), rules.get("min_exclusive", False), rules.get("pattern")
+    return Annotated[item, Field(gt=low if strict else None, ge=None if strict else low, le=rules.get("max"),
+                                 pattern=rf"\A(?:{pattern[0]})\Z" if pattern else None)]
+
+
+@functools.cache
+def _adapters(tp: Any, rules: tuple) -> tuple[TypeAdapter, TypeAdapter]:
+    """Pydantic validators of field type `tp`: one coerces a value, one checks a coerced value against `rules`."""
+    return TypeAdapter(_accepted(tp), config=_STRICT), TypeAdapter(_constrained(tp, dict(rules)), config=_STRICT)
+
+
+def _rule_problem(value: Any, rules: Mapping[str, Any], error: Mapping[str, Any]) -> str:
+    """argbench's message for pydantic's first `error` on coerced `value` (pydantic's own text names neither the
+    allowed range nor the choices as argbench's messages do)."""
+    kind = error["type"]
+    if kind == "literal_error":
+        return f"{error['input']!r} is not allowed; expected one of: {', '.join(rules['choices'])}"
+    if kind == "too_short":
         return f"{value!r} has {len(value)} entries; expected at least {rules['min_items']}"
-    if isinstance(value, list) and len(set(value)) < len(value):
+    if kind == "repeated_entry":
         return f"{value!r} repeats an entry; expected each at most once"
-    low, high, strict = rules.get("min"), rules.get("max"), rules.get("min_exclusive", False)
-    if (low is not None and (value <= low if strict else value < low)) or (high is not None and value > high):
-        if high is None:
-            allowed = f"{'>' if strict else '>='} {low}"
-        else:
-            allowed = f"in {'(' if strict else '['}{low}, {high}]"
-        return f"{value!r} is out of range; expected a value {allowed}"
-    if "pattern" in rules and not re.fullmatch(rules["pattern"][0], value):
+    if kind == "string_pattern_mismatch":
         return f"{value!r} is not allowed; expected {rules['pattern'][1]}"
-    return None
+    low, high, strict = rules.get("min"), rules.get("max"), rules.get("min_exclusive", False)  # gt, ge, le
+    allowed = f"{'>' if strict else '>='} {low}" if high is None else f"in {'(' if strict else '['}{low}, {high}]"
+    return f"{value!r} is out of range; expected a value {allowed}"
 
 
 def check_value(f: dataclasses.Field, value: Any, key: str, source: str = "<python>") -> Any:
     """`value` coerced to field `f`'s type and checked against its rules; ConfigError naming `key` otherwise."""
+    rules = {k: v for k, v in f.metadata.items() if k != "help"}
+    coerce, check = _adapters(f.type, tuple(sorted(rules.items())))
     try:
-        value = _coerce(value, f.type)
-    except (TypeError, ValueError):
+        value = coerce.validate_python(value)
+    except ValidationError:
         raise ConfigError(key, f"expected {_describe(f.type)}, got {_shown(value)}", source) from None
-    problem = None if value is None else _rule_problem(value, f.metadata)
-    if problem:
-        raise ConfigError(key, problem, source)
+    if value is not None:
+        try:
+            check.validate_python(value)
+        except ValidationError as err:
+            raise ConfigError(key, _rule_problem(value, rules, err.errors()[0]), source) from None
     return value
 
 
