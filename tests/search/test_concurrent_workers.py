@@ -98,8 +98,12 @@ def test_two_study_workers_restarting_after_a_killed_study_run_every_cell_once(t
     summary = json.loads(stdout)
     trials = study_trials(spec)
     assert [t.state.name for t in trials].count("WAITING") == 0
-    retries = [t for t in trials if t.system_attrs.get("failed_trial") == running.number]
-    assert len(retries) == 1 and retries[0].state.name == "COMPLETE"
+    # The dead cell is queued again exactly once: by the stale-trial callback of whichever process failed the trial
+    # (system attr failed_trial) or, where that process had none, by the restart's queue_failed (fixed_params).
+    dead = (running.params["entry"], running.params["seed"])
+    again = [t for t in trials if t.number != running.number and (t.params.get("entry"), t.params.get("seed")) == dead]
+    assert len([t for t in again if {"failed_trial", "fixed_params"} & set(t.system_attrs)]) == 1
+    assert [t.state.name for t in again if "duplicate_of" not in t.user_attrs] == ["COMPLETE"]
     done = [t for t in trials if t.state.name == "COMPLETE" and "duplicate_of" not in t.user_attrs]
     assert sorted((t.params["entry"], t.params["seed"]) for t in done) == sorted(spec.cells)
     assert (summary["complete"], summary["failed"], summary["running"]) == (2, 0, 0) and summary["table"]
