@@ -128,18 +128,25 @@ def test_a_search_on_an_unreachable_store_is_one_line_too(tmp_path):
     assert "user:***@" in err[0] and "s3cret" not in err[0]
 
 
-def test_a_read_only_store_is_one_line_and_holds_no_run(tmp_path, empty_mlflow_db):
-    """A store the process may not write (here SQLite's own read-only mode, the error a read-only file gives): one
-    line naming the store, exit 1, no traceback from MLflow's logger, and no run in it."""
-    db = tmp_path / "mlflow.db"
-    shutil.copy(empty_mlflow_db, db)
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///file:{db}?mode=ro&uri=true", "HF_HUB_OFFLINE": "1"}
+def store_fault_line(tmp_path, uri: str) -> str:
+    """Run a tiny `ablation run` in a fresh process against the MLflow store `uri`; it must fail with exit 1 and one
+    line on stderr, no traceback (also none from MLflow's own logger). Returns that line."""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run([sys.executable, "-m", "argbench", "ablation", "run", "baseline", "--data", "sample",
                            "--out", str(tmp_path / "r"), *TINY_FLAGS], env=env, cwd=tmp_path, capture_output=True,
                           text=True, timeout=300)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 1 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
-    assert "is read-only" in lines[0] and str(db) in lines[0]
+    return lines[0]
+
+
+def test_a_read_only_store_is_one_line_and_holds_no_run(tmp_path, empty_mlflow_db):
+    """A store the process may not write (here SQLite's own read-only mode, the error a read-only file gives): one
+    line naming the store, exit 1, no traceback from MLflow's logger, and no run in it."""
+    db = tmp_path / "mlflow.db"
+    shutil.copy(empty_mlflow_db, db)
+    line = store_fault_line(tmp_path, f"sqlite:///file:{db}?mode=ro&uri=true")
+    assert "is read-only" in line and str(db) in line
     assert MlflowClient(f"sqlite:///{db}").search_runs(["0"]) == []
 
 
@@ -162,10 +169,5 @@ def test_a_store_on_a_full_disk_is_one_line_and_exit_1(tmp_path, empty_mlflow_db
     with open(full_disk / "fill", "wb", buffering=0) as fill, pytest.raises(OSError):  # ENOSPC once it is full
         while True:
             fill.write(b"\0" * 4096)
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{db}", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-m", "argbench", "ablation", "run", "baseline", "--data", "sample",
-                           "--out", str(tmp_path / "r"), *TINY_FLAGS], env=env, cwd=tmp_path, capture_output=True,
-                          text=True, timeout=300)
-    lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == 1 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
-    assert "is full (no space left on its device)" in lines[0] and str(db) in lines[0]
+    line = store_fault_line(tmp_path, f"sqlite:///{db}")
+    assert "is full (no space left on its device)" in line and str(db) in line
