@@ -78,8 +78,8 @@ ui: $(STAMP) ## MLflow UI on the local store at http://$(HOST):$(PORT); prints t
 	@echo "MLflow UI, training runs of experiment argbench: $$(MLFLOW_TRACKING_URI=sqlite:///$(CURDIR)/mlruns/mlflow.db ARGBENCH_UI_URL=http://$(UI_HOST):$(PORT) $(BIN)/argbench link)"
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --host $(HOST) --port $(PORT)
 
-search: $(STAMP) ## Optuna search for an ablation: make search NAME=baseline [SPACE=default] TRIALS=8 [ARGS="--jobs 2"]
-	$(BIN)/argbench search --ablation $(NAME) --space $(SPACE) --trials $(TRIALS) $(ARGS)
+search: $(STAMP) ## Optuna search for an ablation: make search NAME=baseline [SPACE=default] TRIALS=8 [PROFILE=cpu] [ARGS="--jobs 2"]
+	$(BIN)/argbench search --ablation $(NAME) --space $(SPACE) --trials $(TRIALS) $(if $(PROFILE),--profile $(PROFILE)) $(ARGS)
 
 dashboard: $(STAMP) ## optuna-dashboard on the default study storage, http://$(HOST):$(DASH_PORT)
 	$(BIN)/optuna-dashboard sqlite:///$(CURDIR)/mlruns/optuna.db --host $(HOST) --port $(DASH_PORT)

@@ -15,6 +15,8 @@ from argbench.search.storage import DEFAULT_STORAGE
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ablation", default="baseline", help="registry entry whose config is searched")
+    parser.add_argument("--profile", help="overlay ablations/profiles/PROFILE.yaml under the searched values (cpu, "
+                        "gpu, smoke; default embedded on the sample corpus, none on a real one)")
     parser.add_argument("--space", default="default", help="search space name (ablations/search/) or YAML path")
     parser.add_argument("--trials", type=int, default=8, help="trials to add to the study")
     parser.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
@@ -45,8 +47,8 @@ def add_worker_arguments(parser: argparse.ArgumentParser, unit: str) -> None:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    keys = ("ablation", "space", "trials", "timeout", "study_name", "storage", "jobs", "pruner", "seed", "data",
-            "experiment", "tracking_uri", "heartbeat_interval", "grace_period", "max_retry")
+    keys = ("ablation", "profile", "space", "trials", "timeout", "study_name", "storage", "jobs", "pruner", "seed",
+            "data", "experiment", "tracking_uri", "heartbeat_interval", "grace_period", "max_retry")
     # Only --encoder/--epochs are shortcuts here: this command's --seed seeds the sampler, not train.seed.
     shortcuts = argparse.Namespace(encoder=args.encoder, epochs=args.epochs, overrides=args.overrides)
     result = run_search(**{k: getattr(args, k) for k in keys}, overrides=shortcut_overrides(shortcuts))

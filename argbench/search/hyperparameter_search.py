@@ -166,22 +166,25 @@ def run_search(*, ablation: str = "baseline", space: str | os.PathLike = "defaul
                jobs: int = 1, pruner: str | optuna.pruners.BasePruner = "median", seed: int = 0,
                data: str | None = None, overrides: Sequence[str] = (), experiment: str = "argbench",
                tracking_uri: str | None = None, heartbeat_interval: int = 10, grace_period: int = 30,
-               max_retry: int = 2) -> dict:
+               max_retry: int = 2, profile: str | None = None) -> dict:
     """Run ``trials`` more trials (or until ``timeout`` seconds) of study ``study_name`` (default
     ``<ablation>-<space>``, created or continued), maximising ``eval.primary``; returns the summary (see
-    :func:`summary`). ``jobs`` > 1 runs trials in threads sharing the CPU cores (torch threads split between
-    them). Ctrl-C: running trials end FAIL, their MLflow runs and the parent KILLED, then KeyboardInterrupt."""
+    :func:`summary`). ``profile`` overlays ``ablations/profiles/<profile>.yaml`` as for ``ablation run`` (default:
+    embedded on the generated sample, none on a real corpus); the space's values come on top of it. ``jobs`` > 1
+    runs trials in threads sharing the CPU cores (torch threads split between them). Ctrl-C: running trials end
+    FAIL, their MLflow runs and the parent KILLED, then KeyboardInterrupt."""
     from argbench.data.corpus import load_corpus, resolve_data
 
     search_space = load_space(space)  # before anything slow
     source = resolve_data(data)
-    cfg, entry = registry.resolve(ablation, overrides, embedded=source.kind == "sample")
+    cfg, entry = registry.resolve(ablation, overrides, embedded=source.kind == "sample", profile=profile)
     chosen_pruner = make_pruner(pruner, cfg.train.epochs)
     if jobs > 1 and cfg.train.num_threads is None:
         cfg = config.replace(cfg, **{"train.num_threads": max(1, (os.cpu_count() or 1) // jobs)})
     corpus = load_corpus(source)  # once per process; every trial closes over it
     name = study_name or f"{ablation}-{search_space.name}"
-    tags = {"ablation": ablation, "group": entry.group, "study": name, "space": search_space.name}
+    tags = {"ablation": ablation, "group": entry.group, "study": name, "space": search_space.name,
+            **({"profile": profile} if profile else {})}
     objective = _Objective(cfg, search_space, corpus, name, "", tags, experiment, tracking_uri, threading.Event(),
                            started=[])
     backend = open_storage(storage, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
@@ -198,7 +201,8 @@ def run_search(*, ablation: str = "baseline", space: str | os.PathLike = "defaul
         stale.sweep(tracking_uri or default_tracking_uri())
         label_study(study, cfg.eval.primary, {"ablation": ablation, "base": entry.parent or "base.yaml",
                                               "data.hash": corpus.hash, "space": search_space.name,
-                                              "space.file": str(search_space.path)})
+                                              "space.file": str(search_space.path),
+                                              **({"profile": profile} if profile else {})})
         study.sampler = trial_seeded_sampler(seed)
         settings = {"trials": trials, "timeout": timeout, "jobs": jobs, "seed": seed,
                     "pruner": pruner if isinstance(pruner, str) else type(pruner).__name__}

@@ -287,6 +287,23 @@ def test_cli_shortcuts_come_before_set_and_the_summary_says_how_to_watch(folder,
     assert f"watch it: optuna-dashboard {urls['storage']}" in out and "make dashboard" not in out
 
 
+def test_a_profile_lies_under_the_sets_and_the_searched_values_and_is_recorded(folder, fit_with):
+    calls = fit_with(lambda k: MetricOverride(value=0.5))
+    urls = stores(folder)
+    sets = [arg for item in OVERRIDES for arg in ("--set", item)]
+    assert cli.main(["search", "--trials", "1", "--data", "sample", "--profile", "smoke", "--storage",
+                     urls["storage"], "--tracking-uri", urls["tracking_uri"], "--experiment", EXPERIMENT, *sets]) == 0
+    (cfg,) = calls
+    (trial,) = trials_of(folder, "baseline-default")
+    assert cfg.eval.at_start is False  # the smoke profile's key (embedded and base.yaml evaluate at the start)
+    assert (cfg.model.max_length, cfg.train.epochs) == (32, 2)  # --set wins over the profile
+    assert cfg.loss.margin == trial.params["loss.margin"]  # the searched value wins over both
+    study = optuna.load_study(study_name="baseline-default", storage=urls["storage"])
+    assert study.user_attrs["profile"] == "smoke"
+    (parent,) = [r for r in mlflow_runs(urls["tracking_uri"]) if r.data.tags.get("search") == "parent"]
+    assert parent.data.tags["profile"] == "smoke"
+
+
 def test_summary_text_without_a_complete_trial_on_the_default_storage():
     text = format_summary({"study": "s", "storage": DEFAULT_STORAGE, "n_trials": {"FAIL": 2}, "best_value": None,
                            "best_params": None, "best_trial": None, "parent_run_id": "abc", "trials_run": 2,
