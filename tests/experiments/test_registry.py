@@ -315,7 +315,7 @@ def test_cli_show_base_json_prints_layers_and_nested_config(capsys):
     assert capsys.readouterr().out.startswith(f"# ablation: learning_recipe over {RECIPE} (alias of {RECIPE})")
 
 
-@pytest.mark.parametrize("profile, pairs, epochs", [("smoke", 512, 1), ("cpu", None, 6), ("gpu", None, 30)])
+@pytest.mark.parametrize("profile, pairs, epochs", [("smoke", 512, 1), ("cpu", None, 3), ("gpu", None, 30)])
 def test_study_profiles_apply_over_the_entry_and_under_set(profile, pairs, epochs):
     cfg, _ = resolve("with_relu", ["train.epochs=2"], base=RECIPE, profile=profile)
     assert (cfg.data.max_train_pairs, cfg.model.max_length, cfg.data.eval_splits) == (pairs, 128,
