@@ -183,8 +183,8 @@ def run_search(*, ablation: str = "baseline", space: str | os.PathLike = "defaul
         cfg = config.replace(cfg, **{"train.num_threads": max(1, (os.cpu_count() or 1) // jobs)})
     corpus = load_corpus(source)  # once per process; every trial closes over it
     name = study_name or f"{ablation}-{search_space.name}"
-    tags = {"ablation": ablation, "group": entry.group, "study": name, "space": search_space.name,
-            **({"profile": profile} if profile else {})}
+    profiled = {"profile": profile} if profile else {}
+    tags = {"ablation": ablation, "group": entry.group, "study": name, "space": search_space.name, **profiled}
     objective = _Objective(cfg, search_space, corpus, name, "", tags, experiment, tracking_uri, threading.Event(),
                            started=[])
     backend = open_storage(storage, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
@@ -201,8 +201,7 @@ def run_search(*, ablation: str = "baseline", space: str | os.PathLike = "defaul
         stale.sweep(tracking_uri or default_tracking_uri())
         label_study(study, cfg.eval.primary, {"ablation": ablation, "base": entry.parent or "base.yaml",
                                               "data.hash": corpus.hash, "space": search_space.name,
-                                              "space.file": str(search_space.path),
-                                              **({"profile": profile} if profile else {})})
+                                              "space.file": str(search_space.path), **profiled})
         study.sampler = trial_seeded_sampler(seed)
         settings = {"trials": trials, "timeout": timeout, "jobs": jobs, "seed": seed,
                     "pruner": pruner if isinstance(pruner, str) else type(pruner).__name__}
