@@ -87,7 +87,7 @@ def test_resume_against_another_store_is_one_line(tmp_path, empty_mlflow_db, mon
 def test_ctrl_c_during_search_is_one_line_and_leaves_nothing_running(tmp_path):
     store, storage = f"sqlite:///{tmp_path / 'mlflow.db'}", f"sqlite:///{tmp_path / 'optuna.db'}"
     search = subprocess.Popen([sys.executable, "-m", "argbench", "search", "--data", "sample", "--trials", "2",
-                               "--epochs", "10000", "--pruner", "none", "--storage", storage, "--tracking-uri", store,
+                               "--epochs", "40", "--pruner", "none", "--storage", storage, "--tracking-uri", store,
                                *TINY_FLAGS], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               env={**os.environ, "ARGBENCH_PROJECT": str(tmp_path)})
     deadline = time.monotonic() + 300
