@@ -13,14 +13,13 @@ import errno
 import json
 import logging
 import os
-import signal
 import sys
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from argbench.errors import RunError, Terminated, UserError, raise_terminated  # noqa: E402
+from argbench.errors import RunError, Terminated, UserError, stop_signals  # noqa: E402
 
 USER_ERRORS = (UserError, FileNotFoundError)
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
@@ -46,19 +45,19 @@ def main(argv: list[str] | None = None) -> int:
     if not hasattr(args, "func"):
         parser.print_help()
         return 2
-    signal.signal(signal.SIGTERM, raise_terminated)  # kill, docker stop, scancel: stop as Ctrl-C does
     if not args.debug:  # MLflow logs a store's SQL error with its traceback before raising it; the raise is one line
         logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
-    try:
-        return run_command(args.func, args)
-    except BrokenPipeError:  # `argbench ... | head`: the reader left; that is not an error
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
-    except KeyboardInterrupt as err:
-        stopped = "terminated (SIGTERM)" if isinstance(err, Terminated) else "interrupted"
-        hint = getattr(args, "on_interrupt", "the last epoch's checkpoint is kept; --resume continues")
-        print(f"argbench: {stopped} ({hint})", file=sys.stderr)
-        return 143 if isinstance(err, Terminated) else 130
+    with stop_signals():  # Ctrl-C, and SIGTERM (kill, docker stop, scancel) as Ctrl-C
+        try:
+            return run_command(args.func, args)
+        except BrokenPipeError:  # `argbench ... | head`: the reader left; that is not an error
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
+        except KeyboardInterrupt as err:
+            stopped = "terminated (SIGTERM)" if isinstance(err, Terminated) else "interrupted"
+            hint = getattr(args, "on_interrupt", "the last epoch's checkpoint is kept; --resume continues")
+            print(f"argbench: {stopped} ({hint})", file=sys.stderr)
+            return 143 if isinstance(err, Terminated) else 130
 
 
 def run_command(func, args, prog: str = "argbench") -> int:

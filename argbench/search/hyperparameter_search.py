@@ -29,7 +29,7 @@ from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
 from argbench import config
-from argbench.errors import Terminated
+from argbench.errors import Terminated, raise_if_stopped
 from argbench.experiments import registry
 from argbench.search.space import SearchSpace, load_space  # also search's API
 from argbench.search.storage import (
@@ -142,6 +142,7 @@ class _Objective:
             try:
                 if self.interrupted.is_set():
                     raise KeyboardInterrupt
+                raise_if_stopped()
                 history = trainer.fit(cfg, self.corpus, [tracker, hook])
                 tracker.finish(history)
                 if self.interrupted.is_set():
@@ -232,6 +233,7 @@ def _optimize_tracked(study: optuna.Study, objective: _Objective, storage: str, 
                                n_jobs=settings["jobs"], catch=(trainer.NonFiniteLoss, config.ConfigError))
                 if objective.interrupted.is_set():
                     raise Terminated() if signal.SIGTERM in stopped_by else KeyboardInterrupt()
+                raise_if_stopped()  # a Ctrl-C swallowed between two trials still stops the search
             except BaseException:
                 _fail_running(study, objective.started)
                 raise

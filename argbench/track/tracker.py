@@ -60,7 +60,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID
 
 from argbench.config import PRIMARY, Config, flatten, to_yaml
 from argbench.data.copies import RERANKED
-from argbench.errors import UserError
+from argbench.errors import UserError, stops_deferred
 from argbench.paths import PACKAGE_DIR, default_tracking_uri
 from argbench.track import stale
 from argbench.track.redaction import redact
@@ -216,6 +216,7 @@ class MlflowTracker:
         return {m.step for key in keys for m in self.client.get_metric_history(self.run_id, key)}
 
     # hooks ------------------------------------------------------------------------------------------------------
+    @stops_deferred()  # a Ctrl-C never cuts a store write in half (argbench.errors)
     def on_train_start(self, info: dict) -> None:
         self.config = info.get("config", self.config)
         self.resumed_from = info.get("resumed_from")
@@ -239,6 +240,7 @@ class MlflowTracker:
 
             log_dataset(self.client, self.run_id, info["corpus"])
 
+    @stops_deferred()
     def on_epoch_end(self, epoch: int, metrics: dict) -> None:
         """Log the epoch's metrics at ``step=epoch`` in one batch, unless the run already has that step, then the
         selected epoch (:meth:`select`) and the artifacts so far (all but the model), and beat the heartbeat."""

@@ -61,7 +61,7 @@ from argbench.config import Config, ConfigError, to_yaml
 from argbench.data.copies import training_frame
 from argbench.data.corpus import Corpus
 from argbench.data.tasks import SplitData, build_split
-from argbench.errors import RunError, UserError
+from argbench.errors import RunError, UserError, raise_if_stopped
 from argbench.eval.evaluate import evaluate
 from argbench.eval.rerank import rerank
 from argbench.model import cross_encoder
@@ -173,6 +173,7 @@ class Trainer:
     def run(self, resume: bool) -> list[dict]:
         start = self._resume() if resume else self._fresh()
         for epoch in range(start, self.cfg.train.epochs + 1):
+            raise_if_stopped()
             metrics = self._epoch(epoch)
             if self._finish_epoch(epoch, metrics):
                 break
@@ -346,6 +347,7 @@ class Trainer:
 
         with closing(prefetch(make, batches)) as ready:  # closed on any exit: the thread stops with the loop
             for step, batch in enumerate(ready, start=1):
+                raise_if_stopped()  # a Ctrl-C whose first raise a finaliser swallowed stops the run here
                 masks = (in_batch_masks(*to_device(batch.groups, device), self.cfg.loss.in_batch_symmetric)
                          if batch.groups is not None else (None, None))
                 if cached:  # the frozen encoder's pooled vectors: only the heads run

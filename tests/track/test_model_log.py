@@ -29,10 +29,12 @@ TEXTS = ["School uniforms stop bullying over clothes.", "A ban pushes the trade 
 
 @pytest.fixture(scope="module")
 def logged(tmp_path_factory):
-    """A 1-epoch tiny run (separate encoders) tracked with --log-model in a temporary store: (store, run id)."""
+    """A 1-epoch tiny run (separate encoders) tracked with --log-model in a temporary store: (store, run id). Only
+    the trained epoch is evaluated, so it is the one selected and logged (at epoch 0 both encoders are the same)."""
     store = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
     cfg = load_config(overrides=["model.encoder=tiny-random-bert", "model.max_length=32", "train.epochs=1",
-                                 "data.max_train_pairs=16", "model.sharing=separate", "negatives.examples=0"])
+                                 "data.max_train_pairs=16", "model.sharing=separate", "negatives.examples=0",
+                                 "eval.at_start=false"])
     out = tmp_path_factory.mktemp("run")
     with tracked_run(run_name="tiny", experiment="models", tracking_uri=store, out_dir=out, log_model=True,
                      system_metrics=False) as tracker:

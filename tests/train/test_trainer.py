@@ -9,6 +9,7 @@ import math
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -20,6 +21,7 @@ import torch
 from argbench.config import load_config
 from argbench.data.corpus import load_corpus
 from argbench.data.tasks import TASKS
+from argbench.errors import stop_signals
 from argbench.model.bi_encoder import BiEncoder
 from argbench.model.loss import COMPONENTS
 from argbench.train import checkpoint
@@ -234,6 +236,39 @@ def test_resume_after_ctrl_c_matches_an_uninterrupted_run(three_epochs, corpus, 
     assert [e for e, _ in resumed_hook.named("on_epoch_end")] == [2, 3]  # earlier epochs are not re-announced
     assert without_timings(resumed) == without_timings(history)
     assert without_timings(jsonl(tmp_path / "metrics.jsonl")) == without_timings(jsonl(out / "metrics.jsonl"))
+
+
+class CtrlCInAFinaliser(Recorder):
+    """Ctrl-C whose KeyboardInterrupt is raised inside a ``__del__`` (as when the garbage collector runs a finaliser
+    at the moment the signal is handled): Python can only print it there, and the run goes on."""
+
+    def on_negatives(self, epoch, examples):
+        super().on_negatives(epoch, examples)
+        if epoch == 2:
+            Finalised()  # deleted at once: its __del__ receives the signal
+
+
+class Finalised:
+    def __del__(self):
+        signal.raise_signal(signal.SIGINT)
+
+
+def test_a_ctrl_c_swallowed_by_a_finaliser_still_stops_the_run_at_the_next_step(three_epochs, corpus, tmp_path,
+                                                                               monkeypatch):
+    cfg, history, _, _ = three_epochs
+    ignored = []  # what Python reports as "Exception ignored in ..."
+    monkeypatch.setattr(sys, "unraisablehook", lambda unraisable: ignored.append(unraisable.exc_type))
+    # Python's own handler: the interrupt raised in __del__ is reported as ignored and the run trains on to the end.
+    assert len(fit(cfg, corpus, [CtrlCInAFinaliser()], out_dir=tmp_path / "lost")) == len(history)
+    assert ignored == [KeyboardInterrupt]
+    # argbench's handlers remember the stop: the first step of epoch 2 raises it; epoch 1 stays the last complete one.
+    hook = CtrlCInAFinaliser()
+    with stop_signals(), pytest.raises(KeyboardInterrupt):
+        fit(cfg, corpus, [hook], out_dir=tmp_path / "kept")
+    assert [e for e, _ in hook.named("on_epoch_end")] == [0, 1]
+    assert without_timings(jsonl(tmp_path / "kept" / "metrics.jsonl")) == without_timings(history[:2])
+    assert ignored == [KeyboardInterrupt]  # not reported as ignored this time: it was raised again
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the previous handler is back
 
 
 def test_resume_with_separate_encoders_matches(corpus, tmp_path):
