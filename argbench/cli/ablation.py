@@ -61,7 +61,8 @@ def add_commands(sub, data_args, run_args) -> None:
     imp.set_defaults(func=cmd_import)
 
     cmp = sub.add_parser("compare", help="paired comparison of two tracked systems per task: Δ, 95%% CI, p")
-    cmp.add_argument("a", help="reference system: an ablation name (its latest FINISHED run) or a run id")
+    cmp.add_argument("a", help="reference system: an ablation name (its latest FINISHED run and its seeds), a run "
+                     "id, or run ids joined by commas (one system's seeds run separately)")
     cmp.add_argument("b", help="the system compared with it (Δ = b − a)")
     _comparison_args(cmp)
     cmp.add_argument("--task", dest="tasks", action="extend", nargs="+", metavar="T",

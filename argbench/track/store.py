@@ -6,6 +6,8 @@ What a reference to a *system* (an ablation name or a run id) stands for is deci
 ``argbench compare``, the significance tables and the runner:
 
 * a run id stands for that run;
+* run ids joined by commas stand for one system whose seeds are those runs, in that order (seeds run as separate
+  top-level runs, e.g. on different machines or as ``argbench baseline`` runs); each must have FINISHED;
 * a name was trained in one or more *places*: each top-level run of that name, whose seeds are its FINISHED
   children of its own name (a multi-seed parent, as :mod:`argbench.experiments.runner` logs it) or else itself; and
   each other parent (a grid study's or a search's) holding runs of that name, whose seeds are those of its runs
@@ -208,6 +210,8 @@ class Store:
         if _RUN_ID.fullmatch(ref):
             run = self.run(ref)
             return System(ref, run, self.seeds(run))
+        if "," in ref:
+            return self._listed(ref)
         if "'" in ref:
             raise NotInStore(f"run name {ref!r}: quotes are not allowed")
         exp_id = self.experiment_id(experiment)
@@ -218,6 +222,22 @@ class Store:
             raise NotInStore(self._no_run(ref, experiment, exp_id, named) + where)
         seeds = self.seeds(place.run) if place.seeds is None else place.seeds
         return System(ref, place.run, seeds, passed_over, place.parent)
+
+    def _listed(self, ref: str) -> System:
+        """The system "ID,ID,..." stands for: those runs as its seeds; NotInStore naming the first part that is no
+        run id, is not in the store, or did not finish."""
+        ids = [part.strip() for part in ref.split(",")]
+        for part in ids:
+            if not _RUN_ID.fullmatch(part):
+                raise NotInStore(f"{ref!r}: {part!r} is not a run id; a system's seeds are given as run ids (32 hex "
+                                 "digits) separated by commas")
+        if len(set(ids)) < len(ids):
+            raise NotInStore(f"{ref!r}: a run is listed twice; each seed is one run")
+        runs = [self.run(part) for part in ids]
+        for run in runs:
+            if run.status != "FINISHED":
+                raise NotInStore(f"{ref!r}: run {run.run_id} ({run.name}) is {run.status}, not FINISHED")
+        return System(ref, runs[0], runs)
 
     def _no_run(self, name: str, experiment: str, exp_id: str, named: list[StoredRun]) -> str:
         where = f"no FINISHED run named {name!r} (nor a run id) in experiment {experiment!r}"

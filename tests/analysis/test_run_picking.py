@@ -96,3 +96,29 @@ def test_the_reports_default_selection_is_the_trained_runs_under_their_study(sto
     assert runs[3].label == f"{MEMBER} (mean of 2 seeds)"
     (named,) = report.load_runs(EXPERIMENT, [BASE], tracking_uri=uri)
     assert named.seeds == cells[BASE]  # by name: the newest place it was trained, as compare takes it
+
+
+def test_run_ids_joined_by_commas_are_one_system_of_those_seeds(store, monkeypatch, capsys):
+    """Seeds run as separate top-level runs (here the old base run and the top-level with_layernorm run, standing in
+    for two seeds of one system) are pooled per query when listed; a list with a run that did not finish, or with
+    something that is no run id, is one line and exit 2."""
+    uri, old, parent, cells = store
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    other = report.load_runs(EXPERIMENT, tracking_uri=uri)[1].run_id
+    listed = f"{old},{other}"
+    assert cli.main(["compare", listed, ",".join(cells[MEMBER]), "--experiment", EXPERIMENT, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["runs"] == {"a": [old, other], "b": cells[MEMBER]}
+    pooled = np.mean([(ranks(s)["epa"] == 1).mean() for s in (100, 101)])
+    assert result["tasks"]["epa"]["acc@1"]["a"] == pytest.approx(pooled)
+    assert result["tasks"]["epa"]["acc@1"]["b"] == pytest.approx(
+        compare(BASE, MEMBER, experiment=EXPERIMENT, tracking_uri=uri)["tasks"]["epa"]["acc@1"]["b"])
+
+    killed = MlflowClient(uri).search_runs([MlflowClient(uri).get_experiment_by_name(EXPERIMENT).experiment_id],
+                                           "attributes.status = 'KILLED'")[0].info.run_id
+    for bad, says in ((f"{old},{killed}", f"run {killed} ({BASE}) is KILLED, not FINISHED"),
+                      (f"{old},seed43", "'seed43' is not a run id"),
+                      (f"{old},{old}", "a run is listed twice")):
+        assert cli.main(["compare", bad, MEMBER, "--experiment", EXPERIMENT]) == 2
+        err = capsys.readouterr().err.strip()
+        assert says in err and "\n" not in err
