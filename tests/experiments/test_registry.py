@@ -22,7 +22,7 @@ REQUIRED = {
     "proj_32": "projection", "proj_64": "projection", "proj_128": "projection", "proj_256": "projection",
     "no_proj": "projection",
     "frozen_encoder": "training", "no_classifier": "training",
-    "learning_recipe": "recipe", "learning_recipe_in_batch": "recipe",
+    "learning_recipe": "recipe", "learning_recipe_in_batch": "recipe", "learning_recipe_full": "recipe",
     "length_256": "recipe", "symmetric_in_batch": "recipe", "positive_aware_mining": "recipe",
     "gradient_cache": "recipe", "cross_encoder_rerank": "recipe",
     "leaky_training": "data", "mining_keeps_copies": "data",
@@ -323,3 +323,12 @@ def test_study_profiles_apply_over_the_entry_and_under_set(profile, pairs, epoch
     assert cfg.train.epochs == 2 and cfg.model.relu and cfg.loss.in_batch_weight == 1.0
     assert resolve("with_relu", base=RECIPE, profile=profile)[0].train.epochs == epochs
     assert f"profiles/{profile}.yaml" in registry.resolution("with_relu", base=RECIPE, profile=profile)["layers"]
+
+
+def test_an_entry_that_names_a_key_keeps_it_under_a_profile():
+    """learning_recipe_full sets model.train_layers to null (every layer), which the cpu profile's top-2 does not
+    override; the recipe it extends takes the profile's 2."""
+    full, _ = resolve("learning_recipe_full", profile="cpu")
+    assert (full.model.train_layers, full.model.proj_dim, full.train.head_lr) == (None, None, 1e-3)
+    assert full.train.epochs == 3 and full.model.max_length == 128  # the budget is still the profile's
+    assert resolve(RECIPE, profile="cpu")[0].model.train_layers == 2
