@@ -205,8 +205,8 @@ class Store:
             raise NotInStore(f"no MLflow run with id {run_id} at tracking URI {redact(self.uri)}") from err
 
     def system(self, ref: str, experiment: str, within: str | None = None) -> System:
-        """What ``ref`` (a run id, or a run name in ``experiment``) stands for, with its seeds (module rules);
-        ``within``: a name's runs under that parent run only (a study's own cells)."""
+        """What ``ref`` (a run id, run ids joined by commas, or a run name in ``experiment``) stands for, with its
+        seeds (module rules); ``within``: a name's runs under that parent run only (a study's own cells)."""
         if _RUN_ID.fullmatch(ref):
             run = self.run(ref)
             return System(ref, run, self.seeds(run))
