@@ -33,6 +33,7 @@ from optuna.trial import TrialState
 from argbench.errors import UserError
 from argbench.paths import default_storage
 from argbench.track.stale import HOST_TAG, PID_TAG, pid_alive
+from argbench.track.store_init import first_use_lock
 
 DEFAULT_STORAGE = "sqlite:///mlruns/optuna.db"  # shown in help; resolved by argbench.paths.default_storage
 JOURNAL_SCHEME = "journal://"
@@ -67,11 +68,9 @@ def open_storage(url: str | None, *, heartbeat_interval: int = 10, grace_period:
         path = Path(url.removeprefix(JOURNAL_SCHEME))
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
-    if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///").split("?")[0]).parent.mkdir(parents=True, exist_ok=True)
     from sqlalchemy.exc import ArgumentError, DBAPIError
 
-    with warnings.catch_warnings():  # heartbeats and the retry callback are "experimental" in Optuna
+    with warnings.catch_warnings(), _first_use(url):  # heartbeats and the retry callback are "experimental"
         warnings.simplefilter("ignore", ExperimentalWarning)
         try:
             return _rdb_storage(url, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
@@ -84,9 +83,23 @@ def open_storage(url: str | None, *, heartbeat_interval: int = 10, grace_period:
                             "reachable database (--storage)") from err
 
 
+@contextmanager
+def _first_use(url: str):
+    """For a SQLite storage, hold the lock beside its file (``<db>.init.lock``) while it is opened: Optuna creates
+    its tables on first use, not atomically, and of several workers starting on a new file the losers would meet
+    SQLite's "table studies already exists". Other databases need no lock (:func:`_rdb_storage`)."""
+    if not url.startswith("sqlite:///") or ":memory:" in url:
+        yield
+        return
+    db = Path(url.removeprefix("sqlite:///").split("?")[0])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with first_use_lock(db.parent / f"{db.name}.init.lock"):
+        yield
+
+
 def _rdb_storage(url: str, attempts: int = 5, **kwargs) -> RDBStorage:
-    """RDBStorage(url), tried again while another worker creates the same tables: Optuna's table creation is
-    not atomic, so of two workers starting on an empty database one sees "already exists"."""
+    """RDBStorage(url), tried again while another worker creates the same tables on a database server: Optuna's
+    table creation is not atomic, so of two workers starting on an empty database one sees "already exists"."""
     from sqlalchemy.exc import IntegrityError, ProgrammingError
 
     for attempt in range(1, attempts):

@@ -53,7 +53,7 @@ def ensure_store(tracking_uri: str) -> None:
     if db is None or tracking_uri in _READY:
         return
     db.parent.mkdir(parents=True, exist_ok=True)
-    with _init_lock(db.parent / f"{db.name}.init.lock"):
+    with first_use_lock(db.parent / f"{db.name}.init.lock"):
         for attempt in range(1, _ATTEMPTS + 1):
             try:
                 MlflowClient(tracking_uri).search_experiments(max_results=1)  # first use: tables, migrations
@@ -66,10 +66,11 @@ def ensure_store(tracking_uri: str) -> None:
 
 
 @contextmanager
-def _init_lock(path: Path):
+def first_use_lock(path: Path):
     """Hold an exclusive lock on ``path`` inside the block, and remove the file before letting go, so that no empty
-    lock file stays beside the database. A process that was waiting on the removed file finds, once it holds it, that
-    the path no longer names it, and locks the path afresh."""
+    lock file stays beside the database (also the first use of a new SQLite Optuna storage,
+    :func:`argbench.search.storage.open_storage`). A process that was waiting on the removed file finds, once it
+    holds it, that the path no longer names it, and locks the path afresh."""
     while True:
         lock = open(path, "a")
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this process dies

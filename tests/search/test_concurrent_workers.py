@@ -33,6 +33,28 @@ print(len(close_stale_trials(study, storage)))
 """
 
 
+OPENER = """
+import sys, time
+from argbench.search.storage import open_storage
+url, start = sys.argv[1], float(sys.argv[2])
+time.sleep(max(0, start - time.time()))
+open_storage(url)
+"""
+
+
+def test_workers_opening_a_new_sqlite_storage_together_all_open_it(tmp_path):
+    # Optuna creates a new file's tables on first use, not atomically: unlocked, SQLite says "table studies already
+    # exists" to all but one of four workers in most rounds
+    for round_ in range(ROUNDS):
+        url, start = f"sqlite:///{tmp_path / f'optuna{round_}.db'}", time.time() + 3
+        openers = [subprocess.Popen([sys.executable, "-c", OPENER, url, str(start)], stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True, cwd=REPO) for _ in range(4)]
+        outcomes = [o.communicate(timeout=120) for o in openers]
+        assert [o.returncode for o in openers] == [0] * 4, f"round {round_}: {[err[-500:] for _, err in outcomes]}"
+        assert optuna.get_all_study_summaries(open_storage(url)) == []
+        assert not list(tmp_path.glob("*.lock")), "the lock file beside the database is removed"
+
+
 def dead_pid() -> int:
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()
