@@ -33,6 +33,9 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     if not sys.stderr.isatty():  # a log file gets no "Downloading artifacts" bars, redrawn per file
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        # nor other libraries' tqdm bars (sentence-transformers' "Computing widget examples"): tqdm reads its
+        # defaults from TQDM_* when it is first imported, which is after this
+        os.environ.setdefault("TQDM_DISABLE", "1")
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()

@@ -1,7 +1,8 @@
 """Off a terminal argbench's stderr is its own lines only: a tracked run with ``--log-model`` and ``retrieve`` from
 that run's logged model, run as a user runs them (``python -m argbench``, stderr a pipe), print no ANSI codes, no
 warnings about argbench's own objects (type hints, CloudPickle, experimental APIs) and no "Downloading artifacts"
-bars; the run's line carries its MLflow UI link in model-training mode; no lock file is left beside the store."""
+bars; the run's line carries its MLflow UI link in model-training mode; no lock file is left beside the store; the
+sentence-transformers baseline prints its epoch lines and no library bars."""
 
 from __future__ import annotations
 
@@ -43,3 +44,12 @@ def test_a_tracked_run_and_retrieve_are_quiet_off_a_terminal(tmp_path):
     assert not NOISE.search(found.stderr), found.stderr
     assert found.stderr.splitlines() == [line for line in found.stderr.splitlines() if line.startswith("argbench")]
     assert found.stdout.startswith("candidates: the ")
+
+
+@pytest.mark.slow
+def test_the_sentence_transformers_baseline_is_quiet_off_a_terminal(tmp_path):
+    run = argbench(tmp_path, "baseline", "mnrl", "--data", "sample", "--encoder", "tiny-random-bert", "--epochs", "1",
+                   "--batch-size", "16", "--max-length", "32", "--track")
+    assert not NOISE.search(run.stderr) and "widget" not in run.stderr, run.stderr
+    lines = run.stderr.splitlines()
+    assert lines and all(line.startswith(("epoch", "argbench")) for line in lines), run.stderr
