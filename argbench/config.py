@@ -217,11 +217,12 @@ class EvalConfig(_Section):
     at_start: bool = option(True, "evaluate the untrained model at epoch 0 (false saves one evaluation per run; "
                                   "the curve then starts at epoch 1)")
     rerank_depth: int = option(10, "candidates reranked per query (and per task) by the second stage", min=1)
-    rerank: str = option("classifier", "second stage: the pair classifier's P(true pair) over the epa top "
-                                       "(val/rerank/acc_at_1), or a cross-encoder trained after the last epoch "
-                                       "(the reranker section) whose two-stage ranks are logged per task and view "
-                                       "under val/reranked/...", choices=("classifier", "cross_encoder"))
-    rerank_tasks: list[str] = option(list(TASK_NAMES), "tasks the cross-encoder reranks (it scores up to "
+    rerank: str = option("classifier", "second stage, whose two-stage ranks of the selected epoch are logged per "
+                                       "task and view under val/reranked/...: the pair classifier's P(true pair) "
+                                       "(also every epoch over the epa top: val/rerank/acc_at_1), or a "
+                                       "cross-encoder trained after the last epoch (the reranker section)",
+                         choices=("classifier", "cross_encoder"))
+    rerank_tasks: list[str] = option(list(TASK_NAMES), "tasks the second stage reranks (it scores up to "
                                                        "rerank_depth pairs per query and task); the others keep "
                                                        "their first-stage ranks under val/reranked/...",
                                      choices=TASK_NAMES, min_items=1)

@@ -91,8 +91,8 @@ def add_commands(sub, data_args, run_args) -> None:
 
 def _comparison_args(p) -> None:
     p.add_argument("--split", default="test", choices=RANK_SPLITS,
-                   help="evaluated split (val = validation); test/reranked pairs final rankings: a cross-encoder's "
-                        "second stage where a run has one, else its first stage")
+                   help="evaluated split (val = validation); test/reranked pairs final rankings: a run's second stage "
+                        "(its pair classifier's or cross-encoder's) where it has one, else its first stage")
     p.add_argument("--view", default="official", choices=VIEWS,
                    help="which ranks are paired: official pools; dedup = pools without copies of the query; "
                         "unseen = only queries whose texts do not occur in training (default: official)")

@@ -29,8 +29,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--profile", help="overlay ablations/profiles/PROFILE.yaml (cpu, gpu; default embedded on "
                                           "the sample corpus)")
     parser.add_argument("--split", default="test", choices=[k for k in RANK_SPLITS if k != "train"],
-                        help="split of the table; test/reranked: final rankings (a cross-encoder's second stage where "
-                             "an entry has one, else its first stage)")
+                        help="split of the table; test/reranked: final rankings (a run's second stage, its pair "
+                             "classifier's or cross-encoder's, where it has one, else its first stage)")
     add_epoch_argument(parser, "the table pairs the per-query ranks")
     parser.add_argument("--json", action="store_true", help="print the summary and table as JSON on stdout")
     add_worker_arguments(parser, "cell")

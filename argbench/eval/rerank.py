@@ -64,6 +64,20 @@ def rerank(split: SplitData, query_emb: torch.Tensor, cand_emb: torch.Tensor, pa
                       dedup_ranks={task: torch.cat(r).numpy() for task, r in dedup.items()}, unseen=split.unseen)
 
 
+def classifier_rerank(split: SplitData, query_emb: torch.Tensor, cand_emb: torch.Tensor, scorer,
+                      **kwargs) -> Evaluation:
+    """:func:`rerank` with a bi-encoder's pair classifier as the second stage: ``scorer(query_rows [q], cand_rows [q,
+    k]) -> [q, k]`` is :meth:`argbench.model.bi_encoder.BiEncoder.pair_scorer` of the split's queries (rows of
+    ``split.query_idx``) and candidates (rows of ``split.args``); ``kwargs`` as :func:`rerank`'s."""
+    query_of = np.full(len(split.args), -1, dtype=np.int64)
+    query_of[split.query_idx] = np.arange(len(split.query_idx))
+
+    def pair_score(query_rows: np.ndarray, cand_rows: np.ndarray) -> torch.Tensor:
+        return scorer(torch.from_numpy(query_of[query_rows]), torch.from_numpy(cand_rows)[:, None])[:, 0]
+
+    return rerank(split, query_emb, cand_emb, pair_score, **kwargs)
+
+
 def _top(score: torch.Tensor, pool: torch.Tensor, depth: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(indices [q, d], valid [q, d]): each row's best ``d = min(depth, largest pool)`` pool members, best first;
     ``valid`` is False past the end of a smaller pool."""

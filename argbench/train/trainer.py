@@ -27,7 +27,9 @@ negatives trained on (:data:`NEGATIVE_NAMES`; a figure that does not apply is ab
 ``perf/train_seq_per_s`` (all absent at epoch 0); per evaluated split key (``val``, ``test``, ``train``) the names of
 :meth:`argbench.eval.evaluate.Evaluation.flat` (``val/epa/acc_at_1``, ``val/dedup/epa/mrr``, ``val/rerank/acc_at_1``,
 ...; the views of :mod:`argbench.data.copies`, unseen only where a query is unseen in training); and
-``perf/epoch_seconds``. A name that is absent was not measured that epoch (``eval.every``, ``eval.at_start``).
+``perf/epoch_seconds``. The final epoch also carries the second stage's two-stage metrics of the selected epoch's
+model, ``{key}/reranked/...`` (the pair classifier's, or the cross-encoder's; ``eval.rerank``). A name that is
+absent was not measured that epoch (``eval.every``, ``eval.at_start``).
 
 Training pairs are the corpus's, less (by default) those whose texts occur in validation or test and the
 text-identical repeats (:mod:`argbench.data.copies`); a training split in ``data.eval_splits`` is evaluated on the pairs
@@ -63,7 +65,7 @@ from argbench.data.corpus import Corpus
 from argbench.data.tasks import SplitData, build_split
 from argbench.errors import RunError, UserError, raise_if_stopped
 from argbench.eval.evaluate import evaluate
-from argbench.eval.rerank import rerank
+from argbench.eval.rerank import classifier_rerank, rerank
 from argbench.model import cross_encoder
 from argbench.model import loss as losses
 from argbench.model.bi_encoder import BiEncoder, Encoded, build_model
@@ -160,6 +162,9 @@ class Trainer:
         self.first_stage: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.selected_first_stage: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.selected_state: dict[str, torch.Tensor] | None = None  # the selected epoch's weights (CPU copies)
+        # split key -> the pair classifier's two-stage evaluation (eval.rerank: classifier), last and selected
+        self.classifier_stage: dict[str, object] = {}
+        self.selected_classifier_stage: dict[str, object] = {}
         self.reranker: torch.nn.Module | None = None  # the cross-encoder, once trained (eval.rerank)
         self.info = {"config": cfg, "corpus": corpus,
                      "data.source": corpus.source.describe(), "data.hash": corpus.hash,
@@ -241,7 +246,10 @@ class Trainer:
         if self.runtime.is_main and self._evaluates(epoch):
             if self._is_selected(epoch, metrics):
                 self.selected_first_stage = dict(self.first_stage)
+                self.selected_classifier_stage = dict(self.classifier_stage)
                 self.selected_state = _cpu_state(self.model)
+            if self.cfg.eval.rerank == "classifier" and self.model.classifier and self._is_final(epoch, metrics):
+                metrics.update(self._classifier_second_stage(epoch))
             if self.cfg.eval.rerank == "cross_encoder" and self._is_final(epoch, metrics):
                 with self._selected_weights():
                     metrics.update(self._second_stage(epoch))
@@ -436,20 +444,47 @@ class Trainer:
         metrics["perf/rerank_eval_seconds"] = time.perf_counter() - t0
         return metrics
 
+    def _classifier_second_stage(self, epoch: int) -> dict:
+        """After the last epoch, the pair classifier as the second stage of the selected epoch's model: every split's
+        two-stage ranks (:func:`argbench.eval.rerank.classifier_rerank`) under ``{key}/reranked/...``, kept from
+        that epoch's evaluation (embedded again with its weights where a resumed run did not evaluate it)."""
+        metrics = {}
+        for key, split in self.eval_splits.items():
+            evaluation = self.selected_classifier_stage.get(key)
+            if evaluation is None:
+                with self._selected_weights():
+                    queries, candidates = self._split_embeddings(key, split, shard=False)
+                    evaluation = self._classifier_stage(split, queries, candidates,
+                                                        self.model.pair_scorer(queries, candidates))
+            metrics.update(evaluation.flat(f"{key}/reranked"))
+            self._call("on_evaluation", epoch, f"{key}/reranked", evaluation)
+        return metrics
+
+    def _classifier_stage(self, split: SplitData, queries: Encoded, candidates: Encoded, scorer):
+        return classifier_rerank(split, queries.emb, candidates.emb, scorer,
+                                 metric=self.cfg.eval.metric, depth=self.cfg.eval.rerank_depth,
+                                 reranked=self.cfg.eval.rerank_tasks)
+
+    def _split_embeddings(self, key: str, split: SplitData, shard: bool = True) -> tuple[Encoded, Encoded]:
+        """(queries, candidates) of split ``key`` by the current model: every argument as a candidate, the queries
+        by the point encoder (the candidates' rows when the encoder is shared)."""
+        tok = self.tokens[key]
+        candidates = self._embed(tok, np.arange(len(split.args)), "candidate", shard=shard)
+        if self.model.sharing == "shared":
+            return Encoded(candidates.pooled[split.query_idx], candidates.emb[split.query_idx]), candidates
+        return self._embed(tok, split.query_idx, "point", shard=shard), candidates
+
     def _evaluate(self, key: str, split: SplitData):
         """The evaluation of split ``key`` by the current model; every rank embeds its share of the texts, the main
         process ranks (None on the others)."""
-        tok = self.tokens[key]
-        candidates = self._embed(tok, np.arange(len(split.args)), "candidate")
-        if self.model.sharing == "shared":
-            queries = Encoded(candidates.pooled[split.query_idx], candidates.emb[split.query_idx])
-        else:
-            queries = self._embed(tok, split.query_idx, "point")
+        queries, candidates = self._split_embeddings(key, split)
         if self.cfg.eval.rerank == "cross_encoder":
             self.first_stage[key] = (queries.emb, candidates.emb)
         if not self.runtime.is_main:
             return None
         scorer = self.model.pair_scorer(queries, candidates) if self.model.classifier else None
+        if scorer is not None and self.cfg.eval.rerank == "classifier":
+            self.classifier_stage[key] = self._classifier_stage(split, queries, candidates, scorer)
         return evaluate(split, queries.emb, candidates.emb, metric=self.cfg.eval.metric, scorer=scorer,
                         rerank_depth=self.cfg.eval.rerank_depth)
 

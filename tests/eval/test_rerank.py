@@ -9,7 +9,7 @@ from argbench.data.copies import query_copy_mask
 from argbench.data.corpus import load_corpus
 from argbench.data.tasks import TASKS
 from argbench.eval.evaluate import evaluate
-from argbench.eval.rerank import rerank
+from argbench.eval.rerank import classifier_rerank, rerank
 from tests.factories import write_argument, write_pairs, write_small_corpus
 
 
@@ -121,3 +121,21 @@ def test_tasks_left_out_of_the_second_stage_keep_their_first_stage_ranks(split):
     for task in TASKS[:-1]:
         np.testing.assert_array_equal(got.ranks[task], plain.ranks[task], task)
     assert sum(calls_one) < sum(calls_all)  # fewer pairs asked for
+
+
+def test_the_classifier_stage_reads_its_scorer_by_query_position(split_with_copies):
+    # a pair classifier's scorer takes positions in split.query_idx, rerank's pair model rows of split.args
+    split = split_with_copies
+    query, cand = first_stage(split, seed=3)
+    table = torch.rand(len(split.args), len(split.args), generator=torch.Generator().manual_seed(4))
+    rows = torch.from_numpy(split.query_idx)
+
+    def scorer(query_positions, cand_rows):
+        return table[rows[query_positions][:, None], cand_rows]
+
+    expected = rerank(split, query, cand, table_scorer(table), depth=3)
+    got = classifier_rerank(split, query, cand, scorer, depth=3)
+    for task in TASKS:
+        np.testing.assert_array_equal(got.ranks[task], expected.ranks[task])
+        np.testing.assert_array_equal(got.dedup_ranks[task], expected.dedup_ranks[task])
+    assert any((got.ranks[t] != evaluate(split, query, cand, metric="cosine").ranks[t]).any() for t in TASKS)

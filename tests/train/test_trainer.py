@@ -109,8 +109,12 @@ def test_history_has_every_epoch_with_the_documented_keys(three_epochs):
     assert set(untrained) == {"epoch", "perf/epoch_seconds", *EVALUATED}  # nothing trained at epoch 0
     for m in history:
         assert all(0 <= m[k] <= 1 for k in EVALUATED) and m["perf/epoch_seconds"] > 0
-    for m in trained:
+    for m in trained[:-1]:
         assert set(m) == {"epoch", "perf/epoch_seconds", *EVALUATED, *TRAINED}
+    # the last epoch also carries the second stage (the pair classifier) of the selected epoch's model
+    assert set(trained[-1]) == {"epoch", "perf/epoch_seconds", *EVALUATED, *TRAINED,
+                                *(k.replace("/", "/reranked/", 1) for k in EVALUATED if "/rerank/" not in k)}
+    for m in trained:
         assert all(isinstance(v, float) for k, v in m.items() if k != "epoch")  # JSON- and MLflow-ready
         assert all(math.isfinite(m[k]) for k in TRAINED if k.startswith("train/"))
         assert m["train/loss_in_batch"] == 0.0  # off by default
@@ -175,9 +179,13 @@ def test_hooks_are_called_as_documented(three_epochs, corpus):
 
     assert [(e, m) for e, m in hook.named("on_epoch_end")] == [(m["epoch"], m) for m in history]
     evaluations = hook.named("on_evaluation")
-    assert [(e, split) for e, split, _ in evaluations] == [(e, "val") for e in range(4)]
-    for epoch, _, evaluation in evaluations:
-        assert {k: v for k, v in history[epoch].items() if k.startswith("val/")} == evaluation.flat("val")
+    # every epoch's evaluation, then (with the last epoch) the second stage's of the selected epoch
+    assert [(e, split) for e, split, _ in evaluations] == [(e, "val") for e in range(4)] + [(3, "val/reranked")]
+    (reranked,) = [evaluation for _, split, evaluation in evaluations if split == "val/reranked"]
+    assert {k: v for k, v in history[3].items() if k.startswith("val/reranked/")} == reranked.flat("val/reranked")
+    for epoch, _, evaluation in evaluations[:-1]:
+        first = {k: v for k, v in history[epoch].items() if k.startswith("val/") and "/reranked/" not in k}
+        assert first == evaluation.flat("val")
         assert history[epoch]["val/dedup/epa/mrr"] == evaluation.views()["dedup"]["epa"]["mrr"]
         assert history[epoch]["val/rerank/acc_at_1"] == evaluation.rerank_acc1
 
@@ -209,8 +217,10 @@ def test_same_config_and_seed_give_identical_metrics(three_epochs, corpus):
 
 def test_how_many_negatives_are_shown_does_not_change_training(three_epochs, corpus):
     _, history, _, _ = three_epochs
-    assert without_timings(fit(tiny("train.epochs=1", "negatives.examples=0"), corpus)) == \
-        without_timings(history[:2])
+    shown_none = fit(tiny("train.epochs=1", "negatives.examples=0"), corpus)
+    assert any("/reranked/" in k for k in shown_none[-1])  # its last epoch also holds the second stage
+    first_stage = [{k: v for k, v in row.items() if "/reranked/" not in k} for row in shown_none]
+    assert without_timings(first_stage) == without_timings(history[:2])
 
 
 def test_another_seed_gives_other_metrics(three_epochs, corpus):
@@ -612,6 +622,23 @@ def test_the_best_folder_holds_the_selected_epochs_weights(three_epochs, corpus,
     checkpoint.load(tmp_path, stopped, torch.device("cpu"))
     for (name, a), (_, b) in zip(best_model.state_dict().items(), stopped.state_dict().items()):
         torch.testing.assert_close(a, b, msg=name)
+
+
+def test_the_classifier_second_stage_ranks_the_selected_epochs_model(corpus):
+    from argbench.train.selection import selected_epoch
+
+    # A top of 1 leaves the second stage nothing to reorder, so its ranks are the first stage's of the model it ranks.
+    # The random rate falls every epoch, so as the "primary" metric it selects epoch 1 of 3.
+    hook = Recorder()
+    history = fit(tiny("train.epochs=3", "eval.rerank_depth=1", "eval.primary=schedule/random_rate"), corpus, [hook])
+    evaluations = hook.named("on_evaluation")
+    first = {epoch: evaluation for epoch, split, evaluation in evaluations if split == "val"}
+    ((at, reranked),) = [(epoch, evaluation) for epoch, split, evaluation in evaluations if split == "val/reranked"]
+    assert selected_epoch(history, "schedule/random_rate") == 1 and at == 3
+    assert any((first[1].ranks[t] != first[3].ranks[t]).any() for t in TASKS)  # the last epoch ranks otherwise
+    for task in TASKS:
+        assert (reranked.ranks[task] == first[1].ranks[task]).all()
+        assert (reranked.dedup_ranks[task] == first[1].dedup_ranks[task]).all()
 
 
 def test_patience_stops_after_that_many_evaluations_without_a_new_best(corpus):
