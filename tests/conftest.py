@@ -4,6 +4,7 @@ import copy
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -14,6 +15,13 @@ import pytest
 # Set at import, before any test module imports transformers / huggingface_hub, which read these once.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+# Stop-signal tests expect the handlers an interactive Python starts with; a shell that starts pytest in the background
+# (`make test &`) hands it SIGINT ignored, so they are put back first.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+if signal.getsignal(signal.SIGTERM) is signal.SIG_IGN:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 @pytest.fixture(autouse=True, scope="session")
